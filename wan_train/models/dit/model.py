@@ -1,0 +1,178 @@
+"""The Wan diffusion transformer (official ``WanModel`` semantics, Wan2.1 and Wan2.2; wan_arch.md §1.3-1.8).
+
+Legend: B batch, C channels, F/H/W latent frames/height/width, L video tokens (post-patch F*H*W), S context
+tokens, D model width, P = prod(patch_size) * out_dim patch pixels per token.
+
+    velocity = model(x, t, context, y=None, clip_fea=None)
+
+x [B, C, F, H, W] noisy latents; t [B] or per-token [B, L] on the 0-1000 scale; context [B, S <= 512, 4096]
+umT5 embeddings, zero-padded here to 512 tokens and attended unmasked (the checkpoints were trained that
+way); y [B, C_y, F, H, W] extra input channels (i2v: mask + image latent), concatenated after x; clip_fea
+[B, 257, 1280] CLIP ViT-H/14 penultimate tokens (Wan2.1 i2v), or [B, 514, 1280] first + last (flf2v).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from wan_train.models.dit.config import DiTConfig
+from wan_train.models.dit.layers import (
+    CrossAttention, FP32LayerNorm, Head, MLPProj, RMSNorm, SelfAttention, to_dtype_of,
+)
+from wan_train.models.dit.rope import Rope3D
+
+
+def timestep_sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """[cos(t w), sin(t w)] with w_k = 10000^(-k / (dim/2)), cos first, computed in float64 as the official model
+    does (diffusers: ``Timesteps(flip_sin_to_cos=True, downscale_freq_shift=0)``, in float32)."""
+    half = dim // 2
+    omega = torch.pow(10000.0, -torch.arange(half, dtype=torch.float64, device=t.device) / half)
+    angles = t.to(torch.float64)[..., None] * omega
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class WanBlock(nn.Module):
+    """x += g1 * SelfAttn(LN1(x)(1 + sc1) + sh1); x += CrossAttn(LN3(x), ctx); x += g2 * FFN(LN2(x)(1 + sc2) + sh2)."""
+
+    def __init__(self, cfg: DiTConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.norm1 = FP32LayerNorm(d, cfg.eps, elementwise_affine=False)
+        self.self_attn = SelfAttention(d, cfg.num_heads, cfg.eps)
+        self.norm3 = FP32LayerNorm(d, cfg.eps, elementwise_affine=True)
+        self.cross_attn = CrossAttention(d, cfg.num_heads, cfg.eps, text_len=cfg.text_len,
+                                         image_branch=cfg.has_image_branch)
+        self.norm2 = FP32LayerNorm(d, cfg.eps, elementwise_affine=False)
+        self.ffn = nn.Sequential(nn.Linear(d, cfg.ffn_dim), nn.GELU(approximate="tanh"), nn.Linear(cfg.ffn_dim, d))
+        self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
+
+    def forward(self, x_BLD: torch.Tensor, e0_BL6D: torch.Tensor, context_BSD: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        # e0_BL6D: [B, 1 or L, 6, D] float32 -> six [B, 1 or L, D] (shift, scale, gate) x (attention, FFN)
+        sh1, sc1, g1, sh2, sc2, g2 = (self.modulation.float()[:, None] + e0_BL6D).unbind(2)
+        x_BLD = x_BLD + self.self_attn(self.norm1(x_BLD) * (1 + sc1) + sh1, rope).float() * g1
+        x_BLD = x_BLD + self.cross_attn(self.norm3(x_BLD), context_BSD).float()
+        ffn_in = to_dtype_of(self.norm2(x_BLD) * (1 + sc2) + sh2, self.ffn[0])
+        return x_BLD + self.ffn(ffn_in).float() * g2
+
+
+class WanDiT(nn.Module):
+    def __init__(self, config: DiTConfig, *, activation_checkpointing: bool = False) -> None:
+        super().__init__()
+        self.config = cfg = config
+        self.activation_checkpointing = activation_checkpointing
+        d = cfg.dim
+        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
+        self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        self.blocks = nn.ModuleList(WanBlock(cfg) for _ in range(cfg.num_layers))
+        self.head = Head(d, math.prod(cfg.patch_size) * cfg.out_dim, cfg.eps)
+        if cfg.has_image_branch:
+            self.img_emb = MLPProj(cfg.image_dim, d, pos_len=cfg.image_pos_len)
+        self.rope = Rope3D(split=cfg.rope_split, theta=cfg.rope_theta, max_len=cfg.rope_max_len)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """Official initialisation for training from scratch (wan_arch.md §1.8); loading replaces all of it."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        for seq in (self.text_embedding, self.time_embedding):
+            for m in seq:
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, std=0.02)
+        nn.init.zeros_(self.head.head.weight)
+
+    def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
+        return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, y: torch.Tensor | None = None,
+                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.config
+        if y is not None:
+            x = torch.cat([x, y], dim=1)
+        self._check_inputs(x, t, context, clip_fea)
+        grid = self.grid(x)
+
+        x_BLD = self.patch_embedding(to_dtype_of(x, self.patch_embedding)).flatten(2).transpose(1, 2).float()
+        e_BLD, e0_BL6D = self.time_embeddings(t)
+        context_BSD = self.embed_text(context)
+        if clip_fea is not None:
+            context_BSD = torch.cat([self.img_emb(clip_fea).to(context_BSD.dtype), context_BSD], dim=1)
+        rope = self.rope.for_grid(grid, x.device)
+
+        for block in self.blocks:
+            if self.activation_checkpointing and torch.is_grad_enabled():
+                x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, use_reentrant=False)
+            else:
+                x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope)
+
+        return self.unpatchify(self.head(x_BLD, e_BLD).float(), grid)
+
+    def embed_text(self, context_BSD: torch.Tensor) -> torch.Tensor:
+        """Text MLP over the prompt zero-padded to text_len (the padded positions are attended, unmasked)."""
+        padded = F.pad(context_BSD, (0, 0, 0, self.config.text_len - context_BSD.shape[1]))
+        return self.text_embedding(to_dtype_of(padded, self.text_embedding[0]))
+
+    def time_embeddings(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """t [B] or [B, L] -> e [B, 1 or L, D] and e0 [B, 1 or L, 6, D], in float32 even under autocast."""
+        t_BL = t[:, None] if t.ndim == 1 else t
+        with torch.autocast(device_type=t.device.type, enabled=False):
+            e_BLD = self.time_embedding(timestep_sinusoid(t_BL, self.config.freq_dim).float())
+            e0_BL6D = self.time_projection(e_BLD).unflatten(-1, (6, -1))
+        return e_BLD, e0_BL6D
+
+    def unpatchify(self, x_BLP: torch.Tensor, grid: tuple[int, int, int]) -> torch.Tensor:
+        # the head's output channel index is ((p_t * P_h + p_h) * P_w + p_w) * C + c: channels fastest
+        pt, ph, pw = self.config.patch_size
+        x = x_BLP.reshape(x_BLP.shape[0], *grid, pt, ph, pw, -1)
+        x = x.permute(0, 7, 1, 4, 2, 5, 3, 6)
+        return x.reshape(x.shape[0], x.shape[1], grid[0] * pt, grid[1] * ph, grid[2] * pw)
+
+    def _check_inputs(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                      clip_fea: torch.Tensor | None) -> None:
+        cfg = self.config
+        problems = []
+        if x.ndim != 5 or x.shape[1] != cfg.in_dim:
+            problems.append(f"x (with y concatenated) has shape {tuple(x.shape)}; expected [B, {cfg.in_dim}, F, H, W]")
+        elif any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
+            problems.append(f"latent (F, H, W) = {tuple(x.shape[2:])} is not divisible by patch_size {cfg.patch_size}")
+        else:
+            num_tokens = math.prod(self.grid(x))
+            if not (t.shape == (x.shape[0],) or t.shape == (x.shape[0], num_tokens)):
+                problems.append(f"t has shape {tuple(t.shape)}; expected [{x.shape[0]}] or [{x.shape[0]}, {num_tokens}]")
+        if context.ndim != 3 or context.shape[2] != cfg.text_dim or context.shape[1] > cfg.text_len:
+            problems.append(f"context has shape {tuple(context.shape)}; expected [B, S <= {cfg.text_len}, {cfg.text_dim}]")
+        if cfg.has_image_branch and clip_fea is None:
+            problems.append(f"this {cfg.model_type} model has a CLIP image branch: pass clip_fea [B, 257, {cfg.image_dim}]")
+        if not cfg.has_image_branch and clip_fea is not None:
+            problems.append("clip_fea was given but this model has no CLIP image branch")
+        if problems:
+            raise ValueError("WanDiT input: " + "; ".join(problems))
+
+    def fp32_parameter_names(self) -> set[str]:
+        """Parameters that stay float32 when the model is cast to a narrower dtype, because the official model
+        computes with them in float32: time embedding and projection, modulation tables, norm weights."""
+        names = {n for n, _ in self.named_parameters() if n.endswith("modulation")}
+        for module_name, module in self.named_modules():
+            if isinstance(module, (RMSNorm, FP32LayerNorm)) or module_name in ("time_embedding", "time_projection"):
+                names |= {f"{module_name}.{n}" for n, _ in module.named_parameters()}
+        return names
+
+    def to_dtype(self, dtype: torch.dtype) -> WanDiT:
+        """Cast floating parameters to ``dtype``, keeping ``fp32_parameter_names()`` in float32."""
+        keep = self.fp32_parameter_names() if dtype.itemsize < 4 else set()
+        for name, p in self.named_parameters():
+            p.data = p.data.to(torch.float32 if name in keep else dtype)
+        return self
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

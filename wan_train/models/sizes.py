@@ -1,0 +1,62 @@
+"""Named model sizes: the DiT architecture of each released Wan model, its VAE, and its MoE experts.
+
+Numbers: ../shared/reference/wan_arch.md §1.1, §1.11 and §4.3. ``tiny*`` sizes have the real interfaces
+(text width 4096, CLIP width 1280, latent channels 16 / 48) at test scale.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from wan_train.models.dit.config import DiTConfig
+
+EXPERTS = ("high_noise", "low_noise")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelSize:
+    name: str
+    dit: DiTConfig
+    vae: str  # "wan2.1" (z16, 4x8x8) or "wan2.2" (z48, 4x16x16)
+    # Wan2.2 A14B: two DiTs of identical architecture. The high-noise expert runs for timesteps at or above
+    # boundary * 1000 (the shifted timestep), the low-noise expert below it.
+    experts: tuple[str, ...] = ()
+    boundary: float | None = None
+
+    @property
+    def is_moe(self) -> bool:
+        return bool(self.experts)
+
+
+def _size(name: str, *, vae: str = "wan2.1", experts: tuple[str, ...] = (), boundary: float | None = None,
+          **dit) -> ModelSize:
+    return ModelSize(name=name, dit=DiTConfig(**dit), vae=vae, experts=experts, boundary=boundary)
+
+
+_W14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
+_TINY = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2)  # head_dim 128 as in every real size
+
+SIZES: dict[str, ModelSize] = {
+    s.name: s
+    for s in (
+        _size("tiny", **_TINY),
+        _size("tiny-i2v", model_type="i2v", in_dim=36, image_dim=1280, **_TINY),
+        _size("tiny-ti2v", model_type="ti2v", in_dim=48, out_dim=48, vae="wan2.2", **_TINY),
+        _size("tiny-moe", experts=EXPERTS, boundary=0.875, **_TINY),
+        _size("wan2.1-t2v-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
+        _size("wan2.1-t2v-14b", **_W14B),
+        _size("wan2.1-i2v-14b", model_type="i2v", in_dim=36, image_dim=1280, **_W14B),
+        _size("wan2.1-flf2v-14b", model_type="flf2v", in_dim=36, image_dim=1280, image_pos_len=514, **_W14B),
+        _size("wan2.2-ti2v-5b", model_type="ti2v", dim=3072, ffn_dim=14336, num_heads=24, num_layers=30,
+              in_dim=48, out_dim=48, vae="wan2.2"),
+        _size("wan2.2-t2v-a14b", experts=EXPERTS, boundary=0.875, **_W14B),
+        _size("wan2.2-i2v-a14b", model_type="i2v", in_dim=36, experts=EXPERTS, boundary=0.9, **_W14B),
+    )
+}
+
+
+def get_size(name: str) -> ModelSize:
+    try:
+        return SIZES[name]
+    except KeyError:
+        raise ValueError(f"unknown model size {name!r}; known sizes: {', '.join(SIZES)}") from None
