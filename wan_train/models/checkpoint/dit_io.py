@@ -1,0 +1,207 @@
+"""``load_dit`` and ``save_dit``: Wan DiT checkpoints in every layout users have.
+
+Readable sources:
+  - an official folder: ``config.json`` (``"_class_name": "WanModel"``) + ``diffusion_pytorch_model.safetensors``
+    or shards with ``diffusion_pytorch_model.safetensors.index.json``;
+  - an official Wan2.2 A14B folder with ``high_noise_model/`` and ``low_noise_model/`` (``expert=`` picks one);
+  - a diffusers ``WanTransformer3DModel`` folder, or a pipeline folder (``model_index.json``) whose
+    ``transformer/`` is the high-noise expert and ``transformer_2/`` the low-noise one;
+  - a single ``.safetensors`` file in either naming, with a ComfyUI ``model.diffusion_model.`` prefix or none;
+    the size is read from the tensor shapes.
+
+Loading reads every header first and checks all names and shapes before any data is read; the model is built
+on the meta device and each tensor is assigned in place as it is read, so a checkpoint is never held twice.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from wan_train.models.checkpoint.dit_layouts import (
+    CONFIG_CLASSES, LAYOUTS, config_from_json, config_from_shapes, config_to_json, detect_layout, from_official,
+    is_unused, to_official,
+)
+from wan_train.models.checkpoint.errors import CheckpointError
+from wan_train.models.checkpoint.safetensors_io import (
+    TensorInfo, atomic_directory, index_files, iter_tensors, shard_files_from_index, write_json, write_sharded,
+)
+from wan_train.models.dit.config import DiTConfig
+from wan_train.models.dit.model import WanDiT
+from wan_train.models.sizes import EXPERTS
+
+WEIGHTS_NAME = "diffusion_pytorch_model"
+SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # ComfyUI and other single-file repacks
+_OFFICIAL_EXPERT_DIRS = {e: f"{e}_model" for e in EXPERTS}  # high_noise_model/, low_noise_model/
+_PIPELINE_EXPERT_DIRS = {"high_noise": "transformer", "low_noise": "transformer_2"}
+_MAX_LISTED = 5
+
+
+@dataclass(frozen=True)
+class _Source:
+    where: Path  # the folder or file, as named in messages
+    files: list[Path]
+    config_json: dict | None  # None for single files
+
+
+def load_dit(path: str | Path, *, expert: str | None = None, dtype: torch.dtype | None = None,
+             device: torch.device | str | None = None) -> WanDiT:
+    """Read a Wan DiT from any supported layout (see the module docstring).
+
+    dtype: cast floating weights to it (None: keep the stored dtypes); the parameters the model keeps in float32
+    (time embedding, modulation, norms) stay float32 when ``dtype`` is narrower. device: where tensors land
+    (default CPU); data is read straight to it.
+    """
+    src = _resolve(Path(path), expert)
+    entries = _strip_prefix(index_files(src.files))
+    layout = _layout(src, entries)
+    found = {to_official(k, layout): info for k, info in entries.items() if not is_unused(k, layout)}
+    config = _config(src, layout, {k: info.shape for k, info in found.items()})
+    with torch.device("meta"):
+        model = WanDiT(config)
+    _check_match(model, found, layout, src.where)
+
+    keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
+    for name, tensor in iter_tensors(found, device=device or "cpu"):
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(torch.float32 if name in keep_fp32 else dtype)
+        module_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor))
+    return model
+
+
+def save_dit(model: WanDiT, path: str | Path, *, layout: str = "official", max_shard_size: int | str = "10GB") -> Path:
+    """Write ``config.json`` and the weights (sharded above ``max_shard_size``) in the official or diffusers layout.
+    The folder appears atomically; an existing folder at ``path`` is replaced."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
+    config_json = config_to_json(model.config, layout)
+    tensors = {from_official(k, layout): v for k, v in model.state_dict().items()}
+    with atomic_directory(path) as tmp:
+        write_sharded(tensors, tmp, basename=WEIGHTS_NAME, max_shard_size=max_shard_size)
+        write_json(tmp / "config.json", config_json)
+    return Path(path)
+
+
+# ------------------------------------------------------------------------------------------------ resolving
+
+
+def _resolve(path: Path, expert: str | None) -> _Source:
+    if expert is not None and expert not in EXPERTS:
+        raise ValueError(f"expert={expert!r}; expected one of {EXPERTS}")
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: expected a .safetensors file or a checkpoint folder")
+        _refuse_expert(path, expert)
+        return _Source(path, [path], None)
+    folder = _expert_folder(path, expert)
+    config_path = folder / "config.json"
+    try:
+        config_json = json.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{folder}: no config.json (expected an official or diffusers DiT folder, an A14B "
+                              f"folder with {'/, '.join(_OFFICIAL_EXPERT_DIRS.values())}/, or a diffusers "
+                              f"pipeline folder)") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: invalid JSON ({e})") from None
+    return _Source(folder, _weight_files(folder), config_json)
+
+
+def _expert_folder(path: Path, expert: str | None) -> Path:
+    official = {e: path / d for e, d in _OFFICIAL_EXPERT_DIRS.items()}
+    if all(p.is_dir() for p in official.values()):
+        return official[_require_expert(path, expert)]
+    if (path / "model_index.json").is_file():
+        index = json.loads((path / "model_index.json").read_text())
+        present = {e: path / d for e, d in _PIPELINE_EXPERT_DIRS.items()
+                   if (path / d).is_dir() and (index.get(d) or [None])[0] is not None}
+        if "low_noise" in present:
+            return present[_require_expert(path, expert)]
+        _refuse_expert(path, expert)
+        if "high_noise" not in present:
+            raise CheckpointError(f"{path}: diffusers pipeline folder without a transformer/ folder")
+        return present["high_noise"]
+    _refuse_expert(path, expert)
+    return path
+
+
+def _require_expert(path: Path, expert: str | None) -> str:
+    if expert is None:
+        raise ValueError(f"{path} holds two experts (Wan2.2 A14B); pass expert= one of {EXPERTS}")
+    return expert
+
+
+def _refuse_expert(path: Path, expert: str | None) -> None:
+    if expert is not None:
+        raise ValueError(f"{path} holds a single DiT, not the two experts of a Wan2.2 A14B model; drop expert=")
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    index = folder / f"{WEIGHTS_NAME}.safetensors.index.json"
+    if index.is_file():
+        return shard_files_from_index(index)
+    single = folder / f"{WEIGHTS_NAME}.safetensors"
+    if single.is_file():
+        return [single]
+    raise CheckpointError(f"{folder}: neither {single.name} nor {index.name} (found: "
+                          f"{sorted(p.name for p in folder.iterdir())})")
+
+
+def _strip_prefix(entries: dict[str, TensorInfo]) -> dict[str, TensorInfo]:
+    for prefix in SINGLE_FILE_PREFIXES:
+        if any(k.startswith(prefix) for k in entries):
+            return {k.removeprefix(prefix): info for k, info in entries.items()}
+    return entries
+
+
+def _layout(src: _Source, entries: dict[str, TensorInfo]) -> str:
+    if src.config_json is not None:
+        class_name = src.config_json.get("_class_name")
+        if class_name not in CONFIG_CLASSES:
+            raise CheckpointError(f"{src.where / 'config.json'}: _class_name={class_name!r}; expected one of "
+                                  f"{sorted(CONFIG_CLASSES)}")
+        return CONFIG_CLASSES[class_name]
+    layout = detect_layout(entries)
+    if layout is None:
+        raise CheckpointError(f"{src.where}: no Wan DiT tensor names found (first keys: {sorted(entries)[:_MAX_LISTED]})")
+    return layout
+
+
+def _config(src: _Source, layout: str, shapes: dict[str, tuple[int, ...]]) -> DiTConfig:
+    try:
+        if src.config_json is not None:
+            return config_from_json(src.config_json, layout, shapes, source=str(src.where / "config.json"))
+        return config_from_shapes(shapes, source=str(src.where))
+    except (KeyError, TypeError, ValueError) as e:
+        if isinstance(e, CheckpointError):
+            raise
+        raise CheckpointError(f"{src.where}: cannot build a DiT config ({type(e).__name__}: {e})") from None
+
+
+def _check_match(model: WanDiT, found: dict[str, TensorInfo], layout: str, where: Path) -> None:
+    """One error naming every kind of disagreement (first few of each), with expected vs found shapes."""
+    expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    missing = [f"{from_official(n, layout)} {list(s)}" for n, s in expected.items() if n not in found]
+    unexpected = [f"{i.key} {list(i.shape)} in {i.file.name}" for n, i in found.items() if n not in expected]
+    mismatched = [f"{i.key} in {i.file.name}: expected {list(expected[n])}, found {list(i.shape)}"
+                  for n, i in found.items() if n in expected and i.shape != expected[n]]
+    if not (missing or unexpected or mismatched):
+        return
+    lines = [f"{where}: the checkpoint does not match the DiT its config describes ({layout} layout, "
+             f"{_describe(model.config)})"]
+    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
+        if items:
+            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
+            lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:_MAX_LISTED]) + more)
+    raise CheckpointError("\n".join(lines))
+
+
+def _describe(cfg: DiTConfig) -> str:
+    return (f"{cfg.model_type}, dim {cfg.dim}, {cfg.num_layers} layers, {cfg.num_heads} heads, in/out "
+            f"{cfg.in_dim}/{cfg.out_dim}" + (f", CLIP {cfg.image_dim}" if cfg.has_image_branch else ""))
