@@ -1,0 +1,42 @@
+"""Test helpers: random weights in which every parameter matters, and relative error."""
+
+import math
+
+import torch
+from torch import nn
+
+
+@torch.no_grad()
+def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
+    """Fill every parameter with seeded random values, so no tensor is zero or one by construction (a zero-init
+    head or unit norm weights would hide a wrongly mapped key); matrices are scaled by 1/sqrt(fan_in)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in module.named_parameters():
+        if p.ndim >= 2:
+            value = torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel())
+        else:
+            value = 0.1 * torch.randn(p.shape, generator=g) + (1.0 if "norm" in name and "weight" in name else 0.0)
+        p.copy_(value.to(p.dtype))
+    return module
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def dit_inputs(cfg, *, batch=2, frames=3, height=6, width=10, prompt_lens=(7, 4), seed=0, per_token_t=False):
+    """Random DiT inputs on an odd latent grid, with zero-padded prompts of different lengths."""
+    g = torch.Generator().manual_seed(seed)
+    latent_ch = cfg.out_dim
+    x = torch.randn(batch, latent_ch, frames, height, width, generator=g)
+    y = torch.randn(batch, cfg.in_dim - latent_ch, frames, height, width, generator=g) if cfg.in_dim > latent_ch else None
+    context = torch.randn(batch, max(prompt_lens) + 2, cfg.text_dim, generator=g)
+    for i, n in enumerate(prompt_lens):
+        context[i, n:] = 0
+    tokens = (frames // cfg.patch_size[0]) * (height // cfg.patch_size[1]) * (width // cfg.patch_size[2])
+    t = 1000 * torch.rand(batch, generator=g)
+    if per_token_t:  # ti2v: the first latent frame's tokens are clean (t = 0)
+        first = tokens // (frames // cfg.patch_size[0])
+        t = torch.cat([torch.zeros(batch, first), t[:, None].expand(batch, tokens - first)], dim=1)
+    clip_fea = torch.randn(batch, 257, cfg.image_dim, generator=g) if cfg.has_image_branch else None
+    return dict(x=x, t=t, context=context, y=y, clip_fea=clip_fea)

@@ -1,0 +1,60 @@
+"""The import direction of DESIGN.md, checked on the source: models and flow stay torch-level, nothing in
+wan_train imports diffusers (a test-only reference), eval/ or data_tools/."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "wan_train"
+# subpackage -> wan_train subpackages it may import (itself always allowed)
+ALLOWED_INTERNAL = {
+    "models": set(),
+    "flow": set(),
+    "lora": {"models"},
+    "inference": {"flow", "models", "lora"},
+    "data": set(),
+    "parallel": set(),
+    "training": {"flow", "inference", "models", "lora", "data", "parallel", "config"},
+    "config": {"models", "flow", "lora", "data", "parallel"},
+}
+TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers"}
+NEVER = {"diffusers", "eval", "data_tools"}
+
+
+def imports_of(path: Path):
+    tree = ast.parse(path.read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            yield node.module
+
+
+def is_stdlib(name: str) -> bool:
+    import sys
+    return name in sys.stdlib_module_names or name == "__future__"
+
+
+SOURCES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PACKAGE)))
+def test_imports_follow_the_design(path):
+    parts = path.relative_to(PACKAGE).parts
+    sub = parts[0] if len(parts) > 1 else None
+    for name in imports_of(path):
+        top = name.split(".")[0]
+        assert top not in NEVER, f"{path} imports {name}"
+        if sub is None:
+            continue
+        if top == "wan_train":
+            target = name.split(".")[1] if "." in name else None
+            assert target in ALLOWED_INTERNAL[sub] | {sub}, f"{path} ({sub}) imports {name}"
+        elif sub in ("models", "flow"):
+            assert top in TORCH_LEVEL or is_stdlib(top), f"{path} ({sub}) imports {name}"
+
+
+def test_every_subpackage_has_a_rule():
+    subs = {p.name for p in PACKAGE.iterdir() if p.is_dir() and (p / "__init__.py").exists()}
+    assert subs <= set(ALLOWED_INTERNAL), subs - set(ALLOWED_INTERNAL)
