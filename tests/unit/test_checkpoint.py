@@ -44,6 +44,17 @@ def test_official_diffusers_official_round_trip_is_bit_exact(tmp_path, name, cha
     assert load_dit(tmp_path / "b").config == model.config
 
 
+def test_official_config_without_model_type_is_inferred_from_the_weights(tmp_path):
+    model = tiny("tiny-i2v")
+    save_dit(model, tmp_path / "m")
+    config_path = tmp_path / "m/config.json"
+    config = json.loads(config_path.read_text())
+    del config["model_type"]
+    config_path.write_text(json.dumps({**config, "qk_norm": True, "cross_attn_norm": True, "window_size": [-1, -1],
+                                       "patch_size": [1, 2, 2], "text_dim": 4096}))
+    assert load_dit(tmp_path / "m").config == model.config
+
+
 def test_sharded_layout_matches_hugging_face_conventions(tmp_path):
     model = tiny()
     save_dit(model, tmp_path / "m", layout="diffusers", max_shard_size="1MB")

@@ -134,7 +134,9 @@ def config_from_json(d: dict, layout: str, shapes: dict[str, tuple[int, ...]], *
             derived["text_dim"] = text_dim
         if patch is not None:
             derived["patch_size"] = tuple(patch)
-        return DiTConfig(**fields, **derived)
+        cfg = DiTConfig(**fields, **derived)
+        # some repacks write no model_type; the weights say which it is
+        return cfg if "model_type" in fields else cfg.replace(model_type=_model_type(cfg))
     _check_known(fields, _DIFFUSERS_FIELDS, source)
     _check_fixed({k: fields[k] for k in ("cross_attn_norm", "qk_norm") if k in fields},
                  {"cross_attn_norm": True, "qk_norm": "rms_norm_across_heads"}, source)
