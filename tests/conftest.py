@@ -2,6 +2,11 @@ import pytest
 import torch
 
 
+def pytest_report_header(config):
+    cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA: gpu tests skipped"
+    return f"torch {torch.__version__} ({cuda})"
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
