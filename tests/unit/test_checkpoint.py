@@ -21,6 +21,12 @@ def tensors_of(folder):
     return out
 
 
+def rewrite_config(folder, *, drop=(), **changes):
+    path = folder / "config.json"
+    config = {k: v for k, v in json.loads(path.read_text()).items() if k not in drop}
+    path.write_text(json.dumps({**config, **changes}))
+
+
 def assert_same_weights(a: WanDiT, b: WanDiT):
     sa, sb = a.state_dict(), b.state_dict()
     assert sa.keys() == sb.keys()
@@ -47,11 +53,8 @@ def test_official_diffusers_official_round_trip_is_bit_exact(tmp_path, name, cha
 def test_official_config_without_model_type_is_inferred_from_the_weights(tmp_path):
     model = tiny("tiny-i2v")
     save_dit(model, tmp_path / "m")
-    config_path = tmp_path / "m/config.json"
-    config = json.loads(config_path.read_text())
-    del config["model_type"]
-    config_path.write_text(json.dumps({**config, "qk_norm": True, "cross_attn_norm": True, "window_size": [-1, -1],
-                                       "patch_size": [1, 2, 2], "text_dim": 4096}))
+    rewrite_config(tmp_path / "m", drop=["model_type"], qk_norm=True, cross_attn_norm=True, window_size=[-1, -1],
+                   patch_size=[1, 2, 2], text_dim=4096)
     assert load_dit(tmp_path / "m").config == model.config
 
 
@@ -169,9 +172,7 @@ def test_truncated_shard_names_the_file(tmp_path):
 
 def test_mismatched_checkpoint_lists_keys_with_shapes(tmp_path):
     save_dit(tiny(), tmp_path / "m")
-    config_path = tmp_path / "m/config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "num_layers": 3, "ffn_dim": 640}))
+    rewrite_config(tmp_path / "m", num_layers=3, ffn_dim=640)
     with pytest.raises(CheckpointError) as e:
         load_dit(tmp_path / "m")
     msg = str(e.value)
@@ -207,23 +208,20 @@ def test_missing_keys_are_named_in_the_files_layout(tmp_path):
 @pytest.mark.parametrize("layout,field", [("official", "dim_mult"), ("diffusers", "num_experts")])
 def test_unknown_config_field_is_named(tmp_path, layout, field):
     save_dit(tiny(), tmp_path / "m", layout=layout)
-    config_path = tmp_path / "m/config.json"
-    config_path.write_text(json.dumps({**json.loads(config_path.read_text()), field: 2}))
+    rewrite_config(tmp_path / "m", **{field: 2})
     with pytest.raises(CheckpointError, match=rf"config\.json: unknown config field\(s\) \['{field}'\]"):
         load_dit(tmp_path / "m")
 
 
 def test_unsupported_and_unrecognised_folders(tmp_path):
     save_dit(tiny(), tmp_path / "m")
-    config_path = tmp_path / "m/config.json"
-    config = json.loads(config_path.read_text())
-    config_path.write_text(json.dumps({**config, "model_type": "vace", "vace_layers": [0], "vace_in_dim": 96}))
+    rewrite_config(tmp_path / "m", model_type="vace", vace_layers=[0], vace_in_dim=96)
     with pytest.raises(CheckpointError, match="VACE checkpoints are not supported"):
         load_dit(tmp_path / "m")
-    config_path.write_text(json.dumps({**config, "_class_name": "AutoencoderKLWan"}))
+    rewrite_config(tmp_path / "m", drop=["vace_layers", "vace_in_dim"], model_type="t2v", _class_name="AutoencoderKLWan")
     with pytest.raises(CheckpointError, match="_class_name='AutoencoderKLWan'"):
         load_dit(tmp_path / "m")
-    config_path.unlink()
+    (tmp_path / "m/config.json").unlink()
     with pytest.raises(CheckpointError, match="no config.json"):
         load_dit(tmp_path / "m")
     with pytest.raises(CheckpointError, match="no such file"):

@@ -96,7 +96,6 @@ class WanDiT(nn.Module):
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, y: torch.Tensor | None = None,
                 clip_fea: torch.Tensor | None = None) -> torch.Tensor:
-        cfg = self.config
         if y is not None:
             x = torch.cat([x, y], dim=1)
         self._check_inputs(x, t, context, clip_fea)
