@@ -68,7 +68,9 @@ def load_dit(path: str | Path, *, expert: str | None = None, dtype: torch.dtype 
     keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
     for name, tensor in iter_tensors(found, device=device or "cpu"):
         if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(torch.float32 if name in keep_fp32 else dtype)
+            # a fresh copy even when the dtype already matches: a tensor left on the file's memory map would
+            # keep the whole shard mapped, and every page the casts touched resident
+            tensor = tensor.to(torch.float32 if name in keep_fp32 else dtype, copy=True)
         module_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor))
     return model
