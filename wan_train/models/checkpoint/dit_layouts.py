@@ -144,7 +144,8 @@ def config_from_json(d: dict, layout: str, shapes: dict[str, tuple[int, ...]], *
     image_dim, added_kv = fields.get("image_dim"), fields.get("added_kv_proj_dim")
     if image_dim is not None and added_kv != heads * head_dim:
         raise CheckpointError(f"{source}: added_kv_proj_dim={added_kv} must equal the model width {heads * head_dim} "
-                         f"when image_dim is set")
+                              f"when image_dim is set")
+    # defaults: WanTransformer3DModel's own, for fields a diffusers config.json may leave out
     cfg = DiTConfig(
         dim=heads * head_dim, num_heads=heads, ffn_dim=fields["ffn_dim"], num_layers=fields["num_layers"],
         in_dim=fields.get("in_channels", 16), out_dim=fields.get("out_channels") or fields.get("in_channels", 16),
