@@ -180,9 +180,9 @@ def _config(src: _Source, layout: str, shapes: dict[str, tuple[int, ...]]) -> Di
         if src.config_json is not None:
             return config_from_json(src.config_json, layout, shapes, source=str(src.where / "config.json"))
         return config_from_shapes(shapes, source=str(src.where))
+    except CheckpointError:
+        raise
     except (KeyError, TypeError, ValueError) as e:
-        if isinstance(e, CheckpointError):
-            raise
         raise CheckpointError(f"{src.where}: cannot build a DiT config ({type(e).__name__}: {e})") from None
 
 

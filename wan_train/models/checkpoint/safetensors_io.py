@@ -103,8 +103,6 @@ def iter_tensors(entries: dict[str, TensorInfo], *, device: torch.device | str =
             with safe_open(str(file), framework="pt", device=str(device)) as f:
                 for name in names:
                     yield name, f.get_tensor(entries[name].key)
-        except CheckpointError:
-            raise
         except Exception as e:  # safetensors raises its own error types for corrupt data
             raise CheckpointError(f"{file}: could not read tensors ({e})") from e
 

@@ -66,16 +66,3 @@ class DiTConfig:
 
     def replace(self, **changes) -> DiTConfig:
         return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["patch_size"] = list(self.patch_size)
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict, *, source: str = "config") -> DiTConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"{source}: unknown DiT config field(s) {unknown}; known fields: {sorted(known)}")
-        return cls(**d)
