@@ -40,3 +40,47 @@ def dit_inputs(cfg, *, batch=2, frames=3, height=6, width=10, prompt_lens=(7, 4)
         t = torch.cat([torch.zeros(batch, first), t[:, None].expand(batch, tokens - first)], dim=1)
     clip_fea = torch.randn(batch, 257, cfg.image_dim, generator=g) if cfg.has_image_branch else None
     return dict(x=x, t=t, context=context, y=y, clip_fea=clip_fea)
+
+
+# --------------------------------------------------------------------- tiny files in the official Wan formats
+
+UMT5_HF_TO_OFFICIAL = {  # transformers UMT5 -> official Wan names (wan_arch.md §3.1), independent of wan_train
+    "layer.0.layer_norm.weight": "norm1.weight",
+    "layer.0.SelfAttention.q.weight": "attn.q.weight",
+    "layer.0.SelfAttention.k.weight": "attn.k.weight",
+    "layer.0.SelfAttention.v.weight": "attn.v.weight",
+    "layer.0.SelfAttention.o.weight": "attn.o.weight",
+    "layer.0.SelfAttention.relative_attention_bias.weight": "pos_embedding.embedding.weight",
+    "layer.1.layer_norm.weight": "norm2.weight",
+    "layer.1.DenseReluDense.wi_0.weight": "ffn.gate.0.weight",
+    "layer.1.DenseReluDense.wi_1.weight": "ffn.fc1.weight",
+    "layer.1.DenseReluDense.wo.weight": "ffn.fc2.weight",
+}
+
+
+def umt5_official_state(hf_state: dict) -> dict:
+    """A transformers UMT5EncoderModel state dict in the layout of models_t5_umt5-xxl-enc-bf16.pth."""
+    out = {"token_embedding.weight": hf_state["shared.weight"].clone(),
+           "norm.weight": hf_state["encoder.final_layer_norm.weight"].clone()}
+    for key, tensor in hf_state.items():
+        if key.startswith("encoder.block."):
+            _, _, i, rest = key.split(".", 3)
+            out[f"blocks.{i}.{UMT5_HF_TO_OFFICIAL[rest]}"] = tensor.clone()
+    return out
+
+
+def write_tiny_tokenizer(path, sentences=("A red fox jumps over the lazy dog.", "Rain over a neon city at night."),
+                         vocab_size=60):
+    """A tiny Unigram tokenizer folder with the T5 conventions: <pad> 0, </s> 1, <unk> 2, EOS appended."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.Unigram())
+    tok.normalizer, tok.pre_tokenizer = normalizers.NFKC(), pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Metaspace()
+    tok.train_from_iterator(list(sentences) * 10, trainers.UnigramTrainer(
+        vocab_size=vocab_size, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>"))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
+                            ).save_pretrained(path)
+    return path

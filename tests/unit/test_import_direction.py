@@ -18,7 +18,7 @@ ALLOWED_INTERNAL = {
     "training": {"flow", "inference", "models", "lora", "data", "parallel", "config"},
     "config": {"models", "flow", "lora", "data", "parallel"},
 }
-TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers"}
+TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "ftfy"}
 NEVER = {"diffusers", "eval", "data_tools"}
 
 
