@@ -1,11 +1,20 @@
-"""Architecture only: the Wan DiT, its named sizes, checkpoint I/O and FLOPs counting."""
+"""Architecture only: the Wan DiT, the VAEs, the text and image encoders, named sizes, checkpoint I/O and FLOPs
+counting."""
 
-from wan_train.models.checkpoint import CheckpointError, load_dit, save_dit
+from wan_train.models.checkpoint import (
+    CheckpointError, WanComponents, WanFiles, find_wan_files, load_dit, load_vae, load_wan, save_dit,
+)
 from wan_train.models.dit import DiTConfig, WanBlock, WanDiT
 from wan_train.models.dit.flops import DiTFlops, dit_flops
+from wan_train.models.encoders import (
+    ClipVisionConfig, ClipVisionEncoder, WanTextEncoder, load_clip_vision, load_text_encoder,
+)
 from wan_train.models.sizes import EXPERTS, SIZES, ModelSize, get_size
+from wan_train.models.vae import VAE_CONFIGS, Tiling, VAEConfig, WanVAE
 
 __all__ = [
-    "EXPERTS", "SIZES", "CheckpointError", "DiTConfig", "DiTFlops", "ModelSize", "WanBlock", "WanDiT", "dit_flops",
-    "get_size", "load_dit", "save_dit",
+    "EXPERTS", "SIZES", "VAE_CONFIGS", "CheckpointError", "ClipVisionConfig", "ClipVisionEncoder", "DiTConfig",
+    "DiTFlops", "ModelSize", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles",
+    "WanTextEncoder", "WanVAE", "dit_flops", "find_wan_files", "get_size", "load_clip_vision", "load_dit",
+    "load_text_encoder", "load_vae", "load_wan", "save_dit",
 ]
