@@ -1,6 +1,7 @@
 """One call loads a whole Wan checkpoint folder: DiT, VAE, text encoder + tokenizer, and CLIP for i2v models;
 tiny random components written in the official file names and formats stand in for the downloads."""
 
+import json
 import shutil
 
 import pytest
@@ -87,3 +88,32 @@ def test_both_vae_files_are_told_apart_by_the_dit(t2v_folder, tmp_path):
 def test_not_a_wan_folder(tmp_path):
     with pytest.raises(CheckpointError, match="no DiT found"):
         find_wan_files(tmp_path)
+
+
+def test_diffusers_pipeline_folder(tmp_path):
+    """A -Diffusers folder: transformer/, vae/, text_encoder/, tokenizer/ and model_index.json."""
+    diffusers = pytest.importorskip("diffusers")  # writes the vae/ folder in its own format
+    dit = randomize_(WanDiT(get_size("tiny").dit))
+    save_dit(dit, tmp_path / "transformer", layout="diffusers")
+    vae = randomize_(diffusers.AutoencoderKLWan(base_dim=8, z_dim=16))
+    vae.save_pretrained(tmp_path / "vae")
+    t5 = randomize_(UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, num_heads=4, d_kv=8, d_ff=48,
+                                                num_layers=1)))
+    t5.save_pretrained(tmp_path / "text_encoder")
+    write_tiny_tokenizer(tmp_path / "tokenizer")
+    (tmp_path / "model_index.json").write_text(json.dumps({
+        "_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"], "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"]}))
+    wan = load_wan(tmp_path)
+    assert wan.files.layout == "diffusers" and wan.clip is None
+    for k, v in dit.state_dict().items():
+        assert torch.equal(wan.dit.state_dict()[k], v), k
+    x = torch.rand(1, 3, 5, 16, 16) * 2 - 1
+    with torch.no_grad():
+        mu = vae.encode(x).latent_dist.mode()
+    torch.testing.assert_close(wan.vae.encode(x) * wan.vae.latents_std + wan.vae.latents_mean, mu)
+    assert wan.text_encoder.encode("a red fox")[0].shape == (1, 512, TEXT_DIM)
+    (tmp_path / "vae" / "config.json").unlink()
+    with pytest.raises(CheckpointError, match="no VAE found"):
+        load_wan(tmp_path, components=("vae",))

@@ -184,6 +184,14 @@ class Resample(Causal):
         return x
 
 
+def _neighbourhood_ratio(fine_dim: int, coarse_dim: int, factor_t: int, factor_s: int) -> int:
+    """How many folded values (fine channels x t x s x s neighbourhood) fall on each coarse channel."""
+    folded = fine_dim * factor_t * factor_s ** 2
+    if folded % coarse_dim:
+        raise ValueError(f"{fine_dim} channels x {factor_t}x{factor_s}x{factor_s} is not a multiple of {coarse_dim}")
+    return folded // coarse_dim
+
+
 class AvgDown3D(nn.Module):
     """Wan2.2 parameter-free shortcut: fold t x s x s neighbourhoods into channels, then average channel groups.
 
@@ -193,11 +201,7 @@ class AvgDown3D(nn.Module):
     def __init__(self, in_dim: int, out_dim: int, *, factor_t: int, factor_s: int) -> None:
         super().__init__()
         self.out_dim, self.factor_t, self.factor_s = out_dim, factor_t, factor_s
-        folded = in_dim * factor_t * factor_s ** 2
-        if folded % out_dim:
-            raise ValueError(f"AvgDown3D: {in_dim} channels x {factor_t}x{factor_s}x{factor_s} is not a multiple of "
-                             f"{out_dim}")
-        self.group = folded // out_dim
+        self.group = _neighbourhood_ratio(in_dim, out_dim, factor_t, factor_s)
 
     def forward(self, x_BCFHW: torch.Tensor) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s
@@ -218,11 +222,7 @@ class DupUp3D(Causal):
     def __init__(self, in_dim: int, out_dim: int, *, factor_t: int, factor_s: int) -> None:
         super().__init__()
         self.out_dim, self.factor_t, self.factor_s = out_dim, factor_t, factor_s
-        unfolded = out_dim * factor_t * factor_s ** 2
-        if unfolded % in_dim:
-            raise ValueError(f"DupUp3D: {out_dim} channels x {factor_t}x{factor_s}x{factor_s} is not a multiple of "
-                             f"{in_dim}")
-        self.repeats = unfolded // in_dim
+        self.repeats = _neighbourhood_ratio(out_dim, in_dim, factor_t, factor_s)
 
     def forward(self, x_BCFHW: torch.Tensor, cache: StreamCache) -> torch.Tensor:
         ft, fs = self.factor_t, self.factor_s
