@@ -74,8 +74,9 @@ def test_a_missing_file_is_named(t2v_folder, tmp_path, name):
     shutil.copytree(t2v_folder, copy)
     target = copy / name
     shutil.rmtree(target) if target.is_dir() else target.unlink()
-    with pytest.raises(CheckpointError, match=f"{copy}: .*{name}"):
+    with pytest.raises(CheckpointError, match=f"{copy}: missing {name}"):
         load_wan(copy)
+    assert load_wan(copy, components=("dit",)).dit is not None  # what is there still loads
 
 
 def test_both_vae_files_are_told_apart_by_the_dit(t2v_folder, tmp_path):
@@ -115,5 +116,5 @@ def test_diffusers_pipeline_folder(tmp_path):
     torch.testing.assert_close(wan.vae.encode(x) * wan.vae.latents_std + wan.vae.latents_mean, mu)
     assert wan.text_encoder.encode("a red fox")[0].shape == (1, 512, TEXT_DIM)
     (tmp_path / "vae" / "config.json").unlink()
-    with pytest.raises(CheckpointError, match="no VAE found"):
+    with pytest.raises(CheckpointError, match="vae: no VAE found"):
         load_wan(tmp_path, components=("vae",))

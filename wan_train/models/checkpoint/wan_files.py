@@ -24,8 +24,8 @@ PIPELINE_DIRS = {"vae": "vae", "text_encoder": "text_encoder", "tokenizer": "tok
 
 @dataclass(frozen=True)
 class WanFiles:
-    """Where each component of a Wan checkpoint folder is; ``clip`` is None when the folder has none (only the
-    Wan2.1 image-to-video models use it)."""
+    """Where each component of a Wan checkpoint folder is expected; ``require`` checks that it is there, so a
+    folder missing a component still serves the others."""
 
     root: Path
     layout: str  # "official" | "diffusers"
@@ -33,11 +33,21 @@ class WanFiles:
     vae: Path
     text_encoder: Path
     tokenizer: Path
-    clip: Path | None
+    clip: Path  # only the Wan2.1 image-to-video models have (and need) it
+
+    def has(self, component: str) -> bool:
+        return getattr(self, component).exists()
+
+    def require(self, component: str) -> Path:
+        path = getattr(self, component)
+        if not path.exists():
+            raise CheckpointError(f"{self.root}: missing {path.relative_to(self.root)} (the "
+                                  f"{component.replace('_', ' ')} of a {self.layout} Wan checkpoint folder)")
+        return path
 
 
 def find_wan_files(folder: str | Path) -> WanFiles:
-    """The component paths of a Wan checkpoint folder; a missing component is named in the error.
+    """The component paths of a Wan checkpoint folder (official or diffusers pipeline).
 
     When an official folder holds both VAE files, the DiT's latent channels (``out_dim`` in its config.json:
     48 for Wan2.2 TI2V, 16 otherwise) pick one.
@@ -46,21 +56,16 @@ def find_wan_files(folder: str | Path) -> WanFiles:
     if not root.is_dir():
         raise CheckpointError(f"{root}: not a folder (expected a Wan checkpoint folder such as Wan2.1-T2V-1.3B/)")
     if (root / "model_index.json").is_file():
-        paths = {name: _require(root / sub, root, "diffusers pipeline") for name, sub in PIPELINE_DIRS.items()
-                 if name != "clip"}
-        clip = root / PIPELINE_DIRS["clip"]
-        return WanFiles(root, "diffusers", root, clip=clip if clip.is_dir() else None, **paths)
+        return WanFiles(root, "diffusers", root, **{name: root / sub for name, sub in PIPELINE_DIRS.items()})
     if not ((root / "config.json").is_file() or all((root / d).is_dir() for d in OFFICIAL_EXPERT_DIRS)):
         raise CheckpointError(f"{root}: no DiT found: expected config.json (official folder), "
                               f"{' and '.join(d + '/' for d in OFFICIAL_EXPERT_DIRS)} (Wan2.2 A14B) or "
                               "model_index.json (diffusers pipeline)")
-    clip = root / OFFICIAL_CLIP_FILE
-    return WanFiles(
-        root, "official", root, vae=find_vae_file(root, version=_vae_version_of_dit(root)),
-        text_encoder=_require(root / OFFICIAL_T5_FILE, root, "official Wan"),
-        tokenizer=_require(root / OFFICIAL_TOKENIZER_DIR, root, "official Wan"),
-        clip=clip if clip.is_file() else None,
-    )
+    version = _vae_version_of_dit(root)
+    present = [root / name for name in OFFICIAL_VAE_FILES.values() if (root / name).is_file()]
+    vae = present[0] if len(present) == 1 else root / OFFICIAL_VAE_FILES[version or "wan2.1"]
+    return WanFiles(root, "official", root, vae=vae, text_encoder=root / OFFICIAL_T5_FILE,
+                    tokenizer=root / OFFICIAL_TOKENIZER_DIR, clip=root / OFFICIAL_CLIP_FILE)
 
 
 def find_vae_file(folder: Path, *, version: str | None = None) -> Path:
@@ -85,9 +90,3 @@ def _vae_version_of_dit(root: Path) -> str | None:
     except json.JSONDecodeError:
         return None  # load_dit reports the broken file
     return {48: "wan2.2", 16: "wan2.1"}.get(out_dim)
-
-
-def _require(path: Path, root: Path, kind: str) -> Path:
-    if not path.exists():
-        raise CheckpointError(f"{root}: missing {path.relative_to(root)} (expected in a {kind} folder)")
-    return path
