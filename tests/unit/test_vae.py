@@ -114,6 +114,15 @@ def test_vae_tiling_blends_tiles(tiny):
         tiny.tiling = Tiling()
 
 
+def test_tiles_off_the_latent_grid_are_refused(tiny):
+    tiny.tiling = Tiling(tile=100, overlap=20)
+    try:
+        with pytest.raises(ValueError, match=f"multiples of this VAE's spatial compression {tiny.spatial_compression}"):
+            tiny.encode(video(1, 4 * tiny.spatial_compression, 4 * tiny.spatial_compression), tiled=True)
+    finally:
+        tiny.tiling = Tiling()
+
+
 def test_tiling_turns_on_automatically_from_720p():
     tiling = Tiling()
     assert tiling.use_for((720, 1280), None) and tiling.use_for((1080, 1920), None)

@@ -185,9 +185,9 @@ class WanVAE(nn.Module):
         tiled: force spatial tiling on or off (None: ``self.tiling`` decides by frame area)."""
         self._check_video(video)
         x = video.to(self.latents_mean.device, self.dtype)
-        if self.tiling.use_for(x.shape[-2:], tiled):
+        if self._use_tiling(x.shape[-2:], tiled):
             mu = tiles.tiled(self._encode_stream, x, tile=self.tiling.tile, overlap=self.tiling.overlap,
-                       scale=1 / self.spatial_compression)
+                             scale=1 / self.spatial_compression)
         else:
             mu = self._encode_stream(x)
         return (mu.float() - self.latents_mean) * (1.0 / self.latents_std)
@@ -199,9 +199,9 @@ class WanVAE(nn.Module):
         z = latents.to(self.latents_mean.device).float() / (1.0 / self.latents_std) + self.latents_mean
         z = z.to(self.dtype)
         s = self.spatial_compression
-        if self.tiling.use_for((z.shape[-2] * s, z.shape[-1] * s), tiled):
+        if self._use_tiling((z.shape[-2] * s, z.shape[-1] * s), tiled):
             video = tiles.tiled(self._decode_stream, z, tile=self.tiling.tile // s, overlap=self.tiling.overlap // s,
-                          scale=s)
+                                scale=s)
         else:
             video = self._decode_stream(z)
         return video.float().clamp_(-1.0, 1.0)
@@ -220,6 +220,15 @@ class WanVAE(nn.Module):
         cache = StreamCache()
         out = torch.cat([self.decoder(x[:, :, i:i + 1], cache) for i in range(x.shape[2])], dim=2)
         return unpatchify(out, self.config.patch_size)
+
+    def _use_tiling(self, frame_hw: tuple[int, int], requested: bool | None) -> bool:
+        if not self.tiling.use_for(frame_hw, requested):
+            return False
+        s = self.spatial_compression
+        if self.tiling.tile % s or self.tiling.overlap % s:  # tiles must start on the latent grid
+            raise ValueError(f"tiling tile={self.tiling.tile} and overlap={self.tiling.overlap} must be multiples "
+                             f"of this VAE's spatial compression {s}")
+        return True
 
     def _check_video(self, video: torch.Tensor) -> None:
         s, t = self.spatial_compression, self.temporal_compression
