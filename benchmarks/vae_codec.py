@@ -94,6 +94,7 @@ def main() -> None:
     p.add_argument("--width", type=int, default=832)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
+    p.add_argument("--ops", nargs="+", choices=["encode", "decode"], default=["encode", "decode"])
     p.add_argument("--modes", nargs="+", choices=["untiled", "tiled"], default=["untiled", "tiled"])
     p.add_argument("--reference", action="store_true", help="also run diffusers' AutoencoderKLWan")
     p.add_argument("--one-op", help=argparse.SUPPRESS)
@@ -109,7 +110,7 @@ def main() -> None:
     print(f"# {args.version} VAE, {args.frames} x {args.height} x {args.width}, {args.dtype}, {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     print("| op | tiling | impl | seconds | frames/s | peak memory |\n|---|---|---|---|---|---|")
-    for op in ("encode", "decode"):
+    for op in args.ops:
         for mode in args.modes:
             for impl in impls:
                 cmd = [sys.executable, __file__, *passthrough, "--one-op", op, "--one-tiled", mode, "--one-impl", impl]
