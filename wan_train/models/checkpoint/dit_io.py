@@ -27,6 +27,7 @@ from wan_train.models.checkpoint.dit_layouts import (
     is_unused, to_official,
 )
 from wan_train.models.checkpoint.errors import CheckpointError
+from wan_train.models.checkpoint.state_dict import MAX_LISTED, report
 from wan_train.models.checkpoint.safetensors_io import (
     TensorInfo, atomic_directory, index_files, iter_tensors, shard_files_from_index, write_json, write_sharded,
 )
@@ -38,7 +39,6 @@ WEIGHTS_NAME = "diffusion_pytorch_model"
 SINGLE_FILE_PREFIXES = ("model.diffusion_model.", "diffusion_model.")  # ComfyUI and other single-file repacks
 _OFFICIAL_EXPERT_DIRS = {e: f"{e}_model" for e in EXPERTS}  # high_noise_model/, low_noise_model/
 _PIPELINE_EXPERT_DIRS = {"high_noise": "transformer", "low_noise": "transformer_2"}
-_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -171,7 +171,7 @@ def _layout(src: _Source, entries: dict[str, TensorInfo]) -> str:
         return CONFIG_CLASSES[class_name]
     layout = detect_layout(entries)
     if layout is None:
-        raise CheckpointError(f"{src.where}: no Wan DiT tensor names found (first keys: {sorted(entries)[:_MAX_LISTED]})")
+        raise CheckpointError(f"{src.where}: no Wan DiT tensor names found (first keys: {sorted(entries)[:MAX_LISTED]})")
     return layout
 
 
@@ -189,19 +189,13 @@ def _config(src: _Source, layout: str, shapes: dict[str, tuple[int, ...]]) -> Di
 def _check_match(model: WanDiT, found: dict[str, TensorInfo], layout: str, where: Path) -> None:
     """One error naming every kind of disagreement (first few of each), with expected vs found shapes."""
     expected = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    missing = [f"{from_official(n, layout)} {list(s)}" for n, s in expected.items() if n not in found]
-    unexpected = [f"{i.key} {list(i.shape)} in {i.file.name}" for n, i in found.items() if n not in expected]
-    mismatched = [f"{i.key} in {i.file.name}: expected {list(expected[n])}, found {list(i.shape)}"
-                  for n, i in found.items() if n in expected and i.shape != expected[n]]
-    if not (missing or unexpected or mismatched):
-        return
-    lines = [f"{where}: the checkpoint does not match the DiT its config describes ({layout} layout, "
-             f"{_describe(model.config)})"]
-    for title, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", mismatched)):
-        if items:
-            more = f" (+{len(items) - _MAX_LISTED} more)" if len(items) > _MAX_LISTED else ""
-            lines.append(f"  {title} ({len(items)}): " + "; ".join(items[:_MAX_LISTED]) + more)
-    raise CheckpointError("\n".join(lines))
+    report(f"{where}: the checkpoint does not match the DiT its config describes ({layout} layout, "
+           f"{_describe(model.config)})", {
+        "missing keys": [f"{from_official(n, layout)} {list(s)}" for n, s in expected.items() if n not in found],
+        "unexpected keys": [f"{i.key} {list(i.shape)} in {i.file.name}" for n, i in found.items() if n not in expected],
+        "shape mismatches": [f"{i.key} in {i.file.name}: expected {list(expected[n])}, found {list(i.shape)}"
+                             for n, i in found.items() if n in expected and i.shape != expected[n]],
+    })
 
 
 def _describe(cfg: DiTConfig) -> str:
