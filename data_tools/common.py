@@ -1,0 +1,58 @@
+"""What every data tool shares: a rich progress bar, the end-of-run summary, atomic file writes."""
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
+                           TimeRemainingColumn)
+from rich.table import Table
+from rich.text import Text
+
+console = Console(stderr=True)
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text(f"{task.speed:.2f}/s" if task.speed else "-/s")
+
+
+def progress() -> Progress:
+    """Usage: `with progress() as bar: task = bar.add_task("shards", total=n); ...; bar.advance(task)`."""
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+
+
+def summary(title: str, rows: dict[str, object]) -> None:
+    table = Table(title=title, show_header=False)
+    for name, value in rows.items():
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside `final`; it is renamed onto `final` only if the body succeeds, so readers
+    never see a half-written file and a killed run leaves at most a `.tmp` file behind."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; shards on shared storage must be readable
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(final: str | Path, data: bytes) -> Path:
+    with atomic_path(final) as tmp:
+        tmp.write_bytes(data)
+    return Path(final)

@@ -1,0 +1,166 @@
+"""The LightningDataModule over WebDataset shards, for raw video (`kind: video`) or cached latents
+(`kind: latents`). Both paths share the stream, the bucket table and the resume bookkeeping.
+
+Position: every batch carries its worker's stream position; `on_before_batch_transfer` (the hook Lightning
+calls for each batch the model actually gets) records it, so the DataModule's `state_dict` (saved in every
+Lightning checkpoint) is exactly what was consumed, not what the workers prefetched. Under DDP the state of
+every rank is gathered into the checkpoint, and each rank restores its own."""
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+
+import lightning as L
+import torch
+import torch.distributed as dist
+import webdataset
+from safetensors.torch import load as load_safetensors
+from torch.utils.data import DataLoader
+
+from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
+from wan_train.data.decode import to_unit_range
+from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
+from wan_train.data.shards import expand_urls, opener_url
+from wan_train.data.stream import BucketedStream
+from wan_train.data.video import VideoSource
+
+log = logging.getLogger(__name__)
+KINDS = ("video", "latents")
+
+
+@dataclass
+class DataConfig:
+    shards: list[str] = field(default_factory=list)  # paths, brace patterns, directories, pipe:/http(s)/s3 URLs
+    kind: str = "video"
+    batch_size: int = 1
+    num_workers: int = 2
+    shuffle_buffer: int = 64
+    seed: int = 0
+    epochs: int | None = None  # None: an endless stream, the trainer's max_steps decides
+    caption_dropout: float = 0.1
+    # the bucket table (see wan_train.data.buckets); latent shards were cached with one of its buckets
+    resolutions: list[str] = field(default_factory=lambda: ["480p"])
+    aspect_ratios: list[str] = field(default_factory=lambda: list(ASPECT_RATIOS))
+    durations: list[float] = field(default_factory=lambda: [5.0])
+    fps: float = 16.0
+    spatial_stride: int = 16
+    # raw video only
+    clip_start: str = "random"
+    crop: str = "centre"
+    span: str = "shot"
+    decode_timeout: float = 60.0
+    # cached latents only: the empty prompt's context; None = empty_prompt.safetensors beside the first shard
+    empty_prompt: str | None = None
+
+    def table(self) -> BucketTable:
+        return BucketTable(resolutions=tuple(self.resolutions), aspect_ratios=tuple(self.aspect_ratios),
+                           durations=tuple(self.durations), fps=self.fps, spatial_stride=self.spatial_stride)
+
+
+def read_url(url: str) -> bytes:
+    with webdataset.gopen(opener_url(url)) as stream:
+        return stream.read()
+
+
+def load_empty_prompt(config: DataConfig, urls: list[str]) -> torch.Tensor | None:
+    if config.caption_dropout == 0:
+        return None
+    path = config.empty_prompt or os.path.join(os.path.dirname(urls[0]), EMPTY_PROMPT_FILE)
+    try:
+        return load_safetensors(read_url(path))["context"]
+    except Exception as error:
+        raise FileNotFoundError(f"data.empty_prompt: cannot read the empty prompt's context from {path} ({error}); "
+                                f"data_tools.cache_latents writes it beside the shards") from None
+
+
+def make_source(config: DataConfig, urls: list[str]):
+    if config.kind == "video":
+        return VideoSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
+                           crop=config.crop, span=config.span, decode_timeout=config.decode_timeout)
+    if config.kind == "latents":
+        return LatentSource(load_empty_prompt(config, urls), caption_dropout=config.caption_dropout)
+    raise ValueError(f"data.kind={config.kind!r}: expected one of {list(KINDS)}")
+
+
+def _rank_and_world(trainer) -> tuple[int, int]:
+    if trainer is not None:
+        return trainer.global_rank, trainer.world_size
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+class WanDataModule(L.LightningDataModule):
+    def __init__(self, config: DataConfig):
+        super().__init__()
+        if not config.shards:
+            raise ValueError("data.shards is empty: give shard paths, a brace pattern or a directory")
+        config.table()  # fail at construction on a bad bucket table
+        self.config = config
+        self.positions: dict[int, dict] = {}  # worker -> position after its last consumed batch
+        self.resume: dict[int, dict] = {}
+
+    def dataset(self, *, rank: int | None = None, world_size: int | None = None) -> BucketedStream:
+        urls = expand_urls(self.config.shards)
+        if rank is None:  # resolved here, in the main process: loader workers may not see the process group
+            rank, world_size = _rank_and_world(self.trainer)
+        stream = BucketedStream(urls, make_source(self.config, urls), batch_size=self.config.batch_size,
+                                seed=self.config.seed, shuffle_buffer=self.config.shuffle_buffer,
+                                epochs=self.config.epochs, rank=rank, world_size=world_size)
+        stream.resume = dict(self.resume)
+        return stream
+
+    def train_dataloader(self, **slot) -> DataLoader:
+        workers = self.config.num_workers
+        return DataLoader(self.dataset(**slot), batch_size=None, num_workers=workers, persistent_workers=workers > 0,
+                          prefetch_factor=2 if workers else None)
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
+        if isinstance(batch, dict) and "_position" in batch:
+            position = batch.pop("_position")
+            self.positions[int(position["worker"])] = position["state"]
+        return batch
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
+        if isinstance(batch, dict) and "video" in batch and batch["video"].dtype == torch.uint8:
+            batch["video"] = to_unit_range(batch["video"])
+        return batch
+
+    @property
+    def skipped(self) -> Counter:
+        """Samples skipped so far on this rank, by reason (summed over its workers)."""
+        return sum((Counter(state["skipped"]) for state in self.positions.values()), Counter())
+
+    def state_dict(self) -> dict:
+        mine = {"workers": dict(self.positions), "num_workers": self.config.num_workers}
+        ranks = [mine]
+        if dist.is_available() and dist.is_initialized():
+            ranks = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, mine)
+        return {"ranks": ranks, "seed": self.config.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        rank, world = _rank_and_world(self.trainer)
+        ranks = state["ranks"]
+        same_layout = len(ranks) == world and ranks[rank]["num_workers"] == self.config.num_workers
+        if not same_layout or state["seed"] != self.config.seed:
+            log.warning("data: the checkpoint's loader layout (%d ranks x %d workers, seed %s) differs from this run's "
+                        "(%d x %d, seed %s); the stream restarts from its beginning", len(ranks),
+                        ranks[0]["num_workers"], state["seed"], world, self.config.num_workers, self.config.seed)
+            return
+        self.resume = {int(k): v for k, v in ranks[rank]["workers"].items()}
+        self.positions = dict(self.resume)
+
+
+class DataMetrics(L.Callback):
+    """Logs the skipped-sample counters (`data/skipped` and `data/skipped_<reason>`) every batch."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        datamodule = trainer.datamodule
+        if not isinstance(datamodule, WanDataModule):
+            return
+        skipped = datamodule.skipped
+        metrics = {f"data/skipped_{reason}": float(n) for reason, n in skipped.items()}
+        metrics["data/skipped"] = float(sum(skipped.values()))
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=False)

@@ -1,0 +1,12 @@
+"""Why a sample was skipped. Every bad sample raises `SampleError` with a short `reason` (the counter it goes
+into) and a message naming the sample; the stream catches it, counts it and moves on."""
+
+REASONS = ("undecodable", "too_short", "bad_metadata", "timeout", "missing_field", "unreadable_shard")
+
+
+class SampleError(Exception):
+    def __init__(self, reason: str, message: str):
+        if reason not in REASONS:
+            raise ValueError(f"unknown skip reason {reason!r}; expected one of {REASONS}")
+        super().__init__(message)
+        self.reason = reason

@@ -1,0 +1,81 @@
+"""The cached-latent source: samples written by `data_tools.cache_latents`, trained on with no VAE or text
+encoder in memory. A sample is `<key>.safetensors` + `<key>.json`:
+
+- `latents` [C, f, h, w]: the normalised VAE posterior mean of the clip (its bucket's size and frames);
+- `context.{i}` [L_i, D]: the text encoder output of caption i, cut to its true length (the DiT pads to 512);
+- optional `y` [4 + C, f, h, w] (I2V mask + conditioning latent) and `clip_fea` [257, 1280] (CLIP of frame 0);
+- json: `bucket` (Bucket.key), `captions`, `source`, `start` (clip start, seconds) and the encoders used.
+
+Caption dropout swaps in the empty prompt's context, cached once per dataset as `empty_prompt.safetensors`."""
+
+import json
+import random
+from dataclasses import dataclass
+
+import torch
+from safetensors.torch import load as load_safetensors
+
+from wan_train.data.buckets import Bucket
+from wan_train.data.captions import choose_caption
+from wan_train.data.errors import SampleError
+from wan_train.data.stream import Planned, stack
+
+EMPTY_PROMPT_FILE = "empty_prompt.safetensors"
+OPTIONAL = ("y", "clip_fea")
+
+
+@dataclass(frozen=True)
+class LatentSource:
+    empty_prompt: torch.Tensor | None = None  # [L, D]; needed when caption_dropout > 0
+    caption_dropout: float = 0.0
+
+    def __post_init__(self):
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"data.caption_dropout={self.caption_dropout}: must be in [0, 1]")
+        if self.caption_dropout > 0 and self.empty_prompt is None:
+            raise ValueError(f"data.caption_dropout={self.caption_dropout} on cached latents needs the empty prompt's "
+                             f"embedding ({EMPTY_PROMPT_FILE}, written by data_tools.cache_latents)")
+
+    def plan(self, sample: dict, *, rng: random.Random) -> Planned:
+        key = f"{sample.get('__url__', '?')}:{sample['__key__']}"
+        for ext in ("json", "safetensors"):
+            if ext not in sample:
+                raise SampleError("missing_field", f"{key}: no .{ext} member")
+        try:
+            meta = json.loads(sample["json"])
+            bucket = Bucket.from_key(meta["bucket"])
+            captions = meta["captions"]
+        except (ValueError, KeyError, TypeError) as error:
+            raise SampleError("bad_metadata", f"{key}: latent .json needs 'bucket' and 'captions' ({error})") from None
+        caption = choose_caption(len(captions), dropout=self.caption_dropout, rng=rng)
+        return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
+                       choice={"caption": caption, "prompt": "" if caption is None else captions[caption], "name": key})
+
+    def load(self, planned: Planned, *, rng: random.Random) -> dict:
+        name, caption = planned.choice["name"], planned.choice["caption"]
+        try:
+            tensors = load_safetensors(planned.sample["safetensors"])
+        except Exception as error:  # safetensors raises SafetensorError / ValueError on truncated bytes
+            raise SampleError("undecodable", f"{name}: unreadable .safetensors ({error})") from None
+        context_key = None if caption is None else f"context.{caption}"
+        if "latents" not in tensors or (context_key is not None and context_key not in tensors):
+            raise SampleError("missing_field", f"{name}: .safetensors lacks 'latents' or '{context_key}'")
+        item = {
+            "latents": tensors["latents"],
+            "context": self.empty_prompt if context_key is None else tensors[context_key],
+            "prompt": planned.choice["prompt"],
+            "key": planned.key,
+        }
+        item.update({k: tensors[k] for k in OPTIONAL if k in tensors})
+        return item
+
+    def collate(self, items: list[dict]) -> dict:
+        lengths = torch.tensor([item["context"].shape[0] for item in items])
+        context = torch.zeros(len(items), int(lengths.max()), items[0]["context"].shape[1],
+                              dtype=items[0]["context"].dtype)
+        for i, item in enumerate(items):
+            context[i, : lengths[i]] = item["context"]
+        batch = {"latents": stack(items, "latents"), "context": context, "context_lengths": lengths,
+                 "prompt": [item["prompt"] for item in items], "key": [item["key"] for item in items]}
+        batch.update({k: stack(items, k) for k in OPTIONAL if all(k in item for item in items)})
+        return batch

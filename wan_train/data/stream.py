@@ -1,0 +1,150 @@
+"""The iterable both training paths (raw video, cached latents) run on: a worker's shuffled samples ->
+buckets -> batches of one bucket each, with the bookkeeping that makes the stream resumable.
+
+A source (video.VideoSource, latents.LatentSource) does the per-sample work in two steps: `plan` (cheap: read
+the metadata, pick a caption, apply dropout, pick the bucket) and `load` (decode / deserialise). Buckets hold
+planned samples and load them only when they fill, so a waiting sample costs its compressed bytes, not a
+decoded clip. A sample that fails either step is skipped and counted under its reason, never fatal.
+
+Resume: sample n of epoch e of a worker is the same sample in every run with the same seed and layout, and all
+randomness of a sample comes from (seed, epoch, shard, key). Each batch carries the worker's position after it:
+(epoch, next stream index, stream indices still waiting in buckets, skip counts). Restarting from a position
+re-reads the stream up to it without decoding, re-plans the waiting samples and continues with the very next
+batch the interrupted run would have produced. Epochs end by flushing each bucket as a (smaller) last batch,
+so no sample is dropped; with epochs=None the stream runs forever (steps are the trainer's business)."""
+
+import itertools
+import random
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+from torch.utils.data import IterableDataset, get_worker_info
+
+from wan_train.data.buckets import Bucket
+from wan_train.data.errors import SampleError
+from wan_train.data.shards import WorkerSlot, epoch_rng, epoch_samples
+
+
+@dataclass
+class Planned:
+    key: str
+    url: str
+    bucket: Bucket
+    sample: dict
+    choice: dict  # what plan decided (caption index, dropout, ...), for load
+    position: int = -1
+
+
+@dataclass
+class Position:
+    epoch: int = 0
+    next: int = 0
+    pending: list[int] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"epoch": self.epoch, "next": self.next, "pending": list(self.pending), "skipped": dict(self.skipped)}
+
+
+def sample_rng(seed: int, epoch: int, sample: "Planned | dict") -> random.Random:
+    url, key = (sample.url, sample.key) if isinstance(sample, Planned) else (sample["__url__"], sample["__key__"])
+    return epoch_rng(seed, epoch, "sample", url, key)
+
+
+class BucketedStream(IterableDataset):
+    """Yields collated batches (dicts) of `batch_size` samples from one bucket, each with `_position`."""
+
+    def __init__(self, urls: list[str], source, *, batch_size: int, seed: int, shuffle_buffer: int,
+                 epochs: int | None = None, rank: int | None = None, world_size: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size={batch_size}: must be >= 1")
+        self.urls, self.source, self.batch_size = list(urls), source, batch_size
+        self.seed, self.shuffle_buffer, self.epochs = seed, shuffle_buffer, epochs
+        self.rank, self.world_size = rank, world_size
+        self.resume: dict[int, dict] = {}  # worker -> Position.to_dict(), set before iterating
+
+    def slot(self) -> WorkerSlot:
+        rank, world = self.rank, self.world_size
+        if rank is None:
+            initialised = dist.is_available() and dist.is_initialized()
+            rank, world = (dist.get_rank(), dist.get_world_size()) if initialised else (0, 1)
+        info = get_worker_info()
+        return WorkerSlot(rank, world, info.id if info else 0, info.num_workers if info else 1)
+
+    def __iter__(self) -> Iterator[dict]:
+        slot = self.slot()
+        position = Position(**self.resume.get(slot.worker, {}))
+        skipped = Counter(position.skipped)
+        resuming = slot.worker in self.resume
+        epochs = itertools.count(position.epoch) if self.epochs is None else range(position.epoch, self.epochs)
+        for epoch in epochs:
+            replay = (position.next, set(position.pending)) if resuming else (0, set())
+            yield from self._epoch(slot, epoch, replay, skipped)
+            resuming = False
+
+    def _epoch(self, slot: WorkerSlot, epoch: int, replay: tuple[int, set[int]], skipped: Counter):
+        skip_before, waiting = replay
+        buckets: dict[Bucket, list[Planned]] = {}
+
+        def count(error: Exception):
+            reason = error.reason if isinstance(error, SampleError) else "unreadable_shard"
+            skipped[reason] += 1
+
+        index = -1
+        samples = epoch_samples(self.urls, seed=self.seed, epoch=epoch, slot=slot,
+                                shuffle_buffer=self.shuffle_buffer, on_error=count)
+        for index, sample in enumerate(samples):
+            if index < skip_before and index not in waiting:
+                continue
+            try:
+                planned = self.source.plan(sample, rng=sample_rng(self.seed, epoch, sample))
+            except SampleError as error:
+                count(error)
+                continue
+            planned.position = index
+            members = buckets.setdefault(planned.bucket, [])
+            members.append(planned)
+            if len(members) >= self.batch_size:
+                batch = self._load(members, epoch, count, full=True)
+                if batch is not None:
+                    yield self._finish(batch, slot, Position(epoch, index + 1, _waiting(buckets), dict(skipped)))
+        for bucket in sorted(buckets):
+            batch = self._load(buckets[bucket], epoch, count, full=False)
+            if batch is not None:
+                rest = _waiting(buckets)
+                after = Position(epoch, index + 1, rest, dict(skipped)) if rest else Position(epoch + 1, 0, [],
+                                                                                               dict(skipped))
+                yield self._finish(batch, slot, after)
+
+    def _load(self, members: list[Planned], epoch: int, count, *, full: bool) -> list[dict] | None:
+        """Load the bucket's members (in place: failures leave the bucket, loaded ones wait as dicts)."""
+        loaded = []
+        for planned in list(members):
+            if "_loaded" not in planned.choice:
+                try:
+                    planned.choice["_loaded"] = self.source.load(planned, rng=sample_rng(self.seed, epoch, planned))
+                except SampleError as error:
+                    count(error)
+                    members.remove(planned)
+                    continue
+            loaded.append(planned)
+        if not loaded or (full and len(loaded) < self.batch_size):
+            return None
+        members.clear()
+        return [p.choice.pop("_loaded") for p in loaded]
+
+    def _finish(self, items: list[dict], slot: WorkerSlot, position: Position) -> dict:
+        batch = self.source.collate(items)
+        batch["_position"] = {"worker": slot.worker, "state": position.to_dict()}
+        return batch
+
+
+def _waiting(buckets: dict[Bucket, list[Planned]]) -> list[int]:
+    return sorted(p.position for members in buckets.values() for p in members)
+
+
+def stack(items: list[dict], name: str) -> torch.Tensor:
+    return torch.stack([item[name] for item in items])

@@ -1,0 +1,69 @@
+"""The raw-video source: a shard sample (video bytes + metadata json) -> a clip at its bucket's size."""
+
+import random
+from dataclasses import dataclass
+
+from wan_train.data.buckets import BucketTable
+from wan_train.data.captions import choose_caption
+from wan_train.data.clips import CLIP_SPANS, CLIP_STARTS, choose_start, frame_indices, longest_span
+from wan_train.data.decode import CROPS, cover_size, crop_to_bucket, deadline, decode_frames
+from wan_train.data.errors import SampleError
+from wan_train.data.metadata import VIDEO_EXTENSIONS, parse_meta
+from wan_train.data.stream import Planned, stack
+
+
+@dataclass(frozen=True)
+class VideoSource:
+    table: BucketTable
+    caption_dropout: float = 0.0
+    clip_start: str = "random"
+    crop: str = "centre"
+    span: str = "shot"
+    decode_timeout: float = 60.0
+
+    def __post_init__(self):
+        for name, allowed in (("clip_start", CLIP_STARTS), ("crop", CROPS), ("span", CLIP_SPANS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"data.{name}={getattr(self, name)!r}: expected one of {list(allowed)}")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            raise ValueError(f"data.caption_dropout={self.caption_dropout}: must be in [0, 1]")
+
+    def plan(self, sample: dict, *, rng: random.Random) -> Planned:
+        key = f"{sample.get('__url__', '?')}:{sample['__key__']}"
+        if "json" not in sample:
+            raise SampleError("missing_field", f"{key}: no .json member")
+        if not any(ext in sample for ext in VIDEO_EXTENSIONS):
+            raise SampleError("missing_field", f"{key}: no video member (one of {list(VIDEO_EXTENSIONS)})")
+        meta = parse_meta(sample["json"], key=key)
+        bucket = self.table.assign(meta.width, meta.height, longest_span(meta, span=self.span))
+        if bucket is None:
+            raise SampleError("too_short", f"{key}: shorter than the shortest bucket "
+                                           f"({self.table.frame_counts[0]} frames at {self.table.fps} fps)")
+        caption = choose_caption(len(meta.captions), dropout=self.caption_dropout, rng=rng)
+        return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
+                       choice={"meta": meta, "caption": caption, "name": key})
+
+    def load(self, planned: Planned, *, rng: random.Random) -> dict:
+        meta, name, bucket = planned.choice["meta"], planned.choice["name"], planned.bucket
+        video = next(planned.sample[ext] for ext in VIDEO_EXTENSIONS if ext in planned.sample)
+        fps = self.table.fps
+        start = choose_start(meta, frames=bucket.frames, fps=fps, mode=self.clip_start, span=self.span, rng=rng,
+                             key=name)
+        indices = frame_indices(meta, start=start, frames=bucket.frames, fps=fps)
+        with deadline(self.decode_timeout, key=name):
+            frames = decode_frames(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name)
+        caption = planned.choice["caption"]
+        return {
+            "video": crop_to_bucket(frames, bucket, mode=self.crop, rng=rng),
+            "prompt": "" if caption is None else meta.captions[caption],
+            "key": planned.key,
+            "start": start,
+        }
+
+    def collate(self, items: list[dict]) -> dict:
+        return {
+            "video": stack(items, "video"),
+            "prompt": [item["prompt"] for item in items],
+            "key": [item["key"] for item in items],
+            "start": [item["start"] for item in items],
+        }
