@@ -84,3 +84,27 @@ def write_tiny_tokenizer(path, sentences=("A red fox jumps over the lazy dog.", 
     PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>",
                             ).save_pretrained(path)
     return path
+
+
+def write_official_folder(root, size="tiny"):
+    """A Wan folder as downloaded: config.json + DiT safetensors, Wan2.1_VAE.pth, the umT5 .pth and tokenizer
+    folder, and for i2v the open-clip .pth."""
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    from wan_train.models import WanDiT, WanVAE, get_size, save_dit
+    from wan_train.models.encoders import ClipVisionConfig, ClipVisionEncoder
+    from wan_train.models.vae import TINY_VAE_CONFIGS
+
+    TEXT_DIM = get_size("tiny").dit.text_dim
+    dit = randomize_(WanDiT(get_size(size).dit))
+    save_dit(dit, root)
+    torch.save(randomize_(WanVAE(TINY_VAE_CONFIGS["wan2.1"])).state_dict(), root / "Wan2.1_VAE.pth")
+    t5 = randomize_(UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, num_heads=4, d_kv=8, d_ff=48,
+                                                num_layers=1)))
+    torch.save(umt5_official_state(t5.state_dict()), root / "models_t5_umt5-xxl-enc-bf16.pth")
+    write_tiny_tokenizer(root / "google" / "umt5-xxl")
+    if dit.config.has_image_branch:
+        clip = ClipVisionEncoder(ClipVisionConfig(image_size=28, dim=dit.config.image_dim, mlp_dim=64, num_layers=2))
+        state = {f"visual.{k}": v for k, v in randomize_(clip).state_dict().items()}
+        torch.save(state, root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
+    return dit
