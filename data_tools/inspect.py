@@ -11,24 +11,18 @@ The exit status is 1 when any sample or shard is bad, so the check can gate a pi
 corrupt or truncated tar; key is null) and `crashed` (a worker process died on the shard)."""
 
 import argparse
-import glob
 import json
 import multiprocessing
 import statistics
 import sys
-import tarfile
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlparse
 
-import braceexpand
-import webdataset
 from rich.table import Table
-from webdataset.tariterators import group_by_keys
 
 from data_tools.common import console, progress, summary, write_atomic
 from wan_train.data.buckets import BucketTable
@@ -36,6 +30,7 @@ from wan_train.data.clips import longest_span
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
 from wan_train.data.probe import open_video
+from wan_train.data.shards import expand_urls, shard_samples
 
 HISTOGRAMS = ("duration", "resolution", "orientation", "fps", "bucket")
 DURATION_EDGES = (1, 2, 3, 5, 10, 20, 30, 60)  # seconds; bins [a, b) between consecutive edges
@@ -101,54 +96,6 @@ def _duration_label(bin_index: int) -> str:
 
 
 # --- reading shards ---------------------------------------------------------------------------------------------
-
-def expand_urls(patterns: Sequence[str]) -> list[str]:
-    """Brace patterns, globs, directories (their *.tar) and URLs (pipe:, http://, ... kept as they are) ->
-    shard URLs in order, without duplicates. A plain path is kept even if missing: it is reported unreadable."""
-    urls = []
-    for pattern in patterns:
-        for item in braceexpand.braceexpand(pattern):
-            if urlparse(item).scheme or Path(item).is_file():
-                urls.append(item)
-            elif Path(item).is_dir():
-                urls.extend(sorted(str(p) for p in Path(item).glob("*.tar")))
-            elif glob.has_magic(item):
-                urls.extend(sorted(glob.glob(item)))
-            else:
-                urls.append(item)
-    return list(dict.fromkeys(urls))
-
-
-class _StrictTarInfo(tarfile.TarInfo):
-    """tarfile ends the member stream silently at a bad, cut-off or missing header after the first member, so a
-    shard truncated or overwritten mid-way would just look shorter. Raise instead (a proper end is zero blocks)."""
-
-    @classmethod
-    def fromtarfile(cls, tar):
-        try:
-            return super().fromtarfile(tar)
-        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError, tarfile.EmptyHeaderError) as error:
-            if tar.offset == 0:
-                raise  # tarfile turns these into ReadError itself
-            what = "the data ends without end-of-archive blocks" if isinstance(
-                error, tarfile.EmptyHeaderError) else error
-            raise tarfile.ReadError(f"bad tar header at byte {tar.offset} ({what}); the shard is truncated or "
-                                    "corrupt from there on") from None
-
-
-def iter_samples(url: str) -> Iterator[dict]:
-    """Samples of one shard as webdataset groups them: {"__key__", "__url__", ext: bytes, ...}."""
-    with webdataset.gopen(url, "rb") as stream:
-        yield from group_by_keys(_members(stream, url=url))
-
-
-def _members(stream, *, url: str) -> Iterator[dict]:
-    tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=_StrictTarInfo)
-    for info in tar:
-        if info.isreg():
-            yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
-        tar.members = []  # stream mode: keep memory flat over a large shard
-
 
 # --- checking samples -------------------------------------------------------------------------------------------
 
@@ -220,7 +167,7 @@ def inspect_shard(url: str, *, table: BucketTable, decode: bool, on_sample: Call
     """Tally one shard. A shard that cannot be read (from the start or part-way) adds an `unreadable_shard` entry;
     the samples read before the damage still count (all but the one being read)."""
     tally = Tally(shards=1)
-    samples = iter_samples(url)
+    samples = shard_samples(url)
     while True:
         try:
             sample = next(samples)

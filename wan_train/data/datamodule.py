@@ -103,6 +103,8 @@ class WanDataModule(L.LightningDataModule):
 
     def dataset(self, *, rank: int | None = None, world_size: int | None = None) -> BucketedStream:
         urls = expand_urls(self.config.shards)
+        if not urls:
+            raise FileNotFoundError(f"data.shards={self.config.shards!r} matches no shards")
         if rank is None:  # resolved here, in the main process: loader workers may not see the process group
             rank, world_size = _rank_and_world(self.trainer)
         stream = BucketedStream(urls, make_source(self.config, urls), batch_size=self.config.batch_size,

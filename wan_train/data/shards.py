@@ -7,13 +7,19 @@ every shard. With fewer shards than workers, every worker reads every shard and 
 worker's shards. Local paths, brace patterns, `pipe:`, http(s), gs and hf URLs go through WebDataset's opener;
 `s3://` URLs are read with `aws s3 cp URL -` (the WebDataset idiom)."""
 
+import glob
 import random
+import tarfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
 
 import braceexpand
+import webdataset
 from webdataset import tariterators
+
+from wan_train.data.errors import SampleError
 
 
 @dataclass(frozen=True)
@@ -35,18 +41,22 @@ class WorkerSlot:
 
 
 def expand_urls(shards: str | Path | Iterable[str | Path]) -> list[str]:
-    """A brace pattern ('data/shard-{000000..000099}.tar'), a directory (its *.tar), or a list of either."""
+    """Brace patterns ('data/shard-{000000..000099}.tar'), globs, directories (their *.tar) and URLs (pipe:,
+    http(s)://, s3://, kept as they are), or a list of these -> shard URLs in order, without duplicates. A plain
+    path is kept even if it is missing: reading it reports it."""
     items = [shards] if isinstance(shards, str | Path) else list(shards)
     urls = []
     for item in items:
-        item = str(item)
-        if "://" not in item and not item.startswith("pipe:") and Path(item).is_dir():
-            urls += sorted(str(p) for p in Path(item).glob("*.tar"))
-        else:
-            urls += list(braceexpand.braceexpand(item))
-    if not urls:
-        raise ValueError(f"data.shards={shards!r} names no shards")
-    return urls
+        for url in braceexpand.braceexpand(str(item)):
+            if urlparse(url).scheme or url.startswith("pipe:") or Path(url).is_file():
+                urls.append(url)
+            elif Path(url).is_dir():
+                urls += sorted(str(p) for p in Path(url).glob("*.tar"))
+            elif glob.has_magic(url):
+                urls += sorted(glob.glob(url))
+            else:
+                urls.append(url)
+    return list(dict.fromkeys(urls))
 
 
 def opener_url(url: str) -> str:
@@ -67,14 +77,46 @@ def worker_shards(urls: list[str], *, seed: int, epoch: int, slot: WorkerSlot) -
     return order, slot.total > 1
 
 
-def read_samples(urls: list[str], *, on_error) -> Iterator[dict]:
-    """Raw samples ({'__key__', '__url__', ext: bytes}) of the shards in order. A shard that cannot be opened
-    or read is reported through on_error(exception) and the stream goes on with the next one."""
-    def handler(error: Exception) -> bool:
-        on_error(error)
-        return True
+class StrictTarInfo(tarfile.TarInfo):
+    """tarfile ends the member stream silently at a bad, cut-off or missing header after the first member, so a
+    shard truncated or overwritten mid-way would just look shorter. Raise instead (a proper end is zero blocks)."""
 
-    yield from tariterators.tarfile_samples(({"url": opener_url(url)} for url in urls), handler=handler)
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.InvalidHeaderError, tarfile.TruncatedHeaderError, tarfile.EmptyHeaderError) as error:
+            if tar.offset == 0:
+                raise  # tarfile turns these into ReadError itself
+            what = "the data ends without end-of-archive blocks" if isinstance(
+                error, tarfile.EmptyHeaderError) else error
+            raise tarfile.ReadError(f"bad tar header at byte {tar.offset} ({what}); the shard is truncated or "
+                                    "corrupt from there on") from None
+
+
+def shard_members(url: str) -> Iterator[dict]:
+    """The files of one shard as {'fname', 'data', '__url__'}, streamed (memory stays flat over a large shard)."""
+    with webdataset.gopen(opener_url(url), "rb") as stream:
+        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=StrictTarInfo)
+        for info in tar:
+            if info.isreg():
+                yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
+            tar.members = []
+
+
+def shard_samples(url: str) -> Iterator[dict]:
+    """Samples of one shard as WebDataset groups them: {'__key__', '__url__', ext: bytes, ...}."""
+    return tariterators.group_by_keys(shard_members(url))
+
+
+def read_samples(urls: list[str], *, on_error) -> Iterator[dict]:
+    """Samples of the shards in order. A shard that cannot be opened or is damaged part-way is reported through
+    on_error(exception naming the shard) after the samples before the damage; the stream goes on."""
+    for url in urls:
+        try:
+            yield from shard_samples(url)
+        except Exception as error:  # OSError, tarfile.ReadError, a failing pipe: all end this shard only
+            on_error(SampleError("unreadable_shard", f"{url}: {error}"))
 
 
 def shuffled(samples: Iterable[dict], *, size: int, rng: random.Random) -> Iterator[dict]:
