@@ -28,7 +28,7 @@ from safetensors.torch import save as save_safetensors
 
 from data_tools.common import atomic_path, console, progress, summary, write_atomic
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
-from wan_train.data.decode import to_unit_range
+from wan_train.data.decode import video_to_model
 from wan_train.data.errors import SampleError
 from wan_train.data.latents import EMPTY_PROMPT_FILE
 from wan_train.data.shards import expand_urls, read_samples
@@ -80,7 +80,7 @@ def load_encoders(model: str | Path, *, task: str, dtype: torch.dtype, device: t
 
 def encode_sample(item: dict, captions: tuple[str, ...], *, wan, task: str, save_dtype: torch.dtype) -> dict:
     """Tensors of one cached sample (see wan_train.data.latents for the format)."""
-    video = to_unit_range(item["video"][None])
+    video = video_to_model(item["video"][None])
     tensors = {"latents": wan.vae.encode(video)[0]}
     context, lengths = wan.text_encoder.encode(list(captions))
     tensors.update({f"context.{i}": context[i, :n] for i, n in enumerate(lengths.tolist())})

@@ -18,10 +18,9 @@ def frame_colour(index: int) -> tuple[int, int, int]:
 
 
 def frame_index(frame: np.ndarray) -> int:
-    """Inverse of frame_colour on a frame [3, H, W] (uint8, or float in [-1, 1])."""
+    """Inverse of frame_colour on a frame [H, W, 3] uint8 (as loaded) or [3, H, W] float in [-1, 1] (model input)."""
     frame = np.asarray(frame, dtype=np.float64)
-    frame = frame if frame.max() > 1.5 else (frame + 1) * 127.5
-    mean = frame.reshape(3, -1).mean(1)
+    mean = frame.reshape(-1, 3).mean(0) if frame.shape[-1] == 3 else (frame.reshape(3, -1).mean(1) + 1) * 127.5
     digits = np.clip(np.round((mean - 16) / 32), 0, 7).astype(int)
     return int(digits[0] + 8 * digits[1] + 64 * digits[2])
 

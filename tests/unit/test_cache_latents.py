@@ -13,7 +13,7 @@ from tests.data_helpers import video_sample, write_shard
 from tests.helpers import write_official_folder
 from wan_train.data.buckets import BucketTable
 from wan_train.data.datamodule import DataConfig, WanDataModule
-from wan_train.data.decode import to_unit_range
+from wan_train.data.decode import video_to_model
 from wan_train.data.shards import read_samples
 from wan_train.data.video import VideoSource
 from wan_train.inference import i2v_mask
@@ -63,7 +63,7 @@ def test_cached_samples_equal_online_encoding_of_the_same_clips(video_shards, t2
             continue
         rng = random.Random(0)
         planned = source.plan(raw, rng=rng)
-        video = to_unit_range(source.load(planned, rng=rng)["video"][None])
+        video = video_to_model(source.load(planned, rng=rng)["video"][None])
         context, lengths = wan.text_encoder.encode(list(planned.choice["meta"].captions))
         online[raw["__key__"]] = (wan.vae.encode(video)[0], context, lengths)
     batches = latent_batches(out)

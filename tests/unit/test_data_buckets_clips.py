@@ -70,8 +70,8 @@ def test_decoded_frames_are_those_at_the_intended_timestamps(src_fps):
         assert indices == [int(np.floor((start + k / fps) * src_fps + 1e-6)) for k in range(9)]
         clip = crop_to_bucket(decode_frames(video, indices, size=cover_size(96, 64, bucket), key="k"), bucket,
                               mode="centre", rng=rng)
-        assert clip.shape == (3, 9, 64, 64) and clip.dtype == torch.uint8
-        assert [frame_index(clip[:, k].numpy()) for k in range(9)] == indices
+        assert clip.shape == (9, 64, 64, 3) and clip.dtype == torch.uint8
+        assert [frame_index(clip[k].numpy()) for k in range(9)] == indices
 
 
 def test_clip_stays_inside_window_and_shots():

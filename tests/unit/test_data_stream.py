@@ -56,7 +56,7 @@ def test_one_epoch_covers_every_good_sample_once_in_single_bucket_batches(shards
     keys = [k for b in batches for k in b["key"]]
     assert sorted(keys) == sorted(GOOD)
     for batch in batches:
-        _, _, frames, height, width = batch["video"].shape
+        _, frames, height, width, _ = batch["video"].shape
         bucket = Bucket(width, height, frames)
         assert bucket in TABLE.buckets
         assert len(batch["key"]) <= 2
@@ -72,16 +72,16 @@ def test_batches_hold_the_bucket_the_metadata_asks_for(shards):
     for batch in stream(shards):
         for key, video in zip(batch["key"], batch["video"], strict=True):
             w, h, frames, _ = SHAPES[int(key) % len(SHAPES)]
-            assert (video.shape[-1], video.shape[-2]) == expected[(w, h)]
-            assert video.shape[1] == (9 if frames / SHAPES[int(key) % len(SHAPES)][3] > 1.0 else 5)
+            assert (video.shape[2], video.shape[1]) == expected[(w, h)]
+            assert video.shape[0] == (9 if frames / SHAPES[int(key) % len(SHAPES)][3] > 1.0 else 5)
 
 
 def test_clip_frames_follow_the_target_fps(shards):
     for batch in stream(shards, batch_size=1):
         for video, start, key in zip(batch["video"], batch["start"], batch["key"], strict=True):
             src_fps = SHAPES[int(key) % len(SHAPES)][3]
-            got = [frame_index(video[:, k].numpy()) for k in range(video.shape[1])]
-            assert got == [int((start + k / 8.0) * src_fps + 1e-6) for k in range(video.shape[1])]
+            got = [frame_index(video[k].numpy()) for k in range(video.shape[0])]
+            assert got == [int((start + k / 8.0) * src_fps + 1e-6) for k in range(video.shape[0])]
 
 
 def test_same_seed_same_stream_other_seed_other_order(shards):

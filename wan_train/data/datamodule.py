@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from torch.utils.data import DataLoader
 
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
-from wan_train.data.decode import to_unit_range
+from wan_train.data.decode import video_to_model
 from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
 from wan_train.data.shards import expand_urls, opener_url
 from wan_train.data.stream import BucketedStream
@@ -126,7 +126,7 @@ class WanDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         if isinstance(batch, dict) and "video" in batch and batch["video"].dtype == torch.uint8:
-            batch["video"] = to_unit_range(batch["video"])
+            batch["video"] = video_to_model(batch["video"])
         return batch
 
     @property
