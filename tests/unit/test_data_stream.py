@@ -203,3 +203,13 @@ def test_a_shard_damaged_part_way_is_counted_and_the_stream_goes_on(shards, tmp_
     # counted when read; a batch reports the counts at its emission (the second epoch's last one sees both)
     assert batches[-1]["_position"]["state"]["skipped"]["unreadable_shard"] >= 1
     assert keys & {f"{i:06d}" for i in range(6)}  # samples before the damage are kept
+
+
+def test_pipe_urls_and_brace_patterns_go_through_the_webdataset_opener(shards):
+    direct = [k for b in stream(shards[:2], shuffle_buffer=1) for k in b["key"]]
+    piped = [k for b in stream([f"pipe:cat {u}" for u in shards[:2]], shuffle_buffer=1) for k in b["key"]]
+    pattern = shards[0].replace("shard-000000", "shard-{000000..000001}")
+    config = DataConfig(shards=[pattern], batch_size=2, num_workers=0, shuffle_buffer=1, epochs=1,
+                        resolutions=["144p"], durations=[0.5, 1.0], fps=8.0)
+    braced = [k for b in WanDataModule(config).train_dataloader(rank=0, world_size=1) for k in b["key"]]
+    assert sorted(piped) == sorted(direct) == sorted(braced) and len(direct) == 11  # 12 minus the corrupt one
