@@ -1,0 +1,119 @@
+"""The demo dataset: real WebDataset shards of real mp4s that the loader's metadata parser and decord accept,
+reproducible from the seed, with captions that say what the decoded frames show."""
+
+import colorsys
+import io
+import json
+import subprocess
+import sys
+
+import decord
+import numpy as np
+import pytest
+import webdataset as wds
+
+from data_tools.make_demo import demo_clip, main, make_demo
+from wan_train.data.metadata import parse_meta
+from wan_train.data.probe import probe_video
+
+ARGS = dict(num_clips=8, seed=3, width=96, height=64, frames=17, fps=8.0, shard_size=3)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    output = tmp_path_factory.mktemp("demo")
+    return output, make_demo(output, **ARGS)
+
+
+@pytest.fixture(scope="module")
+def samples(demo):
+    output, result = demo
+    urls = [str(output / f"shard-{i:06d}.tar") for i in range(result["shards"])]
+    return list(wds.WebDataset(urls, shardshuffle=False))
+
+
+def test_same_seed_same_bytes(demo, tmp_path):
+    output, result = demo
+    assert result["shards"] == 3 and result["clips"] == 8
+    again = make_demo(tmp_path, **ARGS)
+    names = sorted(p.name for p in output.glob("*.tar"))
+    assert names == ["shard-000000.tar", "shard-000001.tar", "shard-000002.tar"]
+    assert sorted(p.name for p in tmp_path.glob("*.tar")) == names
+    assert all((output / n).read_bytes() == (tmp_path / n).read_bytes() for n in names)
+    assert again["bytes"] == result["bytes"]
+    make_demo(tmp_path / "other", **(ARGS | {"seed": 4}))
+    assert (tmp_path / "other" / names[0]).read_bytes() != (output / names[0]).read_bytes()
+
+
+def test_shards_hold_loader_ready_samples(samples):
+    assert [s["__key__"] for s in samples] == [f"{i:09d}" for i in range(8)]
+    for index, sample in enumerate(samples):
+        meta = parse_meta(sample["json"], key=sample["__key__"])
+        info = probe_video(sample["mp4"])
+        assert (meta.fps, meta.num_frames, meta.width, meta.height) == (info.fps, info.num_frames, info.width,
+                                                                          info.height)
+        assert meta.duration == pytest.approx(info.duration) and meta.window == (0.0, meta.duration)
+        assert meta.source == f"make_demo:seed=3:index={index}"
+        assert meta.captions == (demo_clip(seed=3, index=index, width=96, height=64).caption,)
+
+
+def test_both_orientations(demo, samples):
+    sizes = [(json.loads(s["json"])["width"], json.loads(s["json"])["height"]) for s in samples]
+    assert sizes == [(96, 64), (96, 64), (96, 64), (64, 96)] * 2  # every 4th clip is portrait
+    assert (demo[1]["landscape"], demo[1]["portrait"]) == (6, 2)
+
+
+# What the caption words mean, judged from pixels independently of make_demo's palette
+HUES = {"red": (-15, 15), "orange": (15, 40), "yellow": (40, 70), "green": (70, 170), "blue": (170, 250),
+        "purple": (250, 345)}
+
+
+def colour_name(rgb: np.ndarray) -> str:
+    h, s, v = colorsys.rgb_to_hsv(*(rgb / 255.0))
+    if s < 0.2:
+        return "white" if v > 0.8 else "grey"
+    hue = h * 360 - (360 if h * 360 >= 345 else 0)
+    return next(name for name, (lo, hi) in HUES.items() if lo <= hue < hi)
+
+
+def shape_mask(frame: np.ndarray) -> np.ndarray:
+    """Pixels far from the background (the median of the frame's border, which the shape covers little of)."""
+    border = np.concatenate([frame[0], frame[-1], frame[:, 0], frame[:, -1]]).astype(np.float32)
+    distance = np.linalg.norm(frame.astype(np.float32) - np.median(border, axis=0), axis=-1)
+    return distance > distance.max() / 2
+
+
+def test_captions_describe_the_decoded_frames(samples):
+    for sample in samples:
+        caption = json.loads(sample["json"])["caption"]
+        frames = decord.VideoReader(io.BytesIO(sample["mp4"])).get_batch(list(range(17))).asnumpy()
+        height, width = frames.shape[1:3]
+        first, middle, last = (shape_mask(frames[i]) for i in (0, 8, 16))
+        # colour: the mean colour of the shape in the middle frame
+        assert colour_name(frames[8][middle].mean(axis=0)) in caption.split(), caption
+        # direction: where the shape is at the start and at the end
+        (y0, x0), (y1, x1) = (np.argwhere(m).mean(axis=0) for m in (first, last))
+        expected = {"from left to right": x0 < width / 2 < x1, "from right to left": x1 < width / 2 < x0,
+                    "from top to bottom": y0 < height / 2 < y1, "from bottom to top": y1 < height / 2 < y0}
+        assert [d for d, holds in expected.items() if holds] == [d for d in expected if d in caption], caption
+        # shape: how much of its bounding box it fills (square 1, circle pi / 4, triangle 1 / 2)
+        ys, xs = np.nonzero(middle)
+        fill = middle.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+        shape = "square" if fill > 0.885 else "circle" if fill > 0.68 else "triangle"
+        assert f" {shape} " in caption, (caption, fill)
+        # size: the shapes have equal areas, small ~5% and large ~13% of the shorter side squared
+        size = "large" if middle.sum() > 0.085 * min(height, width) ** 2 else "small"
+        assert caption.startswith(f"a {size} "), (caption, middle.sum())
+
+
+def test_bad_arguments_name_the_flag(tmp_path):
+    with pytest.raises(ValueError, match="--width must be even"):
+        make_demo(tmp_path, **(ARGS | {"width": 97}))
+    with pytest.raises(SystemExit):
+        main(["--output", str(tmp_path), "--height", "30"])
+
+
+def test_help_runs():
+    done = subprocess.run([sys.executable, "-m", "data_tools.make_demo", "--help"], capture_output=True, text=True,
+                          check=True)
+    assert "--num-clips" in done.stdout and "--shard-size" in done.stdout
