@@ -6,7 +6,7 @@ Clips are real H.264 mp4 in WebDataset shards laid out as `data_tools.make_shard
 decode, buckets, captions - can be exercised, and a tiny model can learn the content, without downloading
 anything. Every 4th clip is portrait (width and height swapped) so aspect-ratio bucketing sees both.
 Output is a pure function of the arguments: the same seed gives byte-identical shards (given the same PyAV build,
-whose bundled x264 writes the bytes; see encode_clip for the x264 settings this takes).
+whose bundled x264 writes the bytes; encoded with encode_mp4(..., reproducible=True)).
 
     python -m data_tools.make_demo --output data/demo
 """
@@ -18,14 +18,13 @@ import sys
 import tarfile
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 
-import av
 import numpy as np
 
 from data_tools.common import atomic_path, console, progress, summary
 from data_tools.make_shards import shard_name
+from data_tools.video_writer import encode_mp4
 from wan_train.data.metadata import ClipMeta
 
 SHAPES = ("circle", "square", "triangle")
@@ -45,7 +44,6 @@ SIZES = {"small": 0.13, "large": 0.2}  # radius of the equal-area circle, as a f
 MIN_CONTRAST = 150.0  # least RGB distance between a shape's colour and its background
 MIN_SIDE = 32  # px; below this the shapes have no room to move
 PORTRAIT_EVERY = 4  # clip i is portrait when i % 4 == 3
-X264_REPRODUCIBLE = {"threads": "1", "mbtree": "0"}  # see encode_clip
 TAR_FIELDS = {"mtime": 0, "uid": 0, "gid": 0, "uname": "", "gname": "", "mode": 0o644}  # reproducible tars
 
 
@@ -149,31 +147,11 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
 def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float) -> dict[str, bytes]:
     """The tar members of sample `index`, as make_shards writes them: {"<key>.mp4": ..., "<key>.json": ...}."""
     clip = demo_clip(seed=seed, index=index, width=width, height=height)
-    video = encode_clip(render(clip, frames=frames), fps=fps)
+    video = encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True)
     meta = ClipMeta(captions=(clip.caption,), fps=float(fps), num_frames=frames, width=clip.width,
                     height=clip.height, duration=frames / fps, source=f"make_demo:seed={seed}:index={index}")
     key = f"{index:09d}"
     return {f"{key}.mp4": video, f"{key}.json": json.dumps(meta.to_json(), ensure_ascii=False).encode()}
-
-
-def encode_clip(frames: np.ndarray, *, fps: float) -> bytes:
-    """encode_mp4's H.264 settings (keyframe every 32 frames, crf 18, veryfast, no B-frames) made reproducible.
-    Measured with the bundled x264 (core 165): its bytes change with its thread count (so with the CPU count),
-    and even on one thread its macroblock-tree rate control gives different bytes for the same frames in a few
-    percent of encodes once torch/lightning are loaded in the process. One thread and mbtree=0 gave identical
-    bytes in every trial. Temporary: becomes encode_mp4(..., reproducible=True) or similar once
-    data_tools.video_writer can pass these options."""
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
-        raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"g": "32", "crf": "18", "preset": "veryfast", "bf": "0", **X264_REPRODUCIBLE}
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
 
 
 def write_shard(path: Path, members: dict[str, bytes]) -> None:
@@ -230,8 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", required=True, type=Path, help="folder for the shards")
     parser.add_argument("--num-clips", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0, help="same seed, same bytes")
-    parser.add_argument("--width", type=int, default=192, help="px of landscape clips (portrait ones swap)")
-    parser.add_argument("--height", type=int, default=128, help="px of landscape clips (portrait ones swap)")
+    parser.add_argument("--width", type=int, default=256, help="px of landscape clips (portrait ones swap); "
+                        "256x144 is the 144p 16:9 bucket")
+    parser.add_argument("--height", type=int, default=144, help="px of landscape clips (portrait ones swap)")
     parser.add_argument("--frames", type=int, default=49, help="frames per clip")
     parser.add_argument("--fps", type=float, default=16.0)
     parser.add_argument("--shard-size", type=int, default=16, help="clips per shard")

@@ -7,9 +7,16 @@ import av
 import numpy as np
 
 
-def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, codec: str = "libx264") -> bytes:
+# x264's bytes depend on its thread count (so on the CPU count), and its macroblock-tree rate control gave
+# different bytes for the same frames in a few percent of encodes; one thread and mbtree=0 never did.
+X264_REPRODUCIBLE = {"threads": "1", "mbtree": "0"}
+
+
+def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, codec: str = "libx264",
+               reproducible: bool = False) -> bytes:
     """uint8 frames [F, H, W, 3] (even H and W for yuv420p) -> the bytes of an mp4. `gop` is the keyframe
-    interval, the random-access granularity of the decoder."""
+    interval, the random-access granularity of the decoder; `reproducible` gives the same bytes on every
+    machine and run (slower: one encoder thread)."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     buffer = io.BytesIO()
@@ -17,7 +24,8 @@ def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, 
         stream = container.add_stream(codec, rate=_rate(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(gop), "crf": str(crf), "preset": "veryfast", "bf": "0"}
+        stream.options = {"g": str(gop), "crf": str(crf), "preset": "veryfast", "bf": "0",
+                          **(X264_REPRODUCIBLE if reproducible else {})}
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())

@@ -1,7 +1,9 @@
-"""WebDataset streaming of raw video and cached latents: shards -> buckets -> batches, resumable."""
+"""WebDataset streaming of raw video and cached latents: shards -> buckets -> batches, resumable.
+
+The Lightning pieces (DataConfig, DataMetrics, WanDataModule) load on first use, so the offline data tools,
+which only need the schema, buckets and decoding, start without importing Lightning."""
 
 from wan_train.data.buckets import ASPECT_RATIOS, SIZES, Bucket, BucketTable
-from wan_train.data.datamodule import DataConfig, DataMetrics, WanDataModule
 from wan_train.data.errors import REASONS, SampleError
 from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
 from wan_train.data.metadata import ClipMeta, parse_meta
@@ -9,8 +11,17 @@ from wan_train.data.probe import VideoInfo, probe_video
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
 
+_LIGHTNING = ("DataConfig", "DataMetrics", "WanDataModule")
+
 __all__ = [
     "ASPECT_RATIOS", "EMPTY_PROMPT_FILE", "REASONS", "SIZES", "Bucket", "BucketTable", "BucketedStream", "ClipMeta",
-    "DataConfig", "DataMetrics", "LatentSource", "SampleError", "VideoInfo", "VideoSource", "WanDataModule",
-    "parse_meta", "probe_video",
+    "LatentSource", "SampleError", "VideoInfo", "VideoSource", "parse_meta", "probe_video", *_LIGHTNING,
 ]
+
+
+def __getattr__(name: str):
+    if name in _LIGHTNING:
+        from wan_train.data import datamodule
+
+        return getattr(datamodule, name)
+    raise AttributeError(f"module 'wan_train.data' has no attribute {name!r}")
