@@ -2,10 +2,10 @@
 
 Input is a folder of videos with same-name `.txt` / `.json` captions, or a `.csv` / `.jsonl` manifest (columns
 `path`, `caption` or `captions`, optional `start`, `end`, `shots`; in csv, `captions` and `shots` are JSON lists;
-relative paths are relative to the manifest). Times are seconds. Each sample is `<key>.<ext>`,
-the original video bytes, and `<key>.json`, a `ClipMeta` (the schema the loader reads). Rows go to shards by
-position (shard i holds rows [i*N, (i+1)*N) of the sorted input), so a re-run rebuilds exactly the shards that
-are missing and keeps the rest. Bad rows are skipped with a reason (DIR/skipped.jsonl), never fatal.
+relative paths are relative to the manifest), as `data_tools.inputs` reads it. Times are seconds. Each sample is
+`<key>.<ext>`, the original video bytes, and `<key>.json`, a `ClipMeta` (the schema the loader reads). Rows go to
+shards by position (shard i holds rows [i*N, (i+1)*N) of the sorted input), so a re-run rebuilds exactly the shards
+that are missing and keeps the rest. Bad rows are skipped with a reason (DIR/skipped.jsonl), never fatal.
 
 Files in DIR: `shard-000000.tar` ... (a shard whose rows were all skipped has no tar: WebDataset raises on an
 empty one), `.shard-000000.json` (that shard's stats and skips, written right after it; a shard counts as done
@@ -14,7 +14,6 @@ only when its stats match the current input and settings), `skipped.jsonl` and `
 
 import argparse
 import contextlib
-import csv
 import hashlib
 import io
 import json
@@ -30,34 +29,21 @@ from pathlib import Path
 from rich.markup import escape
 
 from data_tools.common import atomic_path, console, progress, summary, write_atomic
+from data_tools.inputs import FIELDS, PROBLEMS, Input, extension, list_inputs
 from wan_train.data.errors import SampleError
-from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
+from wan_train.data.metadata import ClipMeta, parse_meta
 from wan_train.data.probe import VideoInfo, probe_video
 
-SKIP_REASONS = ("bad_row", "unsupported_format", "missing_file", "unreadable", "no_caption", "bad_window",
-                "undecodable", "too_short", "bad_metadata")
-SPEC_FIELDS = ("caption", "captions", "start", "end", "shots")  # what a manifest row / caption .json may set
+SKIP_REASONS = (*PROBLEMS, "unreadable", "no_caption", "bad_window", "undecodable", "too_short", "bad_metadata")
 FORMAT = 1  # bump when the bytes written for the same input change, so old shards are rebuilt on resume
 TAR_MTIME = 0  # fixed member mtime (and uid/gid 0, no user names) so a shard is byte-reproducible
 SHOW_SKIPPED = 20
 
 
 @dataclass(frozen=True)
-class Row:
-    """One input video, numbered in sorted input order. `spec` holds a manifest row's caption/window fields;
-    None for folder input, whose caption file is read when the shard is built. `error` marks a manifest row
-    that could not be parsed (then `source` is `manifest:line`)."""
-    index: int
-    source: str  # as the manifest gave it, or relative to the input folder: ClipMeta.source
-    video: str  # where to read the file
-    spec: dict | None
-    error: str = ""
-
-
-@dataclass(frozen=True)
 class ShardTask:
     index: int
-    rows: tuple[Row, ...]
+    rows: tuple[Input, ...]  # Input.index numbers the rows in input order
     output: str
     min_duration: float
     fingerprint: str  # of everything that decides this shard's bytes; a kept shard must match it
@@ -75,93 +61,17 @@ class _NothingWritten(Exception):
     """Every row of a shard was skipped: the temp tar is dropped instead of renamed."""
 
 
-# --------------------------------------------------------------------------------------------- listing rows
-
-def list_rows(path: Path) -> list[Row]:
-    if path.is_dir():
-        return _folder_rows(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--input {path}: no such file or folder")
-    if path.suffix.lower() == ".csv":
-        return _csv_rows(path)
-    if path.suffix.lower() == ".jsonl":
-        return _jsonl_rows(path)
-    raise ValueError(f"--input {path}: expected a folder of videos, a .csv or a .jsonl manifest")
-
-
-def _folder_rows(folder: Path) -> list[Row]:
-    # hidden files and folders (macOS `._clip.mp4` resource forks, our own temp files) are not videos
-    found = (p for p in folder.rglob("*") if p.suffix.lower()[1:] in VIDEO_EXTENSIONS and p.is_file())
-    names = sorted(n for n in (p.relative_to(folder).as_posix() for p in found) if not _hidden(n))
-    return [Row(index=i, source=name, video=str(folder / name), spec=None) for i, name in enumerate(names)]
-
-
-def _hidden(relative: str) -> bool:
-    return any(part.startswith(".") for part in relative.split("/"))
-
-
-def _csv_rows(manifest: Path) -> list[Row]:
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:  # -sig: spreadsheets write a BOM
-        reader = csv.DictReader(handle)
-        columns = reader.fieldnames or []
-        if "path" not in columns or not {"caption", "captions"} & set(columns):
-            raise ValueError(f"{manifest}: the header needs 'path' and 'caption' or 'captions', found {columns}")
-        return [_manifest_row(manifest, index, _csv_fields(record), where=f"{manifest.name}:{index + 2}")
-                for index, record in enumerate(reader)]
-
-
-def _csv_fields(record: dict) -> dict | str:
-    """A csv record as jsonl-like fields (empty cells absent, `captions`/`shots` JSON lists decoded), or why not."""
-    fields = {k: v.strip() for k, v in record.items() if isinstance(k, str) and isinstance(v, str) and v.strip()}
-    for name in ("captions", "shots"):
-        if name in fields:
-            try:
-                fields[name] = json.loads(fields[name])
-            except ValueError as error:
-                return f"column {name!r} is not a JSON list ({error})"
-    return fields
-
-
-def _jsonl_rows(manifest: Path) -> list[Row]:
-    rows = []
-    with manifest.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                rows.append(_manifest_row(manifest, len(rows), _json_object(line), where=f"{manifest.name}:{number}"))
-    return rows
-
-
-def _json_object(line: str) -> dict | str:
-    try:
-        value = json.loads(line)
-    except ValueError as error:
-        return f"not valid JSON ({error})"
-    return value if isinstance(value, dict) else f"holds a JSON {type(value).__name__}, expected an object"
-
-
-def _manifest_row(manifest: Path, index: int, fields: dict | str, *, where: str) -> Row:
-    """`fields` is the parsed row or why it could not be parsed. Relative paths are relative to the manifest."""
-    if isinstance(fields, dict) and isinstance(fields.get("path"), str) and fields["path"].strip():
-        given = fields["path"].strip()
-        spec = {k: fields[k] for k in SPEC_FIELDS if k in fields}
-        return Row(index=index, source=given, video=str(manifest.parent / Path(given).expanduser()), spec=spec)
-    problem = fields if isinstance(fields, str) else "no 'path'"
-    return Row(index=index, source=where, video="", spec=None, error=f"{where}: {problem}")
-
-
 # --------------------------------------------------------------------------------- one row -> one sample
 
-def prepare_sample(row: Row, *, min_duration: float) -> tuple[bytes, ClipMeta]:
+def prepare_sample(row: Input, *, min_duration: float) -> tuple[bytes, ClipMeta]:
     """The video bytes and metadata of a row, or Skip with the reason it cannot be a sample."""
-    if row.error:
-        raise Skip("bad_row", row.error)
-    _extension(row)
+    if row.problem:
+        raise Skip(row.reason, row.problem)
     video = _read_video(row)
-    spec = row.spec if row.spec is not None else _caption_file(row)
-    captions = _captions(spec, source=row.source)
-    start, end, shots = _window_fields(spec, source=row.source)
+    captions = _captions(row)
+    start, end, shots = _window_fields(row.fields, source=row.source)
     try:  # by path: given bytes, decord logs the file's content as its name when it cannot open it
-        info = probe_video(row.video, name=row.source)
+        info = probe_video(row.path, name=row.source)
     except SampleError as error:
         raise Skip("undecodable", str(error)) from None
     start, end, shots = _fit_window(start, end, shots, info=info, source=row.source)
@@ -177,51 +87,21 @@ def prepare_sample(row: Row, *, min_duration: float) -> tuple[bytes, ClipMeta]:
     return video, meta
 
 
-def _extension(row: Row) -> str:
-    ext = Path(row.source).suffix.lower()[1:]
-    if ext not in VIDEO_EXTENSIONS:
-        raise Skip("unsupported_format", f"{row.source}: extension {ext!r} is not one of {VIDEO_EXTENSIONS}")
-    return ext
-
-
-def _read_video(row: Row) -> bytes:
+def _read_video(row: Input) -> bytes:
     try:
-        return Path(row.video).read_bytes()
-    except FileNotFoundError:
-        raise Skip("missing_file", f"{row.source}: no such file ({row.video})") from None
+        return row.path.read_bytes()
+    except FileNotFoundError:  # gone since it was listed
+        raise Skip("missing_file", f"{row.source}: no such file ({row.path})") from None
     except OSError as error:
         raise Skip("unreadable", f"{row.source}: cannot read the file ({error})") from None
 
 
-def _caption_file(row: Row) -> dict:
-    """A folder video's caption fields: `<name>.json` ({"caption" | "captions", optional "start"/"end"/"shots"},
-    other keys ignored), with the whole of `<name>.txt` as the one caption where the .json has none."""
-    as_json, as_text = Path(row.video).with_suffix(".json"), Path(row.video).with_suffix(".txt")
-    spec = {}
-    if as_json.is_file():
-        fields = _json_object(_read_caption(as_json, source=row.source))
-        if isinstance(fields, str):
-            raise Skip("bad_row", f"{row.source}: caption file {as_json.name} {fields}")
-        spec = {k: fields[k] for k in SPEC_FIELDS if k in fields}
-    if "caption" not in spec and "captions" not in spec and as_text.is_file():
-        spec["caption"] = _read_caption(as_text, source=row.source)
-    if "caption" not in spec and "captions" not in spec:
-        raise Skip("no_caption", f"{row.source}: no caption ({as_text.name} or {as_json.name} beside it)")
-    return spec
-
-
-def _read_caption(path: Path, *, source: str) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise Skip("bad_row", f"{source}: cannot read caption file {path.name} ({error})") from None
-
-
-def _captions(spec: dict, *, source: str) -> tuple[str, ...]:
-    raw = spec["captions"] if "captions" in spec else spec.get("caption")
+def _captions(row: Input) -> tuple[str, ...]:
+    source, fields = row.source, row.fields
+    raw = fields["captions"] if "captions" in fields else fields.get("caption")
     raw = [raw] if isinstance(raw, str) else raw
     if raw is None:
-        raise Skip("no_caption", f"{source}: no 'caption' or 'captions'")
+        raise Skip("no_caption", f"{source}: no 'caption' or 'captions' in {row.origin}")
     if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
         raise Skip("bad_row", f"{source}: 'captions' must be a string or a list of strings, got {raw!r}")
     captions = tuple(c.strip() for c in raw if c.strip())
@@ -314,7 +194,7 @@ def _write_tar(path: Path, task: ShardTask, stats: dict) -> None:
             except Exception as error:  # a bug, not a bad sample: stop, but say which sample hit it
                 raise RuntimeError(f"{row.source}: {type(error).__name__}: {error}") from error
             key = f"{row.index:09d}"  # unique, dot-free (WebDataset splits keys at the first dot)
-            _add_member(tar, f"{key}.{_extension(row)}", video)
+            _add_member(tar, f"{key}.{extension(row.source)}", video)
             _add_member(tar, f"{key}.json", json.dumps(meta.to_json(), ensure_ascii=False).encode())
             stats["samples"] += 1
             stats["seconds"] += meta.window[1] - meta.window[0]
@@ -328,16 +208,21 @@ def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 
 # ------------------------------------------------------------------------------------------ all shards
 
-def plan_shards(rows: list[Row], *, output: Path, shard_size: int, min_duration: float) -> list[ShardTask]:
+def plan_shards(rows: list[Input], *, output: Path, shard_size: int, min_duration: float) -> list[ShardTask]:
     tasks = []
     for index, first in enumerate(range(0, len(rows), shard_size)):
         chunk = tuple(rows[first:first + shard_size])
         identity = {"format": FORMAT, "shard_size": shard_size, "min_duration": min_duration,
-                    "rows": [[r.index, r.source, r.spec, r.error] for r in chunk]}
+                    "rows": [[r.index, r.source, _spec(r), r.problem] for r in chunk]}
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
         tasks.append(ShardTask(index=index, rows=chunk, output=str(output), min_duration=min_duration,
                                fingerprint=digest))
     return tasks
+
+
+def _spec(row: Input) -> dict:
+    """The fields that decide a row's sample: other manifest columns change no byte, so no rebuild."""
+    return {k: row.fields[k] for k in FIELDS if k in row.fields}
 
 
 def finished_stats(task: ShardTask) -> dict | None:
@@ -380,9 +265,7 @@ def make_shards(input: str | Path, output: str | Path, *, shard_size: int, worke
     """Shard the input into `output`; returns the summary (also written to output/summary.json)."""
     _check_settings(shard_size=shard_size, workers=workers, min_duration=min_duration)
     input, output = Path(input), Path(output)
-    rows = list_rows(input)
-    if not rows:
-        raise ValueError(f"--input {input}: no videos found (extensions {', '.join(VIDEO_EXTENSIONS)})")
+    rows = list_inputs(input, caption_column=True)
     tasks = plan_shards(rows, output=output, shard_size=shard_size, min_duration=min_duration)
     output.mkdir(parents=True, exist_ok=True)
     kept = {task.index: stats for task in tasks if (stats := finished_stats(task)) is not None}

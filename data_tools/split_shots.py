@@ -29,8 +29,8 @@ import numpy as np
 from rich.markup import escape
 
 from data_tools.common import atomic_path, console, progress, summary
+from data_tools.inputs import Input, list_inputs
 from wan_train.data.errors import SampleError
-from wan_train.data.metadata import VIDEO_EXTENSIONS
 from wan_train.data.probe import open_video
 
 THRESHOLD = 27.0  # PySceneDetect ContentDetector default, on the 0..255 HSV scale
@@ -39,6 +39,7 @@ MIN_SHOT_DURATION = 1.0  # seconds; --per-shot drops shorter shots (too short to
 SCAN_WIDTH = 160  # px; decoded frame width for scoring (cuts are global changes, detail does not matter)
 CHUNK = 64  # frames decoded at a time: 64 x 160 x 90 x 3 bytes ~ 2.8 MB
 SHOW_SKIPPED = 20  # skipped videos listed at the end (all are in the returned summary)
+_READER_REASONS = {"bad_row": "bad_metadata"}  # split_shots' name for a row or caption file it cannot parse
 
 
 # ----------------------------------------------------------------------------------------------- detection
@@ -133,86 +134,27 @@ def _read_chunk(reader, begin: int, stop: int, *, name: str) -> np.ndarray:
 # ----------------------------------------------------------------------------------------------- inputs
 
 @dataclass(frozen=True)
-class Video:
-    path: Path  # absolute (symlinks kept as given)
-    name: str  # as written in the input (for messages)
-    row: dict  # fields carried into the output (captions, start/end, anything else the input row had)
-
-
-@dataclass(frozen=True)
 class Skipped:
     name: str
     reason: str
     message: str
 
 
-def read_inputs(source: Path) -> tuple[list[Video], list[Skipped]]:
-    """A folder of videos (searched recursively) with optional same-name .txt / .json captions, or a .jsonl
-    manifest of {"path", "caption" | "captions", optional "start", "end", ...} rows."""
-    if source.is_dir():
-        return _folder_inputs(source)
-    if source.is_file() and source.suffix == ".jsonl":
-        return _manifest_inputs(source)
-    raise ValueError(f"--input {source}: expected a folder of videos or a .jsonl manifest")
-
-
-def _folder_inputs(folder: Path) -> tuple[list[Video], list[Skipped]]:
-    """Videos anywhere under `folder`, as make_shards lists them: hidden files and folders are not videos."""
-    found = (p for p in folder.rglob("*") if p.suffix.lower()[1:] in VIDEO_EXTENSIONS and p.is_file())
-    names = sorted(n for n in (p.relative_to(folder).as_posix() for p in found)
-                   if not any(part.startswith(".") for part in n.split("/")))
-    videos, skipped = [], []
-    for name in names:
-        try:
-            videos.append(Video(path=_absolute(folder / name), name=name, row=sidecar_fields(folder / name)))
-        except SampleError as error:
-            skipped.append(Skipped(name, error.reason, str(error)))
-    return videos, skipped
-
-
-def sidecar_fields(video: Path) -> dict:
-    """What make_shards reads beside a folder video: "caption"/"captions" and a "start"/"end" window from
-    <name>.json (other keys ignored), else the whole of <name>.txt as the one caption; {} when uncaptioned."""
-    meta, text = video.with_suffix(".json"), video.with_suffix(".txt")
-    fields = {}
-    if meta.is_file():
-        try:
-            data = json.loads(meta.read_text(encoding="utf-8"))
-        except (ValueError, OSError) as error:
-            raise SampleError("bad_metadata", f"{meta}: cannot read it as JSON ({error})") from None
-        if not isinstance(data, dict):
-            raise SampleError("bad_metadata", f"{meta}: holds {type(data).__name__}, expected an object")
-        fields = {k: data[k] for k in ("caption", "captions", "start", "end") if k in data}
-    if "caption" not in fields and "captions" not in fields and text.is_file():
-        fields["caption"] = text.read_text(encoding="utf-8").strip()
-    return fields
-
-
-def _manifest_inputs(manifest: Path) -> tuple[list[Video], list[Skipped]]:
-    videos, skipped = [], []
-    for number, line in enumerate(manifest.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{manifest}:{number}"
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            skipped.append(Skipped(where, "bad_metadata", f"{where}: not valid JSON ({error})"))
-            continue
-        if not isinstance(row, dict) or not isinstance(row.get("path"), str):
-            skipped.append(Skipped(where, "missing_field", f"{where}: a row needs \"path\" (a string)"))
-            continue
-        videos.append(Video(path=_absolute(manifest.parent / Path(row["path"]).expanduser()), name=row["path"],
-                            row=row))
-    return videos, skipped
+def usable_inputs(source: Path) -> tuple[list[Input], list[Skipped]]:
+    """The input videos (see data_tools.inputs) to scan, and those skipped already: unparsable rows, unreadable
+    caption files, paths that are no video file."""
+    inputs = list_inputs(source)
+    skipped = [Skipped(i.source, _READER_REASONS.get(i.reason, i.reason), i.problem) for i in inputs if i.problem]
+    return [i for i in inputs if not i.problem], skipped
 
 
 # ----------------------------------------------------------------------------------------------- outputs
 
-def output_rows(video: Video, shots: list[tuple[float, float]], *, out_dir: Path, per_shot: bool,
+def output_rows(video: Input, shots: list[tuple[float, float]], *, out_dir: Path, per_shot: bool,
                 min_shot_duration: float) -> list[dict]:
-    """One row per video with its `shots`, or (per_shot) one row per long-enough shot as a start/end window."""
-    row = {**video.row, "path": _relative(video.path, out_dir)}
+    """One row per video with its `shots`, or (per_shot) one row per long-enough shot as a start/end window;
+    the input's other fields (captions, anything a manifest row had) are carried over."""
+    row = {"path": _relative(video.path, out_dir), **video.fields}
     row.pop("shots", None)
     if not per_shot:
         return [{**row, "shots": [list(s) for s in shots]}]
@@ -221,14 +163,10 @@ def output_rows(video: Video, shots: list[tuple[float, float]], *, out_dir: Path
 
 def _relative(path: Path, out_dir: Path) -> str:
     """Relative to the manifest's folder when the video lies under it (the pair moves together), else absolute."""
-    try:
-        return path.relative_to(_absolute(out_dir)).as_posix()
+    try:  # abspath, not resolve(), as for the inputs: a symlinked data folder keeps the name the user gave
+        return path.relative_to(os.path.abspath(out_dir)).as_posix()
     except ValueError:
         return str(path)
-
-
-def _absolute(path: Path) -> Path:
-    return Path(os.path.abspath(path))  # not resolve(): a symlinked data folder keeps the name the user gave
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -239,9 +177,7 @@ def split_shots(source: str | Path, output: str | Path, *, threshold: float = TH
     """Detect shots in every input video and write the output manifest atomically; returns the summary."""
     check_settings(threshold=threshold, min_scene_len=min_scene_len, min_shot_duration=min_shot_duration,
                    workers=workers)
-    videos, skipped = read_inputs(Path(source))
-    if not videos and not skipped:
-        raise ValueError(f"--input {source}: no videos found (extensions {', '.join(VIDEO_EXTENSIONS)})")
+    videos, skipped = usable_inputs(Path(source))
     output = Path(output)
     result = {"videos": 0, "shots": 0, "mean_shot_seconds": 0.0, "rows": 0, "dropped_short_shots": 0,
               "uncaptioned": 0, "skipped": 0, "skipped_list": [], "output": str(output), "per_shot": per_shot}
@@ -261,7 +197,7 @@ def split_shots(source: str | Path, output: str | Path, *, threshold: float = TH
             result["shots"] += len(shots)
             result["rows"] += len(rows)
             result["dropped_short_shots"] += len(shots) - len(rows) if per_shot else 0
-            result["uncaptioned"] += 0 if ("caption" in video.row or "captions" in video.row) else 1
+            result["uncaptioned"] += 0 if ("caption" in video.fields or "captions" in video.fields) else 1
             seconds += sum(b - a for a, b in shots)
     result["mean_shot_seconds"] = seconds / result["shots"] if result["shots"] else 0.0
     result["skipped"] = len(skipped)
@@ -279,11 +215,11 @@ def check_settings(*, threshold: float, min_scene_len: int, min_shot_duration: f
 
 
 @contextlib.contextmanager
-def _detections(videos: list[Video], *, threshold: float, min_scene_len: int, workers: int) -> Iterator[Iterator]:
+def _detections(videos: list[Input], *, threshold: float, min_scene_len: int, workers: int) -> Iterator[Iterator]:
     """Shots or Skipped per video, in input order; decoding runs in `workers` processes when > 1. The workers
     are forked (cheap: no re-import) while this process has no other threads: before rich's progress bar starts
     its refresh thread, as forking a threaded process can deadlock; map() submits every job, forking at once."""
-    jobs = [(v.path, v.name, v.row.get("start"), v.row.get("end"), threshold, min_scene_len) for v in videos]
+    jobs = [(v.path, v.source, v.fields.get("start"), v.fields.get("end"), threshold, min_scene_len) for v in videos]
     if workers <= 1 or len(jobs) <= 1:
         yield map(_detect_one, jobs)
         return
@@ -294,8 +230,6 @@ def _detections(videos: list[Video], *, threshold: float, min_scene_len: int, wo
 def _detect_one(job: tuple) -> list[tuple[float, float]] | Skipped:
     # returns rather than raises: SampleError does not survive pickling back from a worker process
     path, name, start, end, threshold, min_scene_len = job
-    if not path.is_file():
-        return Skipped(name, "missing_file", f"{name}: no such file ({path})")
     try:
         return detect_shots(path, threshold=threshold, min_scene_len=min_scene_len, name=name,
                             start=0.0 if start is None else float(start), end=None if end is None else float(end))
@@ -339,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data_tools.split_shots", description=__doc__, epilog=_EPILOG,
                                      formatter_class=_HelpFormatter)
     parser.add_argument("--input", required=True, type=Path,
-                        help="folder of videos (same-name .txt/.json captions optional) or a .jsonl manifest")
+                        help="folder of videos (same-name .txt/.json captions optional) or a .csv/.jsonl manifest")
     parser.add_argument("--output", required=True, type=Path, help="the .jsonl manifest to write (for make_shards)")
     parser.add_argument("--threshold", type=float, default=THRESHOLD,
                         help="cut when the mean HSV change to the previous frame reaches this (0..255 scale)")

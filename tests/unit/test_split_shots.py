@@ -127,6 +127,15 @@ def test_manifest_to_per_shot_rows(three_shots, tmp_path):
     assert reasons == ["bad_metadata", "missing_file"]  # the unparsable line, the missing video
 
 
+def test_csv_manifest_like_make_shards_reads_it(three_shots, tmp_path):
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text(f"path,caption,camera\n{three_shots / 'narrow.mp4'},stripes,A\nnotes.txt,,\n")
+    result = split_shots(manifest, tmp_path / "shots.jsonl")
+    (row,) = map(json.loads, (tmp_path / "shots.jsonl").read_text().splitlines())
+    assert (row["caption"], row["camera"], len(row["shots"])) == ("stripes", "A", 3)
+    assert [(name, reason) for name, reason, _ in result["skipped_list"]] == [("notes.txt", "unsupported_format")]
+
+
 def test_cli_exit_status(captioned_folder, tmp_path):
     output = tmp_path / "cli.jsonl"
     assert main(["--input", str(captioned_folder), "--output", str(output), "--per-shot"]) == 0
