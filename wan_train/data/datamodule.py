@@ -32,6 +32,8 @@ KINDS = ("video", "latents")
 @dataclass
 class DataConfig:
     shards: list[str] = field(default_factory=list)  # paths, brace patterns, directories, pipe:/http(s)/s3 URLs
+    # clips for the held-out loss; empty: the first clips of `shards` (then they are not held out of training)
+    val_shards: list[str] = field(default_factory=list)
     kind: str = "video"
     batch_size: int = 1
     num_workers: int = 2

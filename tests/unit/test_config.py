@@ -1,0 +1,75 @@
+"""conf/ + recipes/ compose into the typed schema; every recipe instantiates; bad values fail at start naming
+the key, the value and what is allowed."""
+
+import pytest
+import torch
+
+from tests.helpers import write_official_folder
+from wan_train.config import ConfigError, compose_config, recipes, validate
+from wan_train.models import get_size
+from wan_train.training.encoders import build_encoders
+from wan_train.training.module import FlowMatchingModule
+from wan_train.training.run import build_dit
+
+EXPECTED = {"quickstart", "lora_character", "lora_style", "full_high_noise", "full_low_noise", "full_1_3b"}
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("Wan-tiny")
+    write_official_folder(root)
+    return root
+
+
+def test_the_recipes_the_docs_promise_exist():
+    assert EXPECTED <= set(recipes())
+
+
+def test_recipes_set_what_they_say():
+    high = compose_config(["recipe=full_high_noise", "data.shards=[x]"])
+    assert high.model.size == "wan2.2-t2v-a14b" and high.expert.name == "high_noise" and high.data.kind == "latents"
+    low = compose_config(["recipe=full_low_noise", "data.shards=[x]"])
+    assert low.expert.name == "low_noise"
+    assert compose_config(["recipe=lora_character", "data.shards=[x]"]).lora.rank == 32
+    quick = compose_config(["recipe=quickstart"])
+    assert quick.model.size == "quickstart" and quick.model.encoders == "builtin" and quick.recipe == "quickstart"
+    # the command line wins over the recipe
+    assert compose_config(["recipe=quickstart", "trainer.max_steps=7"]).trainer.max_steps == 7
+
+
+@pytest.mark.parametrize("recipe", sorted(EXPECTED))
+def test_every_recipe_composes_and_instantiates_with_the_tiny_model(recipe, tiny_folder, tmp_path):
+    cfg = compose_config([f"recipe={recipe}", "model=tiny", f"model.checkpoint={tiny_folder}", "expert=none",
+                          "lora=none", "trainer=cpu", "strategy=auto", f"data.shards=[{tmp_path}]",
+                          f"run_dir={tmp_path / 'run'}"])
+    validate(cfg)
+    dit = build_dit(cfg)
+    module = FlowMatchingModule(cfg, dit=dit, encoders=build_encoders(cfg, text_dim=dit.config.text_dim),
+                                boundary=None, held_out=[])
+    assert sum(p.numel() for p in module.parameters() if p.requires_grad) == sum(p.numel() for p in dit.parameters())
+    latents = torch.randn(1, 16, 2, 4, 4)
+    loss = module.loss(latents, torch.randn(1, 5, 4096), torch.tensor([0.5]), torch.randn_like(latents))
+    assert loss.shape == (1,) and torch.isfinite(loss).all()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.size=wan9", "model.size='wan9': expected one of"),
+    ("expert=high_noise", "model.size='quickstart' has no experts"),
+    ("flow.sampler.kind=beta", "flow.sampler.kind='beta': expected one of"),
+    ("optim.schedule=linear", "optim.schedule='linear': expected one of"),
+    ("data.resolutions=[360p]", "data.buckets.resolutions"),
+    ("data.spatial_stride=8", "data.spatial_stride=8: bucket sides must be multiples of"),
+    ("model.checkpoint=/nowhere", "model.checkpoint='/nowhere': no such file or folder"),
+    ("trainer.max_steps=0", "trainer.max_steps=0: must be >= 1"),
+])
+def test_bad_values_fail_at_start_naming_key_value_and_allowed(override, message):
+    cfg = compose_config(["recipe=quickstart", override])
+    with pytest.raises(ConfigError, match=message.replace("[", "\\[").replace("(", "\\(")):
+        validate(cfg)
+
+
+def test_a_moe_model_needs_an_expert(tmp_path):
+    cfg = compose_config(["recipe=full_low_noise", "expert=none", "data.shards=[x]", f"model.checkpoint={tmp_path}"])
+    with pytest.raises(ConfigError, match="expert.name=None: expected one of"):
+        validate(cfg)
+    assert get_size("wan2.2-t2v-a14b").boundary == 0.875

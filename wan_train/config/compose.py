@@ -1,0 +1,34 @@
+"""Compose a run's config from conf/ and recipes/ (Hydra), from any working directory."""
+
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from omegaconf import DictConfig
+
+from wan_train.config.schema import TrainConfig
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and recipes/ sit beside wan_train/
+CONF_DIR, RECIPES_DIR = ROOT / "conf", ROOT / "recipes"
+
+
+def recipes() -> list[str]:
+    return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
+
+
+def register() -> None:
+    """The schema as `train_schema`, and each recipes/NAME.yaml as option NAME of the `recipe` group, applied
+    at the global package (a recipe is a list of overrides of the other groups plus values)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainConfig)
+    for name in recipes():
+        node = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
+        store.store(name=name, group="recipe", package="_global_", node={**node, "recipe": name})
+
+
+def compose_config(overrides: list[str] = ()) -> DictConfig:
+    """What `python train.py OVERRIDES` runs with (for tests, tools and notebooks)."""
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("config", overrides=list(overrides))

@@ -1,0 +1,111 @@
+"""Typed schemas of every conf/ group: the one place each default lives. Hydra composes conf/ + recipes/ over
+these (ConfigStore), then `validate` checks values across fields and fails at start with the key, the value
+and what is allowed."""
+
+from dataclasses import dataclass, field
+
+from wan_train.data.datamodule import DataConfig
+
+
+@dataclass
+class ModelConfig:
+    size: str = "tiny"  # a name from wan_train.models.SIZES
+    # a Wan folder (official or diffusers) or a DiT file; None trains the DiT from random init (tiny sizes)
+    checkpoint: str | None = None
+    # where the frozen encoders come from for raw-video training: a Wan folder; "builtin" = the zero-download
+    # stand-ins of the quickstart (pixel-space VAE, tiny random umT5); None = the checkpoint folder
+    encoders: str | None = None
+    activation_checkpointing: bool = False
+
+
+@dataclass
+class ExpertConfig:
+    name: str | None = None  # "high_noise" | "low_noise" for an A14B expert; None for dense models
+
+
+@dataclass
+class SamplerConfig:
+    kind: str = "logit_normal"
+    mean: float = 0.0
+    std: float = 1.0
+    shift: float = 1.0
+
+
+@dataclass
+class FlowConfig:
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    weighting: str = "none"
+    exclude_conditioning_frames: bool = True
+    held_out_quantiles: int = 4  # sigmas per held-out sample (quantiles of the expert's sigma distribution)
+    held_out_samples: int = 4  # clips from the stream kept aside at start as the fixed validation set
+    held_out_seed: int = 1234
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    schedule: str = "constant"  # "constant" | "cosine"
+    warmup_steps: int = 0
+    min_lr_ratio: float = 0.0
+    gradient_clip_val: float | None = 1.0
+
+
+@dataclass
+class TrainerConfig:
+    max_steps: int = 1000
+    accumulate_grad_batches: int = 1
+    precision: str = "32-true"  # "32-true" (CPU) | "bf16-mixed" (GPU)
+    accelerator: str = "auto"
+    devices: str = "auto"
+    num_nodes: int = 1
+    log_every_n_steps: int = 10
+    val_every_n_steps: int = 100
+    checkpoint_every_n_steps: int = 500
+    seed: int = 0
+    ema_decay: float | None = None
+    enable_progress_bar: bool = True
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "auto"  # "auto" | "ddp" (FSDP / DeepSpeed presets come with the scale-out work)
+
+
+@dataclass
+class LoraConfig:
+    enabled: bool = False  # adapters come with the LoRA work; until then every trainable parameter trains
+    rank: int = 16
+    alpha: float = 16.0
+
+
+@dataclass
+class LoggerConfig:
+    csv: bool = True
+    wandb: bool = True  # online when WANDB_API_KEY is set, offline files in the run folder otherwise
+    project: str = "wan_train"
+    name: str | None = None
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+
+
+@dataclass
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    expert: ExpertConfig = field(default_factory=ExpertConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    run_dir: str = "runs/default"
+    resume: str = "auto"  # "auto": the newest checkpoint in run_dir/checkpoints if any | "never" | a .ckpt path
+    recipe: str | None = None

@@ -1,0 +1,73 @@
+"""Cross-field checks of a composed config, run before anything is built: each failure names the key, the
+value and what is allowed."""
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from wan_train.data.datamodule import KINDS
+from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
+from wan_train.models import EXPERTS, SIZES
+
+SCHEDULES = ("constant", "cosine")
+PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
+STRATEGIES = ("auto", "ddp")
+VAE_STRIDES = {"wan2.1": 8, "wan2.2": 16, "pixel": 8}
+PATCH = 2  # every Wan DiT patchifies latents (1, 2, 2)
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _allowed(key: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r}: expected one of {list(allowed)}")
+
+
+def validate(cfg: DictConfig) -> None:
+    _allowed("model.size", cfg.model.size, SIZES)
+    size = SIZES[cfg.model.size]
+    for key in ("model.checkpoint", "model.encoders"):
+        value = cfg.model[key.split(".")[1]]
+        if value not in (None, "builtin") and not Path(value).exists():
+            raise ConfigError(f"{key}={value!r}: no such file or folder")
+    if size.is_moe:
+        _allowed("expert.name", cfg.expert.name, EXPERTS)
+    elif cfg.expert.name is not None:
+        raise ConfigError(f"expert.name={cfg.expert.name!r}: model.size={size.name!r} has no experts (use expert=none)")
+    if size.vae == "pixel" and cfg.model.encoders != "builtin":
+        raise ConfigError(f"model.encoders={cfg.model.encoders!r}: model.size={size.name!r} uses the pixel-space "
+                          "stand-in, which only the builtin encoders provide (model.encoders=builtin)")
+    if cfg.model.checkpoint is None and cfg.model.encoders is None and cfg.data.kind == "video":
+        raise ConfigError("model.encoders=None with model.checkpoint=None: raw-video training needs a VAE and text "
+                          "encoder (a Wan folder, or 'builtin' for the quickstart stand-ins), or data=latents")
+    _validate_data(cfg, stride=VAE_STRIDES[size.vae] * PATCH)
+    _allowed("flow.sampler.kind", cfg.flow.sampler.kind, SAMPLER_KINDS)
+    _allowed("flow.weighting", cfg.flow.weighting, WEIGHTINGS)
+    SigmaSampler(**cfg.flow.sampler)  # its own range checks
+    _allowed("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    _allowed("trainer.precision", cfg.trainer.precision, PRECISIONS)
+    _allowed("strategy.name", cfg.strategy.name, STRATEGIES)
+    if cfg.lora.enabled:
+        raise ConfigError("lora.enabled=true: LoRA adapters are not implemented yet; train with lora=none")
+    for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
+        if cfg.trainer[key] < 1:
+            raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
+    if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_file():
+        raise ConfigError(f"resume={cfg.resume!r}: expected 'auto', 'never' or an existing .ckpt file")
+
+
+def _validate_data(cfg: DictConfig, *, stride: int) -> None:
+    data = cfg.data
+    _allowed("data.kind", data.kind, KINDS)
+    if not data.shards:
+        raise ConfigError("data.shards is empty: give shard paths, a brace pattern or a folder")
+    if data.spatial_stride % stride:
+        raise ConfigError(f"data.spatial_stride={data.spatial_stride}: bucket sides must be multiples of the VAE "
+                          f"stride x patch = {stride} for model.size={cfg.model.size!r}; set data.spatial_stride="
+                          f"{stride}")
+    try:
+        OmegaConf.to_object(data).table()
+    except ValueError as error:
+        raise ConfigError(str(error)) from None

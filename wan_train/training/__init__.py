@@ -1,0 +1,1 @@
+"""Training: the flow-matching LightningModule, its callbacks, and run(cfg) behind train.py."""

@@ -1,0 +1,57 @@
+"""Callbacks: the held-out loss on its schedule, throughput in the progress bar, atomic checkpoint writes."""
+
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+
+class HeldOutLoss(L.Callback):
+    """Logs `val/loss` (and per sigma quantile) before the first step, every `every` steps and at the end."""
+
+    def __init__(self, every: int):
+        self.every = every
+        self.history: list[tuple[int, float]] = []
+
+    def _log(self, trainer, module) -> None:
+        metrics = module.held_out_loss()
+        self.history.append((trainer.global_step, metrics["val/loss"]))
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+
+    def on_train_start(self, trainer, module):
+        if trainer.global_step == 0:
+            self._log(trainer, module)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step % self.every == 0 or step == trainer.max_steps:
+            self._log(trainer, module)
+
+
+class Throughput(L.Callback):
+    """Step time and samples/s in the progress bar and the logs."""
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        self.start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        seconds = time.perf_counter() - self.start
+        samples = len(batch["key"]) * trainer.world_size
+        module.log_dict({"perf/step_s": seconds, "perf/samples_per_s": samples / seconds}, prog_bar=True,
+                        on_step=True, on_epoch=False)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed: a run killed mid-write leaves the previous
+    checkpoint intact and never a truncated one that `resume=auto` would pick."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None):
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)

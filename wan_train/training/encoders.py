@@ -1,0 +1,34 @@
+"""The frozen encoders a run needs to turn raw-video batches into latents and text context: none for cached
+latents, the builtin stand-ins for the quickstart, or the VAE + umT5 (+ CLIP) of a Wan folder."""
+
+from dataclasses import dataclass
+
+import torch
+
+from wan_train.models import load_wan
+from wan_train.training.builtin import builtin_text_encoder, builtin_vae
+
+
+@dataclass
+class Encoders:
+    vae: object | None = None
+    text_encoder: object | None = None
+
+    def to(self, device: torch.device) -> "Encoders":
+        if self.vae is not None:
+            self.vae.to(device)
+        if self.text_encoder is not None:
+            self.text_encoder.to(device)
+        return self
+
+
+def build_encoders(cfg, *, text_dim: int) -> Encoders:
+    if cfg.data.kind == "latents":
+        return Encoders()
+    if cfg.model.encoders == "builtin":
+        return Encoders(builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=cfg.trainer.seed))
+    folder = cfg.model.encoders or cfg.model.checkpoint
+    wan = load_wan(folder, components=("vae", "text_encoder"))
+    for module in (wan.vae, wan.text_encoder.model):
+        module.eval().requires_grad_(False)
+    return Encoders(wan.vae, wan.text_encoder)

@@ -1,0 +1,143 @@
+"""`run(cfg)`: everything `python train.py ...` does, callable from tests. The run folder holds the resolved
+config, the git revision, checkpoints/, Lightning's CSV metrics (metrics.csv), W&B files and the exported
+weights."""
+
+import logging
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from omegaconf import DictConfig, OmegaConf
+
+from wan_train.config import validate
+from wan_train.data import DataConfig, DataMetrics, WanDataModule
+from wan_train.data.datamodule import make_source
+from wan_train.data.shards import expand_urls, read_samples
+from wan_train.models import WanDiT, get_size, load_dit, save_dit
+from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
+from wan_train.training.encoders import build_encoders
+from wan_train.training.module import FlowMatchingModule
+
+log = logging.getLogger(__name__)
+
+
+def build_dit(cfg) -> WanDiT:
+    size = get_size(cfg.model.size)
+    if cfg.model.checkpoint:
+        dit = load_dit(cfg.model.checkpoint, expert=cfg.expert.name, dtype=torch.float32)
+    else:
+        torch.manual_seed(cfg.trainer.seed)
+        dit = WanDiT(size.dit)
+    dit.activation_checkpointing = cfg.model.activation_checkpointing
+    return dit.train().requires_grad_(True)
+
+
+def held_out_batches(data: DataConfig, count: int) -> list[dict]:
+    """The first `count` usable clips of the validation shards (or of the training shards), centre-cropped,
+    no caption dropout: one-sample batches, fixed for the whole run."""
+    import random
+
+    fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "clip_start": "centre", "crop": "centre"})
+    source, out = make_source(fixed, expand_urls(data.shards)), []
+    for sample in read_samples(expand_urls(data.val_shards or data.shards), on_error=lambda e: None):
+        try:
+            planned = source.plan(sample, rng=random.Random(0))
+            out.append(source.collate([source.load(planned, rng=random.Random(0))]))
+        except Exception as error:  # a bad held-out sample is skipped like any other
+            log.warning("held-out: skipping %s (%s)", sample.get("__key__"), error)
+        if len(out) == count:
+            break
+    if "video" in (out[0] if out else {}):
+        from wan_train.data.decode import video_to_model
+        for batch in out:
+            batch["video"] = video_to_model(batch["video"])
+    return out
+
+
+def newest_checkpoint(run_dir: Path) -> Path | None:
+    found = []
+    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+        match = re.search(r"step=(\d+)", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def write_run_info(cfg: DictConfig, run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).parent).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True,
+                               cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        rev, dirty = "unknown", ""
+    (run_dir / "git_revision.txt").write_text(rev + (" (with uncommitted changes)" if dirty else "") + "\n")
+
+
+def loggers(cfg, run_dir: Path) -> list:
+    out = []
+    if cfg.logger.csv:
+        out.append(CSVLogger(run_dir, name="csv"))  # csv/version_N/metrics.csv, one per (resumed) segment
+    if cfg.logger.wandb:
+        offline = not os.environ.get("WANDB_API_KEY")
+        out.append(WandbLogger(project=cfg.logger.project, name=cfg.logger.name or run_dir.name, save_dir=run_dir,
+                               offline=offline))
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train as configured; returns the final metrics (train/loss, val/loss, ...) and where things went."""
+    validate(cfg)
+    run_dir = Path(cfg.run_dir)
+    write_run_info(cfg, run_dir)
+    data = OmegaConf.to_object(cfg.data)
+    size = get_size(cfg.model.size)
+    dit = build_dit(cfg)
+    module = FlowMatchingModule(cfg, dit=dit, encoders=build_encoders(cfg, text_dim=size.dit.text_dim),
+                                boundary=size.boundary, held_out=held_out_batches(data, cfg.flow.held_out_samples))
+    held_out = HeldOutLoss(cfg.trainer.val_every_n_steps)
+    checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="{step:07d}", save_top_k=-1,
+                                 every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=False,
+                                 save_on_train_epoch_end=False)
+    callbacks = [held_out, Throughput(), DataMetrics(), checkpoint]
+    if cfg.trainer.enable_progress_bar:
+        callbacks.append(RichProgressBar())
+    trainer = L.Trainer(
+        max_steps=cfg.trainer.max_steps, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        precision=cfg.trainer.precision, accelerator=cfg.trainer.accelerator, devices=_devices(cfg.trainer.devices),
+        num_nodes=cfg.trainer.num_nodes, strategy=cfg.strategy.name, gradient_clip_val=cfg.optim.gradient_clip_val,
+        log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, logger=loggers(cfg, run_dir),
+        default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
+        plugins=[AtomicCheckpointIO()], limit_val_batches=0, num_sanity_val_steps=0)
+    ckpt_path = _resume_path(cfg, run_dir)
+    trainer.fit(module, datamodule=WanDataModule(data), ckpt_path=ckpt_path)
+    trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
+    if trainer.is_global_zero:
+        save_dit(dit, run_dir / "dit", layout="official")
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update({"val/loss_first": held_out.history[0][1] if held_out.history else float("nan"),
+                    "val/loss": held_out.history[-1][1] if held_out.history else float("nan"),
+                    "step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None})
+    return metrics
+
+
+def _resume_path(cfg, run_dir: Path) -> Path | None:
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        return newest_checkpoint(run_dir)
+    return Path(cfg.resume)
+
+
+def _devices(value: str):
+    return int(value) if str(value).isdigit() else value
