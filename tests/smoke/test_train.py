@@ -5,6 +5,7 @@ stopped after step k and resumed with resume=auto reproduces the uninterrupted r
 import csv
 
 import pytest
+import torch
 
 from data_tools.make_demo import make_demo
 from wan_train.config import compose_config
@@ -41,7 +42,7 @@ def losses(run_dir) -> dict[int, float]:
 def test_two_step_run_writes_the_run_folder(demo, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
-    metrics = run(config(demo, tmp_path / "run", **{"trainer.max_steps": "2"}))
+    metrics = run(config(demo, tmp_path / "run", **{"trainer.max_steps": "2", "trainer.ema_decay": "0.5"}))
     run_dir = tmp_path / "run"
     assert metrics["step"] == 2 and metrics["val/loss"] == metrics["val/loss"]  # not NaN
     assert (run_dir / "config.yaml").read_text().count("quickstart") >= 1
@@ -54,8 +55,9 @@ def test_two_step_run_writes_the_run_folder(demo, tmp_path, monkeypatch):
     data = records[0].read_bytes()
     assert b"train/loss" in data and b"val/loss" in data
     # the exported weights load back with load_dit
-    dit = load_dit(run_dir / "dit")
+    dit, ema = load_dit(run_dir / "dit"), load_dit(run_dir / "dit_ema")
     assert dit.config.in_dim == 768
+    assert not torch.equal(dit.blocks[0].ffn[0].weight, ema.blocks[0].ffn[0].weight)  # EMA lags the weights
 
 
 def test_killed_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tmp_path):

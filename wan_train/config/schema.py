@@ -16,6 +16,7 @@ class ModelConfig:
     # stand-ins of the quickstart (pixel-space VAE, tiny random umT5); None = the checkpoint folder
     encoders: str | None = None
     activation_checkpointing: bool = False
+    trainable: str = "all"  # full fine-tune parameter preset (wan_train.training.trainable.TRAINABLE)
 
 
 @dataclass
@@ -65,7 +66,7 @@ class TrainerConfig:
     val_every_n_steps: int = 100
     checkpoint_every_n_steps: int = 500
     seed: int = 0
-    ema_decay: float | None = None
+    ema_decay: float | None = None  # e.g. 0.999; exported as run_dir/dit_ema
     enable_progress_bar: bool = True
 
 

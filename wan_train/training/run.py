@@ -21,7 +21,9 @@ from wan_train.data.shards import expand_urls, read_samples
 from wan_train.models import WanDiT, get_size, load_dit, save_dit
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
 from wan_train.training.encoders import build_encoders
+from wan_train.training.ema import EMA
 from wan_train.training.module import FlowMatchingModule
+from wan_train.training.trainable import apply_trainable
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,9 @@ def build_dit(cfg) -> WanDiT:
         torch.manual_seed(cfg.trainer.seed)
         dit = WanDiT(size.dit)
     dit.activation_checkpointing = cfg.model.activation_checkpointing
-    return dit.train().requires_grad_(True)
+    dit.train()
+    apply_trainable(dit, cfg.model.trainable)
+    return dit
 
 
 def held_out_batches(data: DataConfig, count: int) -> list[dict]:
@@ -107,12 +111,19 @@ def run(cfg: DictConfig) -> dict:
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=False,
                                  save_on_train_epoch_end=False)
     callbacks = [held_out, Throughput(), DataMetrics(), checkpoint]
+    ema = EMA(cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
+    if ema is not None:
+        callbacks.append(ema)
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
         max_steps=cfg.trainer.max_steps, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         precision=cfg.trainer.precision, accelerator=cfg.trainer.accelerator, devices=_devices(cfg.trainer.devices),
-        num_nodes=cfg.trainer.num_nodes, strategy=cfg.strategy.name, gradient_clip_val=cfg.optim.gradient_clip_val,
+        num_nodes=cfg.trainer.num_nodes, strategy=cfg.strategy.name,
+        # one "epoch" of exactly the run's batches: the progress bar gets a total and an ETA, and the endless
+        # stream is iterated once (its position, not an epoch restart, carries across a resume)
+        limit_train_batches=cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches,
+        gradient_clip_val=cfg.optim.gradient_clip_val,
         log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, logger=loggers(cfg, run_dir),
         default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()], limit_val_batches=0, num_sanity_val_steps=0)
@@ -121,6 +132,9 @@ def run(cfg: DictConfig) -> dict:
     trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
     if trainer.is_global_zero:
         save_dit(dit, run_dir / "dit", layout="official")
+        if ema is not None:
+            ema.copy_to(dit)
+            save_dit(dit, run_dir / "dit_ema", layout="official")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)

@@ -1,0 +1,27 @@
+"""Which DiT parameters a full fine-tune trains: named presets (regular expressions over parameter names), so
+a run says `model.trainable=attention` rather than listing modules. LoRA adapters are the lora group's job."""
+
+import re
+
+import torch
+
+# preset -> pattern over WanDiT parameter names (blocks.{i}.self_attn.q.weight, patch_embedding.weight, ...)
+TRAINABLE = {
+    "all": r".*",
+    "blocks": r"^blocks\.",  # every transformer block; embeddings and head frozen
+    "attention": r"^blocks\.\d+\.(self_attn|cross_attn)\.",
+    "self_attention": r"^blocks\.\d+\.self_attn\.",
+    "ffn": r"^blocks\.\d+\.ffn\.",
+}
+
+
+def apply_trainable(model: torch.nn.Module, preset: str) -> int:
+    """Freeze everything outside the preset; returns the number of trainable parameters."""
+    if preset not in TRAINABLE:
+        raise ValueError(f"model.trainable={preset!r}: expected one of {list(TRAINABLE)}")
+    pattern = re.compile(TRAINABLE[preset])
+    count = 0
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(bool(pattern.search(name)))
+        count += parameter.numel() if parameter.requires_grad else 0
+    return count
