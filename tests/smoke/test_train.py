@@ -60,7 +60,7 @@ def test_two_step_run_writes_the_run_folder(demo, tmp_path, monkeypatch):
     assert not torch.equal(dit.blocks[0].ffn[0].weight, ema.blocks[0].ffn[0].weight)  # EMA lags the weights
 
 
-def test_killed_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tmp_path):
+def test_stopped_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tmp_path):
     common = {"logger.wandb": "false"}
     run(config(demo, tmp_path / "full", **common, **{"trainer.max_steps": "6"}))
     run(config(demo, tmp_path / "resumed", **common, **{"trainer.max_steps": "3"}))  # stops after step 3
@@ -69,3 +69,38 @@ def test_killed_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tmp
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
     assert sorted(full) == sorted(resumed) == list(range(6))
     assert resumed == full  # bit for bit: weights, optimizer, scheduler, data position, sigma and noise
+
+
+def test_a_run_killed_mid_training_resumes_from_its_newest_checkpoint(demo, tmp_path):
+    """SIGKILL a real `python train.py` process once it has written a checkpoint; the rerun (resume=auto) ends
+    with the same per-step losses as an uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    steps = 12
+    args = {"data.shards": f"[{demo / 'train'}]", "data.val_shards": f"[{demo / 'val'}]", "data.durations": "[0.5]",
+            "trainer.enable_progress_bar": "false", "trainer.val_every_n_steps": "6", "trainer.max_steps": str(steps),
+            "trainer.checkpoint_every_n_steps": "2", "trainer.log_every_n_steps": "1", "flow.held_out_samples": "1",
+            "flow.held_out_quantiles": "2", "logger.wandb": "false"}
+    train_py = Path(__file__).resolve().parents[2] / "train.py"
+
+    def command(run_dir):
+        return [sys.executable, str(train_py), "recipe=quickstart", f"run_dir={run_dir}",
+                *(f"{k}={v}" for k, v in args.items())]
+
+    subprocess.run(command(tmp_path / "full"), check=True, capture_output=True, cwd=tmp_path)
+    killed = tmp_path / "killed"
+    process = subprocess.Popen(command(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+    deadline = time.time() + 300
+    while not (killed / "checkpoints" / "step=0000004.ckpt").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    newest = max((killed / "checkpoints").glob("step=*.ckpt"))
+    assert int(newest.stem.split("=")[1]) < steps  # it really stopped mid-run
+    subprocess.run(command(killed), check=True, capture_output=True, cwd=tmp_path)
+    assert losses(killed) == losses(tmp_path / "full") and sorted(losses(killed)) == list(range(steps))
