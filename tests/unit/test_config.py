@@ -73,3 +73,19 @@ def test_a_moe_model_needs_an_expert(tmp_path):
     with pytest.raises(ConfigError, match="expert.name=None: expected one of"):
         validate(cfg)
     assert get_size("wan2.2-t2v-a14b").boundary == 0.875
+
+
+@pytest.mark.parametrize("expert, low, high", [("high_noise", 0.875, 1.0), ("low_noise", 0.0, 0.875)])
+def test_expert_ranges_come_from_the_model_boundary(expert, low, high, tmp_path):
+    cfg = compose_config([f"expert={expert}", "model=tiny", "model.size=tiny-moe", f"model.checkpoint={tmp_path}",
+                          "data=latents", "data.shards=[x]"])
+    validate(cfg)
+    module = FlowMatchingModule(cfg, dit=build_dit(compose_config(["model=tiny"])), encoders=None,
+                                boundary=get_size("tiny-moe").boundary, held_out=[])
+    assert (module.range.low, module.range.high) == (low, high)
+    sigma = module.sampler.sample(4096, generator=torch.Generator().manual_seed(0), low=low, high=high)
+    assert module.range.contains(sigma).all()
+    both = compose_config(["expert=both", "model=tiny", "model.size=tiny-moe", f"model.checkpoint={tmp_path}",
+                           "data=latents", "data.shards=[x]", "expert.high_noise_lr=3e-5"])
+    validate(both)
+    assert both.expert.alternate_every == 100 and both.expert.high_noise_lr == 3e-5

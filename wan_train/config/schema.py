@@ -21,7 +21,12 @@ class ModelConfig:
 
 @dataclass
 class ExpertConfig:
-    name: str | None = None  # "high_noise" | "low_noise" for an A14B expert; None for dense models
+    # "high_noise" | "low_noise": one A14B expert; "both": the two in alternating phases (two outputs);
+    # None for dense models. The sigma range of each comes from the model's boundary, never typed by hand.
+    name: str | None = None
+    alternate_every: int = 100  # steps per phase with name=both
+    high_noise_lr: float | None = None  # per-expert learning rates with name=both (None: optim.lr)
+    low_noise_lr: float | None = None
 
 
 @dataclass

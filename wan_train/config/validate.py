@@ -33,7 +33,9 @@ def validate(cfg: DictConfig) -> None:
         if value not in (None, "builtin") and not Path(value).exists():
             raise ConfigError(f"{key}={value!r}: no such file or folder")
     if size.is_moe:
-        _allowed("expert.name", cfg.expert.name, EXPERTS)
+        _allowed("expert.name", cfg.expert.name, (*EXPERTS, "both"))
+        if cfg.expert.name == "both" and cfg.expert.alternate_every < 1:
+            raise ConfigError(f"expert.alternate_every={cfg.expert.alternate_every}: must be >= 1")
     elif cfg.expert.name is not None:
         raise ConfigError(f"expert.name={cfg.expert.name!r}: model.size={size.name!r} has no experts (use expert=none)")
     if size.vae == "pixel" and cfg.model.encoders != "builtin":

@@ -39,3 +39,17 @@ class EMA(L.Callback):
         for name, p in model.named_parameters():
             if name in self.shadow:
                 p.copy_(self.shadow[name].to(p.dtype))
+
+    @torch.no_grad()
+    def export(self, model: torch.nn.Module, folder) -> None:
+        """Save `model` with the EMA weights in the official layout, leaving the model's own weights as they were."""
+        from wan_train.models import save_dit
+
+        trained = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.shadow}
+        self.copy_to(model)
+        try:
+            save_dit(model, folder, layout="official")
+        finally:
+            for name, p in model.named_parameters():
+                if name in trained:
+                    p.copy_(trained[name])

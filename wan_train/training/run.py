@@ -2,10 +2,12 @@
 config, the git revision, checkpoints/, Lightning's CSV metrics (metrics.csv), W&B files and the exported
 weights."""
 
+import copy
 import logging
 import os
 import re
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -18,7 +20,7 @@ from wan_train.config import validate
 from wan_train.data import DataConfig, DataMetrics, WanDataModule
 from wan_train.data.datamodule import make_source
 from wan_train.data.shards import expand_urls, read_samples
-from wan_train.models import WanDiT, get_size, load_dit, save_dit
+from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
 from wan_train.training.encoders import build_encoders
 from wan_train.training.ema import EMA
@@ -96,16 +98,61 @@ def loggers(cfg, run_dir: Path) -> list:
     return out
 
 
-def run(cfg: DictConfig) -> dict:
-    """Train as configured; returns the final metrics (train/loss, val/loss, ...) and where things went."""
-    validate(cfg)
-    run_dir = Path(cfg.run_dir)
-    write_run_info(cfg, run_dir)
+@dataclass
+class Session:
+    """What the training of one DiT keeps across fit calls (an A14B expert trains in several phases)."""
+
+    cfg: DictConfig
+    module: FlowMatchingModule
+    data: DataConfig
+    run_dir: Path
+
+
+def prepare(cfg: DictConfig) -> Session:
     data = OmegaConf.to_object(cfg.data)
     size = get_size(cfg.model.size)
-    dit = build_dit(cfg)
-    module = FlowMatchingModule(cfg, dit=dit, encoders=build_encoders(cfg, text_dim=size.dit.text_dim),
+    module = FlowMatchingModule(cfg, dit=build_dit(cfg), encoders=build_encoders(cfg, text_dim=size.dit.text_dim),
                                 boundary=size.boundary, held_out=held_out_batches(data, cfg.flow.held_out_samples))
+    return Session(cfg, module, data, Path(cfg.run_dir))
+
+
+def run(cfg: DictConfig) -> dict:
+    """Train as configured; returns the final metrics (train/loss, val/loss, ...) and where things went. With
+    expert=both, both A14B experts train in alternating phases (one sub-folder and one result per expert)."""
+    validate(cfg)
+    write_run_info(cfg, Path(cfg.run_dir))
+    if cfg.expert.name == "both":
+        return run_both_experts(cfg)
+    return fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
+
+
+def expert_config(cfg: DictConfig, expert: str) -> DictConfig:
+    out = copy.deepcopy(cfg)
+    out.expert.name, out.run_dir = expert, str(Path(cfg.run_dir) / expert)
+    out.optim.lr = cfg.expert[f"{expert}_lr"] or cfg.optim.lr
+    return out
+
+
+def run_both_experts(cfg: DictConfig) -> dict:
+    """Each expert has its own weights, optimizer, schedule, data position, checkpoints and exports under
+    run_dir/<expert>/; they take turns for expert.alternate_every steps until each has trained max_steps. An
+    expert's steps depend only on its own state, so the interleaving (and a resume) cannot change them."""
+    sessions = {e: prepare(expert_config(cfg, e)) for e in EXPERTS}
+    done = {e: _checkpoint_step(newest_checkpoint(s.run_dir)) if cfg.resume == "auto" else 0
+            for e, s in sessions.items()}
+    results = {}
+    while any(done[e] < cfg.trainer.max_steps for e in EXPERTS):
+        for expert in EXPERTS:
+            if done[expert] < cfg.trainer.max_steps:
+                done[expert] = min(done[expert] + cfg.expert.alternate_every, cfg.trainer.max_steps)
+                results[expert] = fit(sessions[expert], max_steps=done[expert])
+                sessions[expert].module.cpu()  # the resting expert leaves the accelerator to the other
+    return {f"{e}/{k}": v for e, metrics in results.items() for k, v in metrics.items()}
+
+
+def fit(session: Session, *, max_steps: int) -> dict:
+    """Train `session` up to step `max_steps`, resuming from its newest checkpoint (resume=auto)."""
+    cfg, run_dir = session.cfg, session.run_dir
     held_out = HeldOutLoss(cfg.trainer.val_every_n_steps)
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="{step:07d}", save_top_k=-1,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=False,
@@ -117,24 +164,24 @@ def run(cfg: DictConfig) -> dict:
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
-        max_steps=cfg.trainer.max_steps, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
+        max_steps=max_steps, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         precision=cfg.trainer.precision, accelerator=cfg.trainer.accelerator, devices=_devices(cfg.trainer.devices),
         num_nodes=cfg.trainer.num_nodes, strategy=cfg.strategy.name,
         # one "epoch" of exactly the run's batches: the progress bar gets a total and an ETA, and the endless
         # stream is iterated once (its position, not an epoch restart, carries across a resume)
-        limit_train_batches=cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches,
+        limit_train_batches=max_steps * cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.gradient_clip_val,
         log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, logger=loggers(cfg, run_dir),
         default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()], limit_val_batches=0, num_sanity_val_steps=0)
     ckpt_path = _resume_path(cfg, run_dir)
-    trainer.fit(module, datamodule=WanDataModule(data), ckpt_path=ckpt_path)
+    trainer.fit(session.module, datamodule=WanDataModule(session.data), ckpt_path=ckpt_path)
     trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
+    dit = session.module.dit
     if trainer.is_global_zero:
         save_dit(dit, run_dir / "dit", layout="official")
         if ema is not None:
-            ema.copy_to(dit)
-            save_dit(dit, run_dir / "dit_ema", layout="official")
+            ema.export(dit, run_dir / "dit_ema")
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)
@@ -143,6 +190,10 @@ def run(cfg: DictConfig) -> dict:
                     "val/loss": held_out.history[-1][1] if held_out.history else float("nan"),
                     "step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None})
     return metrics
+
+
+def _checkpoint_step(path: Path | None) -> int:
+    return int(re.search(r"step=(\d+)", path.name).group(1)) if path else 0
 
 
 def _resume_path(cfg, run_dir: Path) -> Path | None:
