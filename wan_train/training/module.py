@@ -5,7 +5,10 @@ RNG, so a run resumed from a checkpoint draws exactly what the uninterrupted run
 fixed set of clips, fixed sigmas (quantiles of the expert's sigma distribution) and fixed noise, so its value
 is comparable across steps and runs."""
 
+import random
+
 import lightning as L
+import numpy as np
 import torch
 
 from wan_train.flow import (SigmaSampler, conditioning_frame_mask, expert_range, held_out_noise, held_out_sigmas,
@@ -84,8 +87,30 @@ class FlowMatchingModule(L.LightningModule):
         out.update({f"val/loss_q{q}": v.item() for q, v in enumerate(per_quantile)})
         return out
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # the step's own draws are seeded by (seed, step, rank); the global generators are saved too so that
+        # anything else random (user callbacks, dropout in a subclass) also continues exactly
+        checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                             "numpy": _numpy_state(),
+                             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        rng = checkpoint.get("rng")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            random.setstate(rng["python"])
+            name, keys, pos, has_gauss, cached = rng["numpy"]
+            np.random.set_state((name, keys.numpy(), pos, has_gauss, cached))
+            if rng["cuda"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
     def configure_optimizers(self):
         return build_optimizer(self.cfg.optim, self.dit, max_steps=self.cfg.trainer.max_steps)
+
+
+def _numpy_state() -> tuple:
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return name, torch.from_numpy(keys.copy()), int(pos), int(has_gauss), float(cached)  # loadable weights_only
 
 
 def _to(batch: dict, device) -> dict:
