@@ -98,7 +98,8 @@ def write_official_folder(root, size="tiny"):
     TEXT_DIM = get_size("tiny").dit.text_dim
     dit = randomize_(WanDiT(get_size(size).dit))
     save_dit(dit, root)
-    torch.save(randomize_(WanVAE(TINY_VAE_CONFIGS["wan2.1"])).state_dict(), root / "Wan2.1_VAE.pth")
+    vae = get_size(size).vae  # wan2.1 (z16) or wan2.2 (z48, TI2V)
+    torch.save(randomize_(WanVAE(TINY_VAE_CONFIGS[vae])).state_dict(), root / f"{vae.capitalize()}_VAE.pth")
     t5 = randomize_(UMT5EncoderModel(UMT5Config(vocab_size=64, d_model=TEXT_DIM, num_heads=4, d_kv=8, d_ff=48,
                                                 num_layers=1)))
     torch.save(umt5_official_state(t5.state_dict()), root / "models_t5_umt5-xxl-enc-bf16.pth")

@@ -129,3 +129,18 @@ def test_both_experts_alternate_with_their_own_state_and_outputs(demo, tmp_path)
         assert (tmp_path / "both" / expert / "dit").is_dir()
         assert (tmp_path / "both" / expert / "checkpoints" / "step=0000004.ckpt").is_file()
     assert alone["step"] == 4
+
+
+@pytest.mark.parametrize("size", ["tiny-i2v", "tiny-ti2v"])
+def test_image_conditioned_models_train_from_raw_video(demo, tmp_path, size):
+    """I2V: y and CLIP features computed from the clip's first frame with the folder's VAE and CLIP; TI2V: the
+    Wan2.2 VAE's latents with image-mode samples. Two steps each, from an official-layout tiny folder."""
+    from tests.helpers import write_official_folder
+
+    folder = tmp_path / "Wan-tiny"
+    folder.mkdir()
+    write_official_folder(folder, size)
+    overrides = {"model": "tiny", "model.size": size, "model.checkpoint": str(folder), "logger.wandb": "false",
+                 "trainer.max_steps": "2", "data.spatial_stride": "32" if size == "tiny-ti2v" else "16"}
+    metrics = run(config(demo, tmp_path / "run", **overrides))
+    assert metrics["step"] == 2 and metrics["val/loss"] == metrics["val/loss"]

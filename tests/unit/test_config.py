@@ -8,7 +8,7 @@ from tests.helpers import write_official_folder
 from wan_train.config import ConfigError, compose_config, recipes, validate
 from wan_train.models import get_size
 from wan_train.training.encoders import build_encoders
-from wan_train.training.module import FlowMatchingModule
+from wan_train.training.module import FlowMatchingModule, Inputs
 from wan_train.training.run import build_dit
 
 EXPECTED = {"quickstart", "lora_character", "lora_style", "full_high_noise", "full_low_noise", "full_1_3b"}
@@ -48,7 +48,7 @@ def test_every_recipe_composes_and_instantiates_with_the_tiny_model(recipe, tiny
                                 boundary=None, held_out=[])
     assert sum(p.numel() for p in module.parameters() if p.requires_grad) == sum(p.numel() for p in dit.parameters())
     latents = torch.randn(1, 16, 2, 4, 4)
-    loss = module.loss(latents, torch.randn(1, 5, 4096), torch.tensor([0.5]), torch.randn_like(latents))
+    loss = module.loss(Inputs(latents, torch.randn(1, 5, 4096)), torch.tensor([0.5]), torch.randn_like(latents))
     assert loss.shape == (1,) and torch.isfinite(loss).all()
 
 

@@ -41,7 +41,8 @@ class SamplerConfig:
 class FlowConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     weighting: str = "none"
-    exclude_conditioning_frames: bool = True
+    exclude_conditioning_frames: bool = True  # I2V/FLF2V: leave the given frames out of the loss
+    image_condition_probability: float = 0.5  # TI2V: fraction of samples trained image-to-video
     held_out_quantiles: int = 4  # sigmas per held-out sample (quantiles of the expert's sigma distribution)
     held_out_samples: int = 4  # clips from the stream kept aside at start as the fixed validation set
     held_out_seed: int = 1234

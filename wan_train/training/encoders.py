@@ -13,22 +13,26 @@ from wan_train.training.builtin import builtin_text_encoder, builtin_vae
 class Encoders:
     vae: object | None = None
     text_encoder: object | None = None
+    clip: object | None = None  # only for DiTs with the CLIP image branch (Wan2.1 I2V / FLF2V)
 
     def to(self, device: torch.device) -> "Encoders":
         if self.vae is not None:
             self.vae.to(device)
         if self.text_encoder is not None:
             self.text_encoder.to(device)
+        if self.clip is not None:
+            self.clip.to(device)
         return self
 
 
-def build_encoders(cfg, *, text_dim: int) -> Encoders:
+def build_encoders(cfg, *, text_dim: int, image_branch: bool = False) -> Encoders:
     if cfg.data.kind == "latents":
         return Encoders()
     if cfg.model.encoders == "builtin":
         return Encoders(builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=cfg.trainer.seed))
     folder = cfg.model.encoders or cfg.model.checkpoint
-    wan = load_wan(folder, components=("vae", "text_encoder"))
-    for module in (wan.vae, wan.text_encoder.model):
-        module.eval().requires_grad_(False)
-    return Encoders(wan.vae, wan.text_encoder)
+    wan = load_wan(folder, components=("vae", "text_encoder") + (("clip",) if image_branch else ()))
+    for module in (wan.vae, wan.text_encoder.model, wan.clip):
+        if module is not None:
+            module.eval().requires_grad_(False)
+    return Encoders(wan.vae, wan.text_encoder, wan.clip)

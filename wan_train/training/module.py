@@ -6,6 +6,7 @@ fixed set of clips, fixed sigmas (quantiles of the expert's sigma distribution) 
 is comparable across steps and runs."""
 
 import random
+from dataclasses import dataclass
 
 import lightning as L
 import numpy as np
@@ -13,8 +14,17 @@ import torch
 
 from wan_train.flow import (SigmaSampler, conditioning_frame_mask, expert_range, held_out_noise, held_out_sigmas,
                             interpolate, per_sample_loss, to_timestep, velocity_target)
+from wan_train.inference import i2v_condition
 from wan_train.models import WanDiT
 from wan_train.training.optim import build_optimizer
+
+
+@dataclass
+class Inputs:
+    latents: torch.Tensor  # [B, C, T, h, w] float32, normalised
+    context: torch.Tensor  # [B, L, D] float32 (the DiT zero-pads to 512)
+    y: torch.Tensor | None = None  # I2V/FLF2V: [B, 4 + C, T, h, w] mask + conditioning latent
+    clip_fea: torch.Tensor | None = None  # models with a CLIP branch: [B, 257 (x2), 1280]
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -24,33 +34,63 @@ class FlowMatchingModule(L.LightningModule):
         self.sampler = SigmaSampler(**cfg.flow.sampler)
         self.range = expert_range(cfg.expert.name, boundary)
         self.held_out = held_out  # raw batches of one sample each, encoded on first use
-        self._held_out_encoded: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._held_out_encoded: list[Inputs] | None = None
 
     # ---------------------------------------------------------------------------------------------- inputs
     @torch.no_grad()
-    def encode(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Latents [B, C, T, h, w] float32 and context [B, L, D] of a batch (raw video or cached)."""
+    def encode(self, batch: dict) -> Inputs:
+        """The DiT inputs of a batch: from cached latents, or encoded here from raw video and prompts."""
         if "latents" in batch:
-            return batch["latents"].float(), batch["context"].float()
+            return Inputs(batch["latents"].float(), batch["context"].float(), _float(batch.get("y")),
+                          _float(batch.get("clip_fea")))
         self.encoders.to(self.device)
-        latents = self.encoders.vae.encode(batch["video"])
+        video = batch["video"]
+        latents = self.encoders.vae.encode(video).float()
         context, lengths = self.encoders.text_encoder.encode(batch["prompt"])
-        return latents.float(), context[:, : int(lengths.max())].float()
+        inputs = Inputs(latents, context[:, : int(lengths.max())].float())
+        model_type = self.dit.config.model_type
+        if model_type in ("i2v", "flf2v"):  # wan_arch.md §5.1: mask + VAE latent of the given frames
+            inputs.y = i2v_condition(self.encoders.vae, video, last=model_type == "flf2v")
+            if self.dit.config.has_image_branch:
+                frames = [video[:, :, 0]] + ([video[:, :, -1]] if model_type == "flf2v" else [])
+                inputs.clip_fea = torch.cat([self.encoders.clip.encode(f) for f in frames], dim=1).float()
+        return inputs
 
-    def frame_mask(self, latents: torch.Tensor) -> torch.Tensor | None:
-        # the given frames: first (i2v, ti2v), first and last (flf2v); excluding them is a policy choice for
-        # i2v/flf2v (their frame 0 is noised like the rest; the image arrives through y)
-        conditioning = {"i2v": (0,), "ti2v": (0,), "flf2v": (0, -1)}.get(self.dit.config.model_type, ())
-        if not (conditioning and self.cfg.flow.exclude_conditioning_frames):
+    def frame_mask(self, inputs: Inputs, first_frame: torch.Tensor | None) -> torch.Tensor | None:
+        """Latent frames in the loss ([T] or per sample [B, T]): the given frames are left out, i.e. frame 0 of
+        TI2V samples trained image-to-video (clean in x_t), and as a policy (flow.exclude_conditioning_frames)
+        frame 0 (and the last for FLF2V) of I2V models, whose given frames arrive through y."""
+        frames = inputs.latents.shape[2]
+        model_type = self.dit.config.model_type
+        if model_type == "ti2v":
+            if first_frame is None:
+                return None
+            mask = torch.ones(len(first_frame), frames, dtype=torch.bool, device=inputs.latents.device)
+            mask[:, 0] = ~first_frame
+            return mask
+        given = {"i2v": (0,), "flf2v": (0, -1)}.get(model_type, ())
+        if not (given and self.cfg.flow.exclude_conditioning_frames):
             return None
-        return conditioning_frame_mask(latents.shape[2], conditioning).to(latents.device)
+        return conditioning_frame_mask(frames, given).to(inputs.latents.device)
 
-    def loss(self, latents, context, sigma, noise) -> torch.Tensor:
-        """Per-sample flow loss [B] (float32)."""
+    def loss(self, inputs: Inputs, sigma: torch.Tensor, noise: torch.Tensor, *,
+             first_frame: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample flow loss [B] (float32). first_frame [B] bool (TI2V): these samples see their clean first
+        latent frame in x_t with timestep 0 on its tokens (wan_arch.md §5.2), the image-to-video mode."""
+        latents = inputs.latents
         x_t = interpolate(latents, noise, sigma)
-        pred = self.dit(x_t, to_timestep(sigma), context)
+        t = to_timestep(sigma)
+        if first_frame is not None and bool(first_frame.any()):
+            keep = first_frame[:, None, None, None]
+            x_t[:, :, 0] = torch.where(keep, latents[:, :, 0], x_t[:, :, 0])
+            _, _, frames, h, w = latents.shape
+            p_t, p_h, p_w = self.dit.config.patch_size
+            per_frame = (h // p_h) * (w // p_w)  # tokens of latent frame 0 come first
+            t = t[:, None].repeat(1, (frames // p_t) * per_frame)
+            t[:, :per_frame] = torch.where(first_frame[:, None], 0.0, t[:, :per_frame])
+        pred = self.dit(x_t, t, inputs.context, y=inputs.y, clip_fea=inputs.clip_fea)
         return per_sample_loss(pred, velocity_target(latents, noise), sigma, weighting=self.cfg.flow.weighting,
-                               frame_mask=self.frame_mask(latents))
+                               frame_mask=self.frame_mask(inputs, first_frame))
 
     # ------------------------------------------------------------------------------------------- training
     def step_generator(self) -> torch.Generator:
@@ -59,12 +99,16 @@ class FlowMatchingModule(L.LightningModule):
         return generator
 
     def training_step(self, batch, batch_idx):
-        latents, context = self.encode(batch)
+        inputs = self.encode(batch)
         generator = self.step_generator()
-        b = latents.shape[0]
+        b = inputs.latents.shape[0]
         sigma = self.sampler.sample(b, generator=generator, low=self.range.low, high=self.range.high)
-        noise = torch.randn(latents.shape, generator=generator).to(latents.device)
-        loss = self.loss(latents, context, sigma.to(latents.device), noise).mean()
+        noise = torch.randn(inputs.latents.shape, generator=generator)
+        first_frame = None
+        if self.dit.config.model_type == "ti2v":
+            first_frame = torch.rand(b, generator=generator) < self.cfg.flow.image_condition_probability
+            first_frame = first_frame.to(self.device)
+        loss = self.loss(inputs, sigma.to(self.device), noise.to(self.device), first_frame=first_frame).mean()
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b)
         return loss
 
@@ -77,10 +121,10 @@ class FlowMatchingModule(L.LightningModule):
         was_training = self.dit.training
         self.dit.eval()
         per_quantile = torch.zeros(len(sigmas), device=self.device)
-        for i, (latents, context) in enumerate(self._held_out_encoded):
-            noise = held_out_noise(latents.shape, seed=self.cfg.flow.held_out_seed, index=i).to(self.device)
+        for i, inputs in enumerate(self._held_out_encoded):
+            noise = held_out_noise(inputs.latents.shape, seed=self.cfg.flow.held_out_seed, index=i).to(self.device)
             for q, sigma in enumerate(sigmas):
-                per_quantile[q] += self.loss(latents, context, sigma.expand(latents.shape[0]), noise).mean()
+                per_quantile[q] += self.loss(inputs, sigma.expand(inputs.latents.shape[0]), noise).mean()
         self.dit.train(was_training)
         per_quantile /= max(len(self._held_out_encoded), 1)
         out = {"val/loss": per_quantile.mean().item()}
@@ -106,6 +150,10 @@ class FlowMatchingModule(L.LightningModule):
 
     def configure_optimizers(self):
         return build_optimizer(self.cfg.optim, self.dit, max_steps=self.cfg.trainer.max_steps)
+
+
+def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.float()
 
 
 def _numpy_state() -> tuple:

@@ -111,8 +111,9 @@ class Session:
 def prepare(cfg: DictConfig) -> Session:
     data = OmegaConf.to_object(cfg.data)
     size = get_size(cfg.model.size)
-    module = FlowMatchingModule(cfg, dit=build_dit(cfg), encoders=build_encoders(cfg, text_dim=size.dit.text_dim),
-                                boundary=size.boundary, held_out=held_out_batches(data, cfg.flow.held_out_samples))
+    encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
+    module = FlowMatchingModule(cfg, dit=build_dit(cfg), encoders=encoders, boundary=size.boundary,
+                                held_out=held_out_batches(data, cfg.flow.held_out_samples))
     return Session(cfg, module, data, Path(cfg.run_dir))
 
 
