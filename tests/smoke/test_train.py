@@ -33,9 +33,10 @@ def config(demo, run_dir, **overrides):
 def losses(run_dir) -> dict[int, float]:
     out = {}
     for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
-        for row in csv.DictReader(open(path)):
-            if row.get("train/loss"):
-                out[int(row["step"])] = float(row["train/loss"])
+        with open(path) as file:
+            for row in csv.DictReader(file):
+                if row.get("train/loss"):
+                    out[int(row["step"])] = float(row["train/loss"])
     return out
 
 

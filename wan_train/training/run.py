@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import subprocess
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -176,6 +177,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
         default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         plugins=[AtomicCheckpointIO()], limit_val_batches=0, num_sanity_val_steps=0)
     ckpt_path = _resume_path(cfg, run_dir)
+    # Lightning cannot see that our loader resumes (its position is the DataModule's state), and says otherwise
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     trainer.fit(session.module, datamodule=WanDataModule(session.data), ckpt_path=ckpt_path)
     trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
     dit = session.module.dit
