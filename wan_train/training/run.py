@@ -5,6 +5,7 @@ weights."""
 import copy
 import logging
 import os
+import random
 import re
 import subprocess
 import warnings
@@ -20,11 +21,13 @@ from omegaconf import DictConfig, OmegaConf
 from wan_train.config import validate
 from wan_train.data import DataConfig, DataMetrics, WanDataModule
 from wan_train.data.datamodule import make_source
+from wan_train.data.decode import video_to_model
+from wan_train.data.errors import SampleError
 from wan_train.data.shards import expand_urls, read_samples
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
-from wan_train.training.encoders import build_encoders
 from wan_train.training.ema import EMA
+from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
 from wan_train.training.trainable import apply_trainable
 
@@ -46,23 +49,21 @@ def build_dit(cfg) -> WanDiT:
 
 def held_out_batches(data: DataConfig, count: int) -> list[dict]:
     """The first `count` usable clips of the validation shards (or of the training shards), centre-cropped,
-    no caption dropout: one-sample batches, fixed for the whole run."""
-    import random
-
+    no caption dropout: one-sample batches (video as model input), fixed for the whole run."""
     fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "clip_start": "centre", "crop": "centre"})
     source, out = make_source(fixed, expand_urls(data.shards)), []
-    for sample in read_samples(expand_urls(data.val_shards or data.shards), on_error=lambda e: None):
+    for sample in read_samples(expand_urls(data.val_shards or data.shards), on_error=lambda error: None):
         try:
             planned = source.plan(sample, rng=random.Random(0))
-            out.append(source.collate([source.load(planned, rng=random.Random(0))]))
-        except Exception as error:  # a bad held-out sample is skipped like any other
-            log.warning("held-out: skipping %s (%s)", sample.get("__key__"), error)
+            batch = source.collate([source.load(planned, rng=random.Random(0))])
+        except SampleError as error:  # a bad held-out sample is skipped like any other
+            log.warning("held-out: skipping %s", error)
+            continue
+        if "video" in batch:
+            batch["video"] = video_to_model(batch["video"])
+        out.append(batch)
         if len(out) == count:
             break
-    if "video" in (out[0] if out else {}):
-        from wan_train.data.decode import video_to_model
-        for batch in out:
-            batch["video"] = video_to_model(batch["video"])
     return out
 
 
