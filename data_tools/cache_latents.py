@@ -13,7 +13,6 @@ GPU each when there are GPUs); under torchrun or SLURM (RANK/WORLD_SIZE or SLURM
 launched process takes its share. Each process loads the encoders once and holds one sample at a time."""
 
 import argparse
-import io
 import json
 import os
 import random
@@ -26,7 +25,7 @@ import torch
 import torch.multiprocessing as mp
 from safetensors.torch import save as save_safetensors
 
-from data_tools.common import atomic_path, console, progress, summary, write_atomic
+from data_tools.common import add_tar_member, atomic_path, console, progress, summary, write_atomic
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
 from wan_train.data.decode import video_to_model
 from wan_train.data.errors import SampleError
@@ -92,12 +91,6 @@ def encode_sample(item: dict, captions: tuple[str, ...], *, wan, task: str, save
     return {k: v.detach().to("cpu", save_dtype).contiguous() for k, v in tensors.items()}
 
 
-def add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime = len(data), 0
-    tar.addfile(info, io.BytesIO(data))
-
-
 def cache_shard(url: str, target: Path, *, source: VideoSource, wan, task: str, save_dtype: torch.dtype) -> dict:
     """Write one latent shard; returns its stats (samples, skipped by reason with messages)."""
     skipped, errors, samples = Counter(), [], 0
@@ -119,8 +112,8 @@ def cache_shard(url: str, target: Path, *, source: VideoSource, wan, task: str, 
             tensors = encode_sample(item, meta.captions, wan=wan, task=task, save_dtype=save_dtype)
             info = {"bucket": planned.bucket.key, "captions": list(meta.captions), "source": meta.source,
                     "start": item["start"], "fps": source.table.fps, "task": task, "vae": wan.vae.config.version}
-            add_member(tar, f"{raw['__key__']}.safetensors", save_safetensors(tensors))
-            add_member(tar, f"{raw['__key__']}.json", json.dumps(info).encode())
+            add_tar_member(tar, f"{raw['__key__']}.safetensors", save_safetensors(tensors))
+            add_tar_member(tar, f"{raw['__key__']}.json", json.dumps(info).encode())
             samples += 1
     return {"samples": samples, "skipped": dict(skipped), "errors": errors}
 

@@ -1,7 +1,9 @@
 """What every data tool shares: a rich progress bar, the end-of-run summary, atomic file writes."""
 
 import contextlib
+import io
 import os
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +52,18 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+# tar member fields that would otherwise come from the writing machine and moment: shards are byte-reproducible
+TAR_FIELDS = {"mtime": 0, "uid": 0, "gid": 0, "uname": "", "gname": "", "mode": 0o644}
+
+
+def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    for field, value in TAR_FIELDS.items():
+        setattr(info, field, value)
+    tar.addfile(info, io.BytesIO(data))
 
 
 def write_atomic(final: str | Path, data: bytes) -> Path:

@@ -12,7 +12,6 @@ whose bundled x264 writes the bytes; encoded with encode_mp4(..., reproducible=T
 """
 
 import argparse
-import io
 import json
 import sys
 import tarfile
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.common import atomic_path, console, progress, summary
+from data_tools.common import add_tar_member, atomic_path, console, progress, summary
 from data_tools.make_shards import shard_name
 from data_tools.video_writer import encode_mp4
 from wan_train.data.metadata import ClipMeta
@@ -44,7 +43,6 @@ SIZES = {"small": 0.13, "large": 0.2}  # radius of the equal-area circle, as a f
 MIN_CONTRAST = 150.0  # least RGB distance between a shape's colour and its background
 MIN_SIDE = 32  # px; below this the shapes have no room to move
 PORTRAIT_EVERY = 4  # clip i is portrait when i % 4 == 3
-TAR_FIELDS = {"mtime": 0, "uid": 0, "gid": 0, "uname": "", "gname": "", "mode": 0o644}  # reproducible tars
 
 
 @dataclass(frozen=True)
@@ -158,11 +156,7 @@ def write_shard(path: Path, members: dict[str, bytes]) -> None:
     """A tar whose bytes depend only on the members (fixed mtime, owner and mode), written atomically."""
     with atomic_path(path) as tmp, tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
         for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            for field, value in TAR_FIELDS.items():
-                setattr(info, field, value)
-            tar.addfile(info, io.BytesIO(data))
+            add_tar_member(tar, name, data)
 
 
 def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: float, shard_size: int) -> None:

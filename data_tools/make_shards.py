@@ -15,7 +15,6 @@ only when its stats match the current input and settings), `skipped.jsonl` and `
 import argparse
 import contextlib
 import hashlib
-import io
 import json
 import math
 import multiprocessing
@@ -28,7 +27,7 @@ from pathlib import Path
 
 from rich.markup import escape
 
-from data_tools.common import atomic_path, console, progress, summary, write_atomic
+from data_tools.common import add_tar_member, atomic_path, console, progress, summary, write_atomic
 from data_tools.inputs import FIELDS, PROBLEMS, Input, extension, list_inputs
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import ClipMeta, parse_meta
@@ -36,7 +35,6 @@ from wan_train.data.probe import VideoInfo, probe_video
 
 SKIP_REASONS = (*PROBLEMS, "unreadable", "no_caption", "bad_window", "undecodable", "too_short", "bad_metadata")
 FORMAT = 1  # bump when the bytes written for the same input change, so old shards are rebuilt on resume
-TAR_MTIME = 0  # fixed member mtime (and uid/gid 0, no user names) so a shard is byte-reproducible
 SHOW_SKIPPED = 20
 
 
@@ -194,16 +192,10 @@ def _write_tar(path: Path, task: ShardTask, stats: dict) -> None:
             except Exception as error:  # a bug, not a bad sample: stop, but say which sample hit it
                 raise RuntimeError(f"{row.source}: {type(error).__name__}: {error}") from error
             key = f"{row.index:09d}"  # unique, dot-free (WebDataset splits keys at the first dot)
-            _add_member(tar, f"{key}.{extension(row.source)}", video)
-            _add_member(tar, f"{key}.json", json.dumps(meta.to_json(), ensure_ascii=False).encode())
+            add_tar_member(tar, f"{key}.{extension(row.source)}", video)
+            add_tar_member(tar, f"{key}.json", json.dumps(meta.to_json(), ensure_ascii=False).encode())
             stats["samples"] += 1
             stats["seconds"] += meta.window[1] - meta.window[0]
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size, info.mtime, info.mode = len(data), TAR_MTIME, 0o644
-    tar.addfile(info, io.BytesIO(data))
 
 
 # ------------------------------------------------------------------------------------------ all shards
