@@ -7,13 +7,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from wan_train.data.datamodule import KINDS
 from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
-from wan_train.models import EXPERTS, SIZES
+from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS
+from wan_train.models.vae import PixelSpace
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp")
-VAE_STRIDES = {"wan2.1": 8, "wan2.2": 16, "pixel": 8}
-PATCH = 2  # every Wan DiT patchifies latents (1, 2, 2)
 
 
 class ConfigError(ValueError):
@@ -44,7 +43,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.model.checkpoint is None and cfg.model.encoders is None and cfg.data.kind == "video":
         raise ConfigError("model.encoders=None with model.checkpoint=None: raw-video training needs a VAE and text "
                           "encoder (a Wan folder, or 'builtin' for the quickstart stand-ins), or data=latents")
-    _validate_data(cfg, stride=VAE_STRIDES[size.vae] * PATCH)
+    _validate_data(cfg, stride=vae_stride(size.vae) * size.dit.patch_size[1])
     _allowed("flow.sampler.kind", cfg.flow.sampler.kind, SAMPLER_KINDS)
     _allowed("flow.weighting", cfg.flow.weighting, WEIGHTINGS)
     SigmaSampler(**cfg.flow.sampler)  # its own range checks
@@ -58,6 +57,11 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r}: expected 'auto', 'never' or an existing .ckpt file")
+
+
+def vae_stride(name: str) -> int:
+    """Pixels per latent along H and W, read from the VAE (or its pixel-space stand-in)."""
+    return PixelSpace().spatial_compression if name == "pixel" else VAE_CONFIGS[name].spatial_compression
 
 
 def _validate_data(cfg: DictConfig, *, stride: int) -> None:
