@@ -32,7 +32,6 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
-from data_tools.video_writer import encode_mp4
 from wan_train.data.buckets import BucketTable
 from wan_train.data.clips import choose_start, frame_indices
 from wan_train.data.decode import cover_size
@@ -40,6 +39,7 @@ from wan_train.data.latents import LatentSource
 from wan_train.data.metadata import ClipMeta, parse_meta
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
+from wan_train.inference.outputs import encode_mp4
 
 
 def synthetic_video(seed: int, *, frames: int, fps: float, width=854, height=480) -> bytes:

@@ -23,8 +23,8 @@ import numpy as np
 
 from data_tools.common import add_tar_member, atomic_path, console, progress, summary
 from data_tools.make_shards import shard_name
-from data_tools.video_writer import encode_mp4
 from wan_train.data.metadata import ClipMeta
+from wan_train.inference.outputs import encode_mp4
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = {  # RGB, saturated and far apart in hue so colour names stay unambiguous after H.264

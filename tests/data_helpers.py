@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.video_writer import encode_mp4
 from wan_train.data.metadata import ClipMeta
+from wan_train.inference.outputs import encode_mp4
 
 
 def frame_colour(index: int) -> tuple[int, int, int]:

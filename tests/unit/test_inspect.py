@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from data_tools.inspect import expand_urls, inspect_shards, main
-from data_tools.video_writer import encode_mp4
 from wan_train.data.buckets import BucketTable
 from wan_train.data.metadata import ClipMeta
+from wan_train.inference.outputs import encode_mp4
 
 # durations 1 s and 2 s at 8 fps -> 9- and 17-frame buckets; a clip needs more than 1 s (2 s) of video for them
 TABLE = BucketTable(resolutions=("480p",), durations=(1.0, 2.0), fps=8.0)

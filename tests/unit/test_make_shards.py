@@ -15,8 +15,8 @@ import pytest
 import webdataset as wds
 
 from data_tools.make_shards import main, make_shards
-from data_tools.video_writer import write_mp4
 from wan_train.data.metadata import parse_meta
+from wan_train.inference.outputs import write_mp4
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -30,7 +30,7 @@ def frames(count: int, *, width: int, height: int, seed: int = 0) -> np.ndarray:
 
 
 def write_container(path: Path, video: np.ndarray, *, fps: float, fmt: str) -> Path:
-    """A non-mp4 container (mov, matroska) through PyAV, like video_writer.encode_mp4."""
+    """A non-mp4 container (mov, matroska) through PyAV, like wan_train.inference.outputs.encode_mp4."""
     with av.open(str(path), mode="w", format=fmt) as container:
         stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
         stream.width, stream.height, stream.pix_fmt = video.shape[2], video.shape[1], "yuv420p"

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from data_tools.split_shots import detect_shots, hsv_planes, main, split_shots
-from data_tools.video_writer import encode_mp4, write_mp4
+from wan_train.inference.outputs import encode_mp4, write_mp4
 
 FPS = 20.0
 

@@ -1,0 +1,191 @@
+"""Generated videos on disk: an H.264 mp4, a preview (PNG contact sheet or GIF) and the settings as JSON.
+
+    saved = save_video("out/fox.mp4", video_B3FHW[0], fps=16, metadata={"prompt": ..., "seed": 0, ...})
+
+writes out/fox.mp4, out/fox.png and out/fox.json, each atomically (a temporary file beside it, renamed), so a
+reader never sees a half-written file. The mp4 encoder here is also the one data_tools uses for demo data and
+shards (wan_train never imports data_tools, so it lives on this side).
+
+Odd sizes: H.264 in yuv420p subsamples chroma 2x2 and x264 refuses odd widths and heights, so the mp4 alone gets
+the last row and/or column repeated (edge replication, at most one pixel each way); the preview, to_uint8 and the
+metadata keep the exact generated size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+import torch
+from PIL import Image
+
+# x264's bytes depend on its thread count (so on the CPU count), and its macroblock-tree rate control gave
+# different bytes for the same frames in a few percent of encodes; one thread and mbtree=0 never did.
+X264_REPRODUCIBLE = {"threads": "1", "mbtree": "0"}
+PREVIEWS = ("png", "gif", "none")
+
+
+# ------------------------------------------------------------------------------------------------------- mp4
+
+def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, codec: str = "libx264",
+               reproducible: bool = False) -> bytes:
+    """uint8 frames [F, H, W, 3] (even H and W for yuv420p) -> the bytes of an mp4. `gop` is the keyframe
+    interval, the random-access granularity of the decoder; `reproducible` gives the same bytes on every
+    machine and run (slower: one encoder thread)."""
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
+        raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream(codec, rate=_rate(fps))
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(gop), "crf": str(crf), "preset": "veryfast", "bf": "0",
+                          **(X264_REPRODUCIBLE if reproducible else {})}
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, *, fps: float, **options) -> Path:
+    """encode_mp4(frames, fps=fps, **options) written atomically to `path`."""
+    path = Path(path)
+    data = encode_mp4(frames, fps=fps, **options)
+    with _atomic_file(path) as f:
+        f.write(data)
+    return path
+
+
+def _rate(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def pad_to_even(frames: np.ndarray) -> np.ndarray:
+    """uint8 [F, H, W, 3] -> [F, H + H % 2, W + W % 2, 3], the last row / column repeated (yuv420p needs even
+    sizes); even sizes come back unchanged (the same array)."""
+    pad_h, pad_w = frames.shape[1] % 2, frames.shape[2] % 2
+    if not (pad_h or pad_w):
+        return frames
+    return np.pad(frames, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
+
+
+# ---------------------------------------------------------------------------------------------------- frames
+
+def to_uint8(video: torch.Tensor) -> np.ndarray:
+    """One video [3, F, H, W] in [-1, 1] (any float dtype or device) -> uint8 frames [F, H, W, 3]:
+    round((x + 1) / 2 * 255), clamped to [0, 255]."""
+    if video.ndim != 4 or video.shape[0] != 3:
+        hint = " (one video: pass video[i] of a batch)" if video.ndim == 5 else ""
+        raise ValueError(f"video must be [3, F, H, W] in [-1, 1], got shape {tuple(video.shape)}{hint}")
+    if not video.is_floating_point():
+        raise ValueError(f"video must be a float tensor in [-1, 1], got {video.dtype}")
+    pixels = ((video.detach().float() + 1) * 127.5).round().clamp_(0, 255).to(torch.uint8)
+    return pixels.permute(1, 2, 3, 0).contiguous().cpu().numpy()
+
+
+def _check_frames(frames: np.ndarray) -> None:
+    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] == 0:
+        raise ValueError(f"frames must be uint8 [F >= 1, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+
+
+# -------------------------------------------------------------------------------------------------- previews
+
+def contact_sheet(frames_uint8: np.ndarray, *, columns: int = 4, max_frames: int = 16) -> Image.Image:
+    """min(F, max_frames) evenly spaced frames (first and last included), left to right then top to bottom,
+    in a grid of `columns` (fewer when there are fewer frames) without gaps: an RGB image of
+    (cols * W, rows * H) pixels; unused cells of the last row are black."""
+    _check_frames(frames_uint8)
+    if columns < 1 or max_frames < 1:
+        raise ValueError(f"columns and max_frames must be >= 1, got columns={columns}, max_frames={max_frames}")
+    num_frames, height, width = frames_uint8.shape[:3]
+    count = min(num_frames, max_frames)
+    picks = np.linspace(0, num_frames - 1, count).round().astype(int)
+    cols = min(columns, count)
+    rows = math.ceil(count / cols)
+    sheet = np.zeros((rows * height, cols * width, 3), np.uint8)
+    for cell, index in enumerate(picks):
+        r, c = divmod(cell, cols)
+        sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = frames_uint8[index]
+    return Image.fromarray(sheet)
+
+
+def write_gif(path: str | Path, frames_uint8: np.ndarray, *, fps: float) -> Path:
+    """An animated GIF that loops forever, written atomically. GIF frame delays are whole centiseconds, so the
+    playback rate is 100 / round(100 / fps) frames per second; colours are quantised to a 256-colour palette."""
+    _check_frames(frames_uint8)
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    path = Path(path)
+    images = [Image.fromarray(frame) for frame in frames_uint8]
+    delay_ms = 10 * max(1, round(100 / fps))
+    with _atomic_file(path) as f:
+        images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=delay_ms, loop=0)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------ save_video
+
+@dataclass(frozen=True)
+class SavedVideo:
+    video: Path
+    preview: Path | None
+    metadata: Path
+
+
+def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: dict,
+               preview: str = "png") -> SavedVideo:
+    """Write one generated video [3, F, H, W] in [-1, 1] to `path` (.mp4, H.264 crf 18, byte-reproducible: the
+    same pixels give the same file on every machine with the same PyAV build), a preview beside it (`<stem>.png`
+    contact sheet, `<stem>.gif`, or none with preview="none") and `<stem>.json` holding `metadata` (indent 2,
+    sorted keys). Parent folders are created; every file is written atomically. Arguments are checked before
+    anything is written."""
+    path = Path(path)
+    if path.suffix.lower() != ".mp4":
+        raise ValueError(f"save_video writes an .mp4; got path {str(path)!r}")
+    if preview not in PREVIEWS:
+        raise ValueError(f"preview={preview!r} is not one of {', '.join(map(repr, PREVIEWS))}")
+    try:
+        metadata_json = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False) + "\n"
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"metadata for {path} is not JSON-serialisable: {e}") from e
+    frames = to_uint8(video)
+
+    write_mp4(path, pad_to_even(frames), fps=fps, reproducible=True)
+    preview_path = None
+    if preview == "png":
+        preview_path = path.with_suffix(".png")
+        with _atomic_file(preview_path) as f:
+            contact_sheet(frames).save(f, format="PNG")
+    elif preview == "gif":
+        preview_path = write_gif(path.with_suffix(".gif"), frames, fps=fps)
+    metadata_path = path.with_suffix(".json")
+    with _atomic_file(metadata_path) as f:
+        f.write(metadata_json.encode())
+    return SavedVideo(video=path, preview=preview_path, metadata=metadata_path)
+
+
+@contextlib.contextmanager
+def _atomic_file(final: Path) -> Iterator[io.BufferedWriter]:
+    """A binary file opened beside `final` (parents created) and renamed onto it only if the body succeeds: a
+    killed run leaves `final` as it was, never half-written; a failed body leaves no temporary file."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
+    # mode 0o666 through the umask, as a plain open() would create `final` (mkstemp would make it 0600)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
