@@ -25,7 +25,8 @@ def config(demo, run_dir, **overrides):
     values = {"data.shards": f"[{demo / 'train'}]", "data.val_shards": f"[{demo / 'val'}]",
               "data.durations": "[0.5]", "run_dir": str(run_dir), "trainer.enable_progress_bar": "false",
               "trainer.val_every_n_steps": "2", "trainer.checkpoint_every_n_steps": "3",
-              "trainer.log_every_n_steps": "1", "flow.held_out_samples": "2", "flow.held_out_quantiles": "2"}
+              "trainer.log_every_n_steps": "1", "flow.held_out_samples": "2", "flow.held_out_quantiles": "2",
+              "validation.every_n_steps": "null"}
     values.update(overrides)
     return compose_config(["recipe=quickstart", *(f"{k}={v}" for k, v in values.items())])
 

@@ -16,9 +16,9 @@ ALLOWED_INTERNAL = {
     "data": set(),
     "parallel": set(),
     "training": {"flow", "inference", "models", "lora", "data", "parallel", "config"},
-    "config": {"models", "flow", "lora", "data", "parallel"},
+    "config": {"models", "flow", "inference", "lora", "data", "parallel"},
 }
-TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "ftfy"}
+TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "tokenizers", "ftfy"}
 NEVER = {"diffusers", "eval", "data_tools"}
 
 

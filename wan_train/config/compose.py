@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig
 
-from wan_train.config.schema import TrainConfig
+from wan_train.config.schema import GenerateConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and recipes/ sit beside wan_train/
 CONF_DIR, RECIPES_DIR = ROOT / "conf", ROOT / "recipes"
@@ -22,6 +22,7 @@ def register() -> None:
     at the global package (a recipe is a list of overrides of the other groups plus values)."""
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
+    store.store(name="generate_schema", node=GenerateConfig)
     for name in recipes():
         node = yaml.safe_load((RECIPES_DIR / f"{name}.yaml").read_text()) or {}
         store.store(name=name, group="recipe", package="_global_", node={**node, "recipe": name})
@@ -32,3 +33,10 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose("config", overrides=list(overrides))
+
+
+def compose_generate_config(overrides: list[str] = ()) -> DictConfig:
+    """What `python generate.py OVERRIDES` runs with."""
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose("generate", overrides=list(overrides))

@@ -3,6 +3,7 @@ these (ConfigStore), then `validate` checks values across fields and fails at st
 and what is allowed."""
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from wan_train.data.datamodule import DataConfig
 
@@ -102,6 +103,33 @@ class ClusterConfig:
 
 
 @dataclass
+class SamplingOverrides:
+    """Sampling settings of generate.py and of validation videos; None takes the model's official value
+    (wan_train.inference.presets; validation: its fast preset, at most 20 steps)."""
+
+    steps: int | None = None
+    solver: str | None = None  # unipc (official) | dpmpp_2m | euler
+    shift: float | None = None
+    guidance_scale: float | None = None  # the high-noise expert's (or the only) CFG scale
+    guidance_scale_2: float | None = None  # the low-noise expert's
+    negative_prompt: str | None = None  # None: the official Chinese negative prompt
+    width: int | None = None
+    height: int | None = None
+    num_frames: int | None = None
+    fps: float | None = None
+
+
+@dataclass
+class ValidationConfig(SamplingOverrides):
+    """Sample videos during training: fixed prompts with fixed seeds every N steps, to run_dir/samples/ and W&B."""
+
+    every_n_steps: int | None = None  # None: no validation videos
+    prompts: list[str] = field(default_factory=list)
+    seed: int = 0  # prompt i gets seed + i, the same at every validation
+    preview: str = "gif"  # png (contact sheet) | gif | none, beside each mp4
+
+
+@dataclass
 class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     expert: ExpertConfig = field(default_factory=ExpertConfig)
@@ -113,6 +141,31 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
     run_dir: str = "runs/default"
     resume: str = "auto"  # "auto": the newest checkpoint in run_dir/checkpoints if any | "never" | a .ckpt path
     recipe: str | None = None
+
+
+@dataclass
+class GenerateConfig(SamplingOverrides):
+    """python generate.py ckpt=PATH prompt="..." out=FILE.mp4 [key=value ...]"""
+
+    ckpt: str | None = None  # a training run folder, a Wan model folder (official / diffusers) or a DiT file
+    prompt: Any = None  # one prompt, or a list: prompt='[a cat, a dog]'
+    prompts_file: str | None = None  # one prompt per line (instead of prompt)
+    out: str = "outputs/video.mp4"  # several videos: FILE_000.mp4, FILE_001.mp4, ...
+    task: str = "t2v"  # t2v | i2v | flf2v | ti2v, as the model allows
+    image: str | None = None  # the first frame (i2v / ti2v / flf2v)
+    last_image: str | None = None  # the last frame (flf2v)
+    seed: int = 0  # video i gets seed + i
+    num_videos_per_prompt: int = 1
+    lora: Any = None  # a LoRA file, or a list; "path:0.8" sets the strength
+    ema: bool = False  # run folders: the EMA weights of the newest checkpoint
+    encoders: str | None = None  # a Wan folder with the VAE + umT5 when ckpt has none
+    boundary: float | None = None  # MoE boundary override
+    device: str = "auto"  # auto: cuda if available
+    dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on the CPU
+    offload_model: bool | None = None  # the idle MoE expert waits on the CPU; None: when both do not fit
+    batch_size: int = 1  # videos denoised together
+    preview: str = "png"  # png (contact sheet) | gif | none

@@ -7,6 +7,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from wan_train.data.datamodule import KINDS
 from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
+from wan_train.inference.outputs import PREVIEWS
+from wan_train.inference.presets import fast, official, with_overrides
+from wan_train.inference.solvers import SOLVERS
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS
 from wan_train.models.vae import PixelSpace
 
@@ -57,6 +60,34 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r}: expected 'auto', 'never' or an existing .ckpt file")
+    _validate_validation(cfg, stride=vae_stride(size.vae) * size.dit.patch_size[1])
+
+
+def _validate_validation(cfg: DictConfig, *, stride: int) -> None:
+    """Validation videos: the settings must make a Sampling the model can run (checked here, not at step N)."""
+    val = cfg.validation
+    if val.every_n_steps is None:
+        return
+    if val.every_n_steps < 1:
+        raise ConfigError(f"validation.every_n_steps={val.every_n_steps}: must be >= 1, or null for no videos")
+    if not val.prompts:
+        raise ConfigError("validation.prompts is empty: give the prompts of the validation videos")
+    _allowed("validation.preview", val.preview, PREVIEWS)
+    if val.solver is not None:
+        _allowed("validation.solver", val.solver, SOLVERS)
+    if cfg.data.kind == "latents" and cfg.model.encoders is None and cfg.model.checkpoint is None:
+        raise ConfigError("validation.every_n_steps is set with data=latents and no model.encoders: validation "
+                          "videos need the VAE and text encoder (set model.encoders to a Wan folder)")
+    try:
+        settings = with_overrides(fast(official(cfg.model.size)), val)
+    except ValueError as error:
+        raise ConfigError(f"validation: {error}") from None
+    for key in ("width", "height"):
+        if getattr(settings, key) % stride:
+            raise ConfigError(f"validation.{key}={getattr(settings, key)}: must be a multiple of {stride} (VAE "
+                              f"stride x patch) for model.size={cfg.model.size!r}")
+    if (settings.num_frames - 1) % 4:
+        raise ConfigError(f"validation.num_frames={settings.num_frames}: must be 1 + 4k")
 
 
 def vae_stride(name: str) -> int:

@@ -9,12 +9,13 @@ from wan_train.models.dit.flops import DiTFlops, dit_flops
 from wan_train.models.encoders import (
     ClipVisionConfig, ClipVisionEncoder, WanTextEncoder, load_clip_vision, load_text_encoder,
 )
+from wan_train.models.encoders.builtin import builtin_text_encoder, builtin_vae
 from wan_train.models.sizes import EXPERTS, SIZES, ModelSize, get_size
 from wan_train.models.vae import VAE_CONFIGS, Tiling, VAEConfig, WanVAE
 
 __all__ = [
     "EXPERTS", "SIZES", "VAE_CONFIGS", "CheckpointError", "ClipVisionConfig", "ClipVisionEncoder", "DiTConfig",
     "DiTFlops", "ModelSize", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles",
-    "WanTextEncoder", "WanVAE", "dit_flops", "find_wan_files", "get_size", "load_clip_vision", "load_dit",
-    "load_text_encoder", "load_vae", "load_wan", "save_dit",
+    "WanTextEncoder", "WanVAE", "builtin_text_encoder", "builtin_vae", "dit_flops", "find_wan_files", "get_size",
+    "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "load_wan", "save_dit",
 ]

@@ -5,8 +5,7 @@ from dataclasses import dataclass
 
 import torch
 
-from wan_train.models import load_wan
-from wan_train.training.builtin import builtin_text_encoder, builtin_vae
+from wan_train.models import builtin_text_encoder, builtin_vae, load_wan
 
 
 @dataclass
@@ -26,8 +25,8 @@ class Encoders:
 
 
 def build_encoders(cfg, *, text_dim: int, image_branch: bool = False) -> Encoders:
-    if cfg.data.kind == "latents":
-        return Encoders()
+    if cfg.data.kind == "latents" and not cfg.validation.every_n_steps:
+        return Encoders()  # cached latents need no encoders; validation videos need the VAE and text encoder
     if cfg.model.encoders == "builtin":
         return Encoders(builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=cfg.trainer.seed))
     folder = cfg.model.encoders or cfg.model.checkpoint

@@ -6,7 +6,6 @@ import copy
 import logging
 import os
 import random
-import re
 import subprocess
 import warnings
 from dataclasses import dataclass
@@ -24,12 +23,14 @@ from wan_train.data.datamodule import make_source
 from wan_train.data.decode import video_to_model
 from wan_train.data.errors import SampleError
 from wan_train.data.shards import expand_urls, read_samples
+from wan_train.inference.loading import newest_checkpoint
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
 from wan_train.training.trainable import apply_trainable
+from wan_train.training.validation import ValidationVideos
 
 log = logging.getLogger(__name__)
 
@@ -67,15 +68,6 @@ def held_out_batches(data: DataConfig, count: int) -> list[dict]:
     return out
 
 
-def newest_checkpoint(run_dir: Path) -> Path | None:
-    found = []
-    for path in (run_dir / "checkpoints").glob("*.ckpt"):
-        match = re.search(r"step=(\d+)", path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return max(found)[1] if found else None
-
-
 def write_run_info(cfg: DictConfig, run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
@@ -108,6 +100,7 @@ class Session:
     module: FlowMatchingModule
     data: DataConfig
     run_dir: Path
+    partner: WanDiT | None = None  # an A14B expert's frozen other expert, for validation videos
 
 
 def prepare(cfg: DictConfig) -> Session:
@@ -116,7 +109,15 @@ def prepare(cfg: DictConfig) -> Session:
     encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
     module = FlowMatchingModule(cfg, dit=build_dit(cfg), encoders=encoders, boundary=size.boundary,
                                 held_out=held_out_batches(data, cfg.flow.held_out_samples))
-    return Session(cfg, module, data, Path(cfg.run_dir))
+    return Session(cfg, module, data, Path(cfg.run_dir), partner=frozen_partner(cfg))
+
+
+def frozen_partner(cfg) -> WanDiT | None:
+    """The other A14B expert of a one-expert run, from the base checkpoint, for validation videos (CPU)."""
+    if not (cfg.validation.every_n_steps and cfg.expert.name in EXPERTS and cfg.model.checkpoint):
+        return None
+    other = next(e for e in EXPERTS if e != cfg.expert.name)
+    return load_dit(cfg.model.checkpoint, expert=other, dtype=torch.float32).eval().requires_grad_(False)
 
 
 def run(cfg: DictConfig) -> dict:
@@ -141,7 +142,9 @@ def run_both_experts(cfg: DictConfig) -> dict:
     run_dir/<expert>/; they take turns for expert.alternate_every steps until each has trained max_steps. An
     expert's steps depend only on its own state, so the interleaving (and a resume) cannot change them."""
     sessions = {e: prepare(expert_config(cfg, e)) for e in EXPERTS}
-    done = {e: _checkpoint_step(newest_checkpoint(s.run_dir)) if cfg.resume == "auto" else 0
+    for expert, session in sessions.items():  # each samples validation videos with the other's current weights
+        session.partner = next(s.module.dit for e, s in sessions.items() if e != expert)
+    done = {e: (newest_checkpoint(s.run_dir) or (0, None))[0] if cfg.resume == "auto" else 0
             for e, s in sessions.items()}
     results = {}
     while any(done[e] < cfg.trainer.max_steps for e in EXPERTS):
@@ -164,6 +167,10 @@ def fit(session: Session, *, max_steps: int) -> dict:
     ema = EMA(cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     if ema is not None:
         callbacks.append(ema)
+    if cfg.validation.every_n_steps:
+        size = get_size(cfg.model.size)
+        callbacks.append(ValidationVideos(cfg.validation, run_dir=run_dir, size=size.name, boundary=size.boundary,
+                                          partner=session.partner, expert=cfg.expert.name))
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -197,15 +204,12 @@ def fit(session: Session, *, max_steps: int) -> dict:
     return metrics
 
 
-def _checkpoint_step(path: Path | None) -> int:
-    return int(re.search(r"step=(\d+)", path.name).group(1)) if path else 0
-
-
 def _resume_path(cfg, run_dir: Path) -> Path | None:
     if cfg.resume == "never":
         return None
     if cfg.resume == "auto":
-        return newest_checkpoint(run_dir)
+        newest = newest_checkpoint(run_dir)
+        return newest[1] if newest else None
     return Path(cfg.resume)
 
 

@@ -8,8 +8,8 @@ import torch
 from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from wan_train.models import WanTextEncoder
-from wan_train.models.vae import PixelSpace
+from wan_train.models.encoders.t5 import WanTextEncoder
+from wan_train.models.vae.pixel import PixelSpace
 
 SPECIALS = ["<pad>", "</s>", "<unk>"]  # the T5 ids: pad 0, eos 1, unk 2
 

@@ -1,0 +1,149 @@
+"""`run(cfg)`: everything `python generate.py ...` does (callable from tests): load the checkpoint, settle the
+sampling settings (official defaults of the model, overridden by the command line), fit the conditioning images,
+denoise batch by batch under a progress bar, and write each video with its preview and settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from wan_train.inference import images as imaging
+from wan_train.inference.loading import load
+from wan_train.inference.outputs import SavedVideo, save_video
+from wan_train.inference.pipeline import Adapter, WanModels, check_request, generate
+from wan_train.inference.presets import Sampling, official, with_overrides
+from wan_train.inference.solvers import SOLVERS
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def run(cfg: DictConfig) -> list[SavedVideo]:
+    prompts = read_prompts(cfg)
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          "cpu" if cfg.device == "auto" else cfg.device)
+    dtype = resolve_dtype(cfg.dtype, device)
+    if cfg.solver is not None and cfg.solver not in SOLVERS:
+        raise ValueError(f"solver={cfg.solver!r}: expected one of {list(SOLVERS)}")
+    loaded = load(cfg.ckpt, device=device, dtype=dtype, ema=cfg.ema, encoders=cfg.encoders, boundary=cfg.boundary)
+    models = loaded.models
+    task = "i2v" if cfg.task == "ti2v" and models.config.model_type == "ti2v" else cfg.task
+    settings = with_overrides(official(models.size), cfg)
+    if task not in models.tasks:
+        raise ValueError(f"task={cfg.task!r}: this {models.config.model_type} model ({cfg.ckpt}) can do "
+                         f"{', '.join(models.tasks)}")
+    settings, first, last = fit_images(models, task, settings, cfg)
+    check_request(models, task, settings)
+    adapters = parse_adapters(cfg.lora)
+    offload = cfg.offload_model if cfg.offload_model is not None else needs_offload(models, device)
+
+    jobs = [(p, cfg.seed + i) for i, p in enumerate(p for p in prompts for _ in range(cfg.num_videos_per_prompt))]
+    out, saved = Path(cfg.out), []
+    with _progress() as progress:
+        bar = progress.add_task("denoising", total=len(jobs) * settings.steps)
+        for start in range(0, len(jobs), cfg.batch_size):
+            batch = jobs[start:start + cfg.batch_size]
+            began = time.perf_counter()
+            videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
+                              images=first, last_images=last, adapters=adapters, device=device, offload=offload,
+                              on_step=lambda done, total, expert: progress.update(
+                                  bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
+            seconds = (time.perf_counter() - began) / len(batch)
+            for (prompt, seed), video in zip(batch, videos, strict=True):
+                path = out if len(jobs) == 1 else out.with_name(f"{out.stem}_{len(saved):03d}{out.suffix}")
+                meta = metadata(cfg, loaded.source, prompt, seed, task, settings, adapters, seconds)
+                saved.append(save_video(path, video, fps=settings.fps, metadata=meta, preview=cfg.preview))
+    return saved
+
+
+def read_prompts(cfg: DictConfig) -> list[str]:
+    if cfg.ckpt is None:
+        raise ValueError("ckpt is required: a training run folder, a Wan model folder or a DiT file")
+    if cfg.prompts_file is not None:
+        path = Path(cfg.prompts_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"prompts_file={path}: no such file")
+        prompts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    elif isinstance(cfg.prompt, (list, ListConfig)):
+        prompts = [str(p) for p in cfg.prompt]
+    else:
+        prompts = [] if cfg.prompt is None else [str(cfg.prompt)]
+    if not prompts:
+        raise ValueError('no prompt: pass prompt="..." (or a list, or prompts_file=FILE with one per line)')
+    return prompts
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if name not in DTYPES:
+        raise ValueError(f"dtype={name!r}: expected auto or one of {list(DTYPES)}")
+    return DTYPES[name]
+
+
+def fit_images(models: WanModels, task: str, settings: Sampling, cfg: DictConfig):
+    """The output size follows the image at the settings' area (the official rules, inference.images), and the
+    images are resized to it: (settings, first [1, 3, H, W] or None, last or None)."""
+    if task == "t2v":
+        if cfg.image is not None:
+            raise ValueError(f"image={cfg.image} was given for task=t2v; pass task=i2v (or the model's image task)")
+        return settings, None, None
+    if cfg.image is None:
+        raise ValueError(f"task={task} needs image=FILE (the first frame)")
+    if task == "flf2v" and cfg.last_image is None:
+        raise ValueError("task=flf2v needs last_image=FILE as well")
+    image = imaging.read_image(cfg.image)
+    area, (_, stride) = settings.width * settings.height, models.stride
+    if models.config.model_type == "ti2v":
+        width, height = imaging.best_output_size(image.width, image.height, multiple=stride, area=area)
+        fit = imaging.ti2v_image
+    else:
+        width, height = imaging.i2v_size(image, area=area, stride=models.vae.spatial_compression,
+                                         patch=models.config.patch_size[1])
+        fit = imaging.i2v_image
+    settings = settings.replace(width=width, height=height)
+    if models.size == "wan2.1-i2v-14b" and cfg.shift is None:
+        settings = settings.replace(shift=official(models.size, width=width, height=height).shift)
+    last = fit(imaging.read_image(cfg.last_image), width, height)[None] if task == "flf2v" else None
+    return settings, fit(image, width, height)[None], last
+
+
+def parse_adapters(value) -> list[Adapter]:
+    """lora=FILE, lora=FILE:0.8 or a list of them."""
+    items = [] if value is None else list(value) if isinstance(value, (list, ListConfig)) else [value]
+    adapters = []
+    for item in map(str, items):
+        path, _, strength = item.rpartition(":")
+        try:
+            adapters.append(Adapter(path, float(strength)) if path else Adapter(item))
+        except ValueError:
+            adapters.append(Adapter(item))
+    for adapter in adapters:
+        if not Path(adapter.path).is_file():
+            raise FileNotFoundError(f"lora={adapter.path}: no such file")
+    return adapters
+
+
+def needs_offload(models: WanModels, device: torch.device) -> bool:
+    """Two experts that do not both fit in 80% of the free accelerator memory take turns on it."""
+    if not models.is_moe or device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    need = sum(p.numel() * p.element_size() for dit in models.dits.values() for p in dit.parameters())
+    return need > 0.8 * free
+
+
+def metadata(cfg, source: dict, prompt: str, seed: int, task: str, settings: Sampling, adapters, seconds: float):
+    return {"prompt": prompt, "seed": seed, "task": task, "image": cfg.image, "last_image": cfg.last_image,
+            "settings": dataclasses.asdict(settings), "checkpoint": source,
+            "lora": [dataclasses.asdict(a) for a in adapters], "seconds_per_video": round(seconds, 3),
+            "command": OmegaConf.to_container(cfg, resolve=True)}
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+                    TimeElapsedColumn(), TimeRemainingColumn())

@@ -1,0 +1,155 @@
+"""What `generate.py ckpt=PATH` can load, as WanModels: a training run folder (its resolved config.yaml and the
+newest weights in checkpoints/), or a model folder / file in the official or diffusers layout.
+
+A run folder names its model size, base checkpoint and encoders in config.yaml. The DiT weights come from the
+newest `checkpoints/step=N.ckpt` (or its EMA shadow, `ema=True`). A run of one Wan2.2 A14B expert takes the
+other expert from its base checkpoint; an `expert=both` run has one sub-run per expert."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+from wan_train.inference.pipeline import WanModels
+from wan_train.inference.presets import size_name
+from wan_train.models import (
+    EXPERTS, CheckpointError, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit, load_wan,
+)
+from wan_train.models.checkpoint.wan_files import OFFICIAL_EXPERT_DIRS
+
+DIT_PREFIX = "dit."  # FlowMatchingModule.dit in a Lightning checkpoint's state_dict
+EMA_STATE = "EMA"  # the EMA callback's entry in a Lightning checkpoint's "callbacks"
+
+
+@dataclass
+class Loaded:
+    models: WanModels
+    source: dict  # what was loaded from where (written beside every video)
+
+
+def is_run_folder(path: Path) -> bool:
+    return path.is_dir() and (path / "config.yaml").is_file() and not (path / "model_index.json").exists()
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    found = []
+    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+        match = re.search(r"step=(\d+)", path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return max(found) if found else None
+
+
+def load(ckpt: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+         ema: bool = False, encoders: str | None = None, boundary: float | None = None) -> Loaded:
+    """encoders: a Wan folder with the VAE + umT5 (+ CLIP) when `ckpt` has none (a lone DiT file or folder);
+    boundary: overrides the MoE boundary (the named size's, or a diffusers pipeline's boundary_ratio)."""
+    path = Path(ckpt)
+    if not path.exists():
+        raise FileNotFoundError(f"ckpt={path}: no such file or folder (expected a training run folder, a Wan model "
+                                "folder or a DiT .safetensors file)")
+    if is_run_folder(path):
+        loaded = _load_run(path, device=device, dtype=dtype, ema=ema)
+    else:
+        loaded = _load_model(path, device=device, dtype=dtype, encoders=encoders, boundary=boundary)
+    if boundary is not None:
+        loaded.models.boundary = boundary
+    return loaded
+
+
+# ------------------------------------------------------------------------------------------------ run folders
+def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    size = get_size(cfg.model.size)
+    expert = cfg.expert.name
+    dits, source = {}, {"run": str(run_dir), "size": size.name}
+    if expert == "both":
+        for name in EXPERTS:
+            dits[name], source[name] = _dit_from_run(run_dir / name, size.dit, dtype=dtype, ema=ema)
+    elif expert in EXPERTS:
+        dits[expert], source[expert] = _dit_from_run(run_dir, size.dit, dtype=dtype, ema=ema)
+        other = next(e for e in EXPERTS if e != expert)
+        if not cfg.model.checkpoint:
+            raise CheckpointError(f"{run_dir}: this run trained the {expert} expert only and has no base "
+                                  f"model.checkpoint to take the {other} expert from")
+        dits[other] = load_dit(cfg.model.checkpoint, expert=other, dtype=dtype)
+        source[other] = str(cfg.model.checkpoint)
+    else:
+        dits[None], source["dit"] = _dit_from_run(run_dir, size.dit, dtype=dtype, ema=ema)
+    vae, text_encoder, clip = _encoders(cfg.model.encoders or cfg.model.checkpoint, size.dit.text_dim,
+                                        seed=cfg.trainer.seed, image_branch=size.dit.has_image_branch, where=run_dir)
+    models = WanModels(dits, vae.to(device), text_encoder.to(device), clip.to(device) if clip is not None else None,
+                       boundary=size.boundary if size.is_moe else None, size=size.name)
+    for dit in dits.values():
+        dit.eval().to(device)
+    return Loaded(models, source)
+
+
+def _dit_from_run(run_dir: Path, config, *, dtype, ema: bool) -> tuple[WanDiT, str]:
+    newest = newest_checkpoint(run_dir)
+    if newest is None:
+        raise CheckpointError(f"{run_dir}: no checkpoints/step=N.ckpt yet (the run has not saved a checkpoint)")
+    step, path = newest
+    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    weights = {k[len(DIT_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(DIT_PREFIX)}
+    if ema:
+        shadow = state.get("callbacks", {}).get(EMA_STATE, {}).get("shadow")
+        if not shadow:
+            raise CheckpointError(f"{path}: ema=true, but this run kept no EMA (trainer.ema_decay was not set)")
+        weights.update(shadow)
+    dit = WanDiT(config)
+    missing, unexpected = dit.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the DiT weights do not match size {config}: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    return dit.to_dtype(dtype), f"{path} (step {step}{', EMA' if ema else ''})"
+
+
+def _encoders(source: str | None, text_dim: int, *, seed: int, image_branch: bool, where: Path):
+    if source == "builtin":
+        return builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=seed), None
+    if not source:
+        raise CheckpointError(f"{where}: no encoders to generate with: the run trained on cached latents from a "
+                              "random-init DiT; pass encoders=<a Wan folder with the VAE and umT5>")
+    wan = load_wan(source, components=("vae", "text_encoder") + (("clip",) if image_branch else ()))
+    return wan.vae, wan.text_encoder, wan.clip
+
+
+# ---------------------------------------------------------------------------------------------- model folders
+def _load_model(path: Path, *, device, dtype, encoders: str | None, boundary: float | None) -> Loaded:
+    experts = _experts_in(path)
+    dits = {e: load_dit(path, expert=e, dtype=dtype, device=device).eval() for e in experts}
+    config = next(iter(dits.values())).config
+    moe = experts != (None,)
+    name = size_name(config, moe=moe)
+    if moe and boundary is None:
+        boundary = _pipeline_boundary(path) or (get_size(name).boundary if name else None)
+        if boundary is None:
+            raise CheckpointError(f"{path}: two experts but no known boundary; pass boundary=0.875 (T2V) or 0.9 (I2V)")
+    folder = encoders or (str(path) if path.is_dir() else None)
+    if folder is None:
+        raise CheckpointError(f"ckpt={path} is a DiT file without encoders: pass encoders=<a Wan folder>")
+    wan = load_wan(folder, dtype=dtype, device=device,
+                   components=("vae", "text_encoder") + (("clip",) if config.has_image_branch else ()))
+    models = WanModels(dits, wan.vae, wan.text_encoder, wan.clip, boundary=boundary if moe else None, size=name)
+    return Loaded(models, {"model": str(path), "encoders": folder, "size": name})
+
+
+def _experts_in(path: Path) -> tuple[str | None, ...]:
+    if path.is_dir():
+        files = find_wan_files(path)
+        if files.layout == "official" and all((path / d).is_dir() for d in OFFICIAL_EXPERT_DIRS):
+            return EXPERTS
+        if files.layout == "diffusers" and (path / "transformer_2").is_dir():
+            return EXPERTS
+    return (None,)
+
+
+def _pipeline_boundary(path: Path) -> float | None:
+    index = path / "model_index.json"
+    return json.loads(index.read_text()).get("boundary_ratio") if index.is_file() else None

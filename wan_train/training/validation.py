@@ -1,0 +1,80 @@
+"""Validation videos during training: every `validation.every_n_steps` (and at the end), the fixed prompts with
+fixed seeds go through the shared denoising loop (wan_train.inference.generate) with the fast preset; the videos
+land in run_dir/samples/step_NNNNNNN/ (mp4 + preview + settings) and in W&B."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from wan_train.inference import WanModels, fast, generate, official, save_video, with_overrides
+
+log = logging.getLogger(__name__)
+
+
+class ValidationVideos(L.Callback):
+    def __init__(self, cfg, *, run_dir: Path, size: str, boundary: float | None, partner=None, expert=None):
+        """cfg: the `validation` config; expert / partner: a Wan2.2 A14B expert run samples with the expert it
+        trains and its frozen partner (a WanDiT, kept on the CPU between uses), or not at all without one."""
+        self.cfg, self.run_dir, self.size, self.boundary = cfg, Path(run_dir), size, boundary
+        self.partner, self.expert = partner, expert
+        self.settings = with_overrides(fast(official(size)), cfg)
+        self.done: list[int] = []
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if step != (self.done[-1] if self.done else 0) and (step % self.cfg.every_n_steps == 0
+                                                             or step == trainer.max_steps):
+            self.sample(trainer, module)
+
+    @torch.no_grad()
+    def sample(self, trainer, module) -> list[Path]:
+        step = trainer.global_step
+        self.done.append(step)
+        models = self.models(module)
+        if models is None or not trainer.is_global_zero:
+            return []
+        was_training = module.dit.training
+        module.dit.eval()
+        try:
+            videos = generate(models, list(self.cfg.prompts), settings=self.settings, seed=self.cfg.seed,
+                              device=module.device)
+        finally:
+            module.dit.train(was_training)
+            if self.partner is not None:
+                self.partner.to("cpu")
+        folder = self.run_dir / "samples" / f"step_{step:07d}"
+        paths = []
+        for i, (prompt, video) in enumerate(zip(self.cfg.prompts, videos, strict=True)):
+            meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step,
+                    "settings": dataclasses.asdict(self.settings)}
+            paths.append(save_video(folder / f"prompt_{i:02d}.mp4", video, fps=self.settings.fps, metadata=meta,
+                                    preview=self.cfg.preview).video)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_video("samples", videos=[str(p) for p in paths], step=step,
+                                 caption=list(self.cfg.prompts))
+        log.info("validation videos of step %d in %s", step, folder)
+        return paths
+
+    def models(self, module) -> WanModels | None:
+        encoders = module.encoders
+        if encoders.vae is None or encoders.text_encoder is None:
+            log.warning("validation videos need the VAE and text encoder (model.encoders); skipped")
+            return None
+        if self.expert is None:
+            dits = {None: module.dit}
+        elif self.partner is None:
+            log.warning("validation videos of one A14B expert need the other (model.checkpoint); skipped")
+            return None
+        else:
+            other = next(e for e in ("high_noise", "low_noise") if e != self.expert)
+            dits = {self.expert: module.dit, other: self.partner}
+        encoders.to(module.device)
+        return WanModels(dits, encoders.vae, encoders.text_encoder, encoders.clip, boundary=self.boundary,
+                         size=self.size)
