@@ -58,7 +58,7 @@ def test_two_step_run_writes_the_run_folder(demo, tmp_path, monkeypatch):
     assert b"train/loss" in data and b"val/loss" in data
     # the exported weights load back with load_dit
     dit, ema = load_dit(run_dir / "dit"), load_dit(run_dir / "dit_ema")
-    assert dit.config.in_dim == 768
+    assert dit.config.in_dim == 12
     assert not torch.equal(dit.blocks[0].ffn[0].weight, ema.blocks[0].ffn[0].weight)  # EMA lags the weights
 
 

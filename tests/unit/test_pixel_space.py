@@ -1,4 +1,5 @@
-"""The pixel-space stand-in for the VAE: lossless, with the Wan VAE's shapes and interface."""
+"""The pixel-space stand-in for the VAE: lossless at full detail, block means for the quickstart, with the Wan
+VAE's shapes and interface."""
 
 import pytest
 import torch
@@ -25,9 +26,25 @@ def test_each_latent_frame_holds_its_own_pixel_frames():
     assert latents[:, :, 2].abs().sum() > 0 and latents[:, :, :2].abs().sum() == 0
 
 
-def test_quickstart_size_matches_the_pixel_space():
+def test_block_means_decode_to_blocks_and_encode_back_exactly():
+    pixel = PixelSpace(detail=1)
+    video = torch.rand(2, 3, 9, 32, 48) * 2 - 1
+    latents = pixel.encode(video)
+    assert latents.shape == (2, 12, 3, 4, 6)
+    torch.testing.assert_close(latents[:, 0, 1, 0, 0] * 0.5, video[:, 0, 1, :8, :8].mean(dim=(-1, -2)))
+    blocks = pixel.decode(latents)
+    assert blocks.shape == video.shape and torch.equal(blocks[:, :, :, :8, :8], blocks[:, :, :, :1, :1].expand(
+        -1, -1, -1, 8, 8))
+    torch.testing.assert_close(pixel.encode(blocks), latents)
+    half = PixelSpace(detail=4)  # 2 x 2 block means, 4 x 4 of them per latent pixel
+    assert half.z_dim == 192 and half.encode(video).shape == (2, 192, 3, 4, 6)
+
+
+def test_quickstart_size_matches_the_builtin_pixel_space():
+    from wan_train.models import builtin_vae
+
     size = get_size("quickstart")
-    assert size.vae == "pixel" and size.dit.in_dim == size.dit.out_dim == PixelSpace().z_dim
+    assert size.vae == "pixel" and size.dit.in_dim == size.dit.out_dim == builtin_vae().z_dim == 12
 
 
 def test_bad_shapes_are_refused():

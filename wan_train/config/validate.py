@@ -10,8 +10,7 @@ from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
 from wan_train.inference.outputs import PREVIEWS
 from wan_train.inference.presets import fast, official, with_overrides
 from wan_train.inference.solvers import SOLVERS
-from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS
-from wan_train.models.vae import PixelSpace
+from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -92,7 +91,7 @@ def _validate_validation(cfg: DictConfig, *, stride: int) -> None:
 
 def vae_stride(name: str) -> int:
     """Pixels per latent along H and W, read from the VAE (or its pixel-space stand-in)."""
-    return PixelSpace().spatial_compression if name == "pixel" else VAE_CONFIGS[name].spatial_compression
+    return builtin_vae().spatial_compression if name == "pixel" else VAE_CONFIGS[name].spatial_compression
 
 
 def _validate_data(cfg: DictConfig, *, stride: int) -> None:

@@ -17,7 +17,7 @@ EXPERTS = ("high_noise", "low_noise")
 class ModelSize:
     name: str
     dit: DiTConfig
-    vae: str  # "wan2.1" (z16, 4x8x8), "wan2.2" (z48, 4x16x16) or "pixel" (lossless space-to-depth, z768, 4x8x8)
+    vae: str  # "wan2.1" (z16, 4x8x8), "wan2.2" (z48, 4x16x16) or "pixel" (the quickstart stand-in: 8x8 pixel block means, z12, 4x8x8)
     # Wan2.2 A14B: two DiTs of identical architecture. The high-noise expert runs for timesteps at or above
     # boundary * 1000 (the shifted timestep), the low-noise expert below it.
     experts: tuple[str, ...] = ()
@@ -44,7 +44,7 @@ SIZES: dict[str, ModelSize] = {
         _size("tiny-ti2v", model_type="ti2v", in_dim=48, out_dim=48, vae="wan2.2", **_TINY),
         _size("tiny-moe", experts=EXPERTS, boundary=0.875, **_TINY),
         # the zero-download quickstart: a tiny DiT on the pixel-space stand-in for the VAE (vae/pixel.py)
-        _size("quickstart", vae="pixel", in_dim=768, out_dim=768, **_TINY),
+        _size("quickstart", vae="pixel", in_dim=12, out_dim=12, **_TINY),
         _size("wan2.1-t2v-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
         _size("wan2.1-t2v-14b", **_W14B),
         _size("wan2.1-i2v-14b", model_type="i2v", in_dim=36, image_dim=1280, **_W14B),

@@ -32,4 +32,4 @@ def builtin_text_encoder(*, text_dim: int, seed: int = 0) -> WanTextEncoder:
 
 
 def builtin_vae() -> PixelSpace:
-    return PixelSpace()
+    return PixelSpace(detail=1)
