@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.helpers import randomize_, write_official_folder
-from wan_train.inference import Sampling, WanModels, generate, load
+from wan_train.inference import Adapter, Sampling, WanModels, generate, load
 from wan_train.inference.pipeline import Conditioning, first_frame_timesteps, guided_velocity
 from wan_train.models import WanDiT, get_size, save_dit
 
@@ -148,3 +148,32 @@ def test_a_missing_checkpoint_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load(tmp_path / "nothing")
     shutil.rmtree(tmp_path)
+
+
+def test_a_lora_file_applies_to_one_request_only(t2v, tmp_path):
+    from safetensors.torch import save_file
+
+    g = torch.Generator().manual_seed(3)
+    q = t2v.dits[None].blocks[0].self_attn.q
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.randn(4, q.in_features, generator=g),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.randn(q.out_features, 4, generator=g),
+               "diffusion_model.blocks.0.self_attn.q.alpha": torch.tensor(4.0)}, tmp_path / "style.safetensors")
+    base = generate(t2v, "x", settings=SMALL, decode=False)
+    styled = generate(t2v, "x", settings=SMALL, decode=False, adapters=[Adapter(str(tmp_path / "style.safetensors"))])
+    off = generate(t2v, "x", settings=SMALL, decode=False,
+                   adapters=[Adapter(str(tmp_path / "style.safetensors"), strength=0.0)])
+    assert (styled - base).abs().max() > 1e-3
+    assert torch.equal(off, base)
+    assert torch.equal(generate(t2v, "x", settings=SMALL, decode=False), base)  # nothing left applied
+
+
+def test_lora_arguments_parse_path_and_strength(tmp_path):
+    from wan_train.inference.cli import parse_adapters
+
+    (tmp_path / "a.safetensors").write_bytes(b"")
+    path = str(tmp_path / "a.safetensors")
+    assert parse_adapters(None) == []
+    assert parse_adapters(path) == [Adapter(path)]
+    assert parse_adapters([f"{path}:0.6", path]) == [Adapter(path, 0.6), Adapter(path)]
+    with pytest.raises(FileNotFoundError, match="lora=missing.safetensors: no such file"):
+        parse_adapters("missing.safetensors:0.5")

@@ -136,6 +136,8 @@ def condition(models: WanModels, task: str, images: torch.Tensor | None, last_im
     """images / last_images: [B, 3, H, W] in [-1, 1] at the output size (inference.images prepares them)."""
     cfg, vae = models.config, models.vae
     if task == "t2v":
+        if images is not None:
+            raise ValueError("images were given for task='t2v'; pass the model's image task (i2v / flf2v)")
         return Conditioning()
     if images is None or (task == "flf2v" and last_images is None):
         raise ValueError(f"task={task!r} needs " + ("image and last_image" if task == "flf2v" else "an image"))
