@@ -17,7 +17,9 @@ EXPERTS = ("high_noise", "low_noise")
 class ModelSize:
     name: str
     dit: DiTConfig
-    vae: str  # "wan2.1" (z16, 4x8x8), "wan2.2" (z48, 4x16x16) or "pixel" (the quickstart stand-in: 8x8 pixel block means, z12, 4x8x8)
+    # "wan2.1" (z16, 4x8x8), "wan2.2" (z48, 4x16x16) or "pixel" (the quickstart stand-in: 8x8 pixel-block means,
+    # z12, 4x8x8)
+    vae: str
     # Wan2.2 A14B: two DiTs of identical architecture. The high-noise expert runs for timesteps at or above
     # boundary * 1000 (the shifted timestep), the low-noise expert below it.
     experts: tuple[str, ...] = ()
