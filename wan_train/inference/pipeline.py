@@ -170,7 +170,6 @@ class ExpertSwitch:
     def __init__(self, models: WanModels, device: torch.device, *, offload: bool):
         self.models, self.device, self.offload = models, device, offload
         self.active: str | None = None
-        self.used: list[str | None] = []  # the expert of every step, for logs and tests
         if not offload:
             for dit in models.dits.values():
                 dit.to(device)
@@ -186,7 +185,6 @@ class ExpertSwitch:
                     dit.to("cpu")
             self.models.dits[expert].to(self.device)
         self.active = expert
-        self.used.append(expert)
         return expert, self.models.dits[expert]
 
 
