@@ -3,6 +3,7 @@ the run folder (config, git revision, checkpoints, CSV and W&B-offline metrics, 
 stopped after step k and resumed with resume=auto reproduces the uninterrupted run's losses exactly."""
 
 import csv
+import json
 
 import pytest
 import torch
@@ -122,7 +123,9 @@ def test_both_experts_alternate_with_their_own_state_and_outputs(demo, tmp_path)
                      "trainer.max_steps": "4", "trainer.checkpoint_every_n_steps": "2", **extra}
         return config(demo, run_dir, **overrides)
 
-    both = run(moe(tmp_path / "both", expert="both", **{"expert.alternate_every": "2"}))
+    sampling = {"validation.every_n_steps": "2", "validation.steps": "2", "validation.width": "32",
+                "validation.height": "32", "validation.num_frames": "5", "validation.prompts": "[a fox]"}
+    both = run(moe(tmp_path / "both", expert="both", **{"expert.alternate_every": "2"}, **sampling))
     alone = run(moe(tmp_path / "high", expert="high_noise"))
     assert both["high_noise/step"] == both["low_noise/step"] == 4
     assert losses(tmp_path / "both" / "high_noise") == losses(tmp_path / "high")
@@ -130,6 +133,9 @@ def test_both_experts_alternate_with_their_own_state_and_outputs(demo, tmp_path)
     for expert in ("high_noise", "low_noise"):
         assert (tmp_path / "both" / expert / "dit").is_dir()
         assert (tmp_path / "both" / expert / "checkpoints" / "step=0000004.ckpt").is_file()
+        # validation videos of each expert's phases, sampled with the other expert's current weights
+        for step in (2, 4):
+            assert (tmp_path / "both" / expert / "samples" / f"step_{step:07d}" / "prompt_00.mp4").is_file()
     assert alone["step"] == 4
 
 
@@ -143,6 +149,12 @@ def test_image_conditioned_models_train_from_raw_video(demo, tmp_path, size):
     folder.mkdir()
     write_official_folder(folder, size)
     overrides = {"model": "tiny", "model.size": size, "model.checkpoint": str(folder), "logger.wandb": "false",
-                 "trainer.max_steps": "2", "data.spatial_stride": "32" if size == "tiny-ti2v" else "16"}
+                 "trainer.max_steps": "2", "data.spatial_stride": "32" if size == "tiny-ti2v" else "16",
+                 "validation.every_n_steps": "2", "validation.steps": "1", "validation.prompts": "[a fox]",
+                 "validation.width": "64", "validation.height": "64", "validation.num_frames": "5"}
     metrics = run(config(demo, tmp_path / "run", **overrides))
     assert metrics["step"] == 2 and metrics["val/loss"] == metrics["val/loss"]
+    # validation videos: I2V from the first frame of a held-out clip at its size; TI2V (which can do t2v) from text
+    meta = json.loads((tmp_path / "run" / "samples" / "step_0000002" / "prompt_00.json").read_text())
+    held_out_size = (meta["settings"]["width"], meta["settings"]["height"], meta["settings"]["num_frames"])
+    assert held_out_size == ((256, 144, 9) if size == "tiny-i2v" else (64, 64, 5))

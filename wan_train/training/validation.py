@@ -39,28 +39,51 @@ class ValidationVideos(L.Callback):
         models = self.models(module)
         if models is None or not trainer.is_global_zero:
             return []
+        jobs = self.jobs(models, module)
         was_training = module.dit.training
         module.dit.eval()
+        videos = []
         try:
-            videos = generate(models, list(self.cfg.prompts), settings=self.settings, seed=self.cfg.seed,
-                              device=module.device)
+            for prompts, seed, kwargs in jobs:
+                videos += list(generate(models, prompts, seed=seed, device=module.device, **kwargs))
         finally:
             module.dit.train(was_training)
             if self.partner is not None:
                 self.partner.to("cpu")
         folder = self.run_dir / "samples" / f"step_{step:07d}"
         paths = []
-        for i, (prompt, video) in enumerate(zip(self.cfg.prompts, videos, strict=True)):
-            meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step,
-                    "settings": dataclasses.asdict(self.settings)}
-            paths.append(save_video(folder / f"prompt_{i:02d}.mp4", video, fps=self.settings.fps, metadata=meta,
+        prompts = [p for job in jobs for p in job[0]]
+        settings_of = [job[2]["settings"] for job in jobs for _ in job[0]]
+        for i, (prompt, video, settings) in enumerate(zip(prompts, videos, settings_of, strict=True)):
+            meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step, "settings": dataclasses.asdict(settings)}
+            paths.append(save_video(folder / f"prompt_{i:02d}.mp4", video, fps=settings.fps, metadata=meta,
                                     preview=self.cfg.preview).video)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_video("samples", videos=[str(p) for p in paths], step=step,
-                                 caption=list(self.cfg.prompts))
+                logger.log_video("samples", videos=[str(p) for p in paths], step=step, caption=prompts)
         log.info("validation videos of step %d in %s", step, folder)
         return paths
+
+    def jobs(self, models: WanModels, module) -> list[tuple[list[str], int, dict]]:
+        """(prompts, first seed, generate kwargs) per generate call: all prompts at once for text-to-video; for
+        image-only models, one call per prompt conditioned on the first (and last) frame of held-out clip i,
+        at that clip's size."""
+        prompts = list(self.cfg.prompts)
+        if "t2v" in models.tasks:
+            return [(prompts, self.cfg.seed, {"settings": self.settings, "task": "t2v"})]
+        clips = [batch["video"] for batch in module.held_out if "video" in batch]
+        if not clips:
+            log.warning("validation videos of an image-to-video model need held-out video clips; skipped")
+            return []
+        task, jobs = models.tasks[0], []
+        for i, prompt in enumerate(prompts):
+            video = clips[i % len(clips)].to(module.device)
+            _, _, frames, height, width = video.shape
+            settings = self.settings.replace(width=width, height=height, num_frames=frames)
+            jobs.append(([prompt], self.cfg.seed + i, {
+                "settings": settings, "task": task, "images": video[:, :, 0],
+                "last_images": video[:, :, -1] if task == "flf2v" else None}))
+        return jobs
 
     def models(self, module) -> WanModels | None:
         encoders = module.encoders
