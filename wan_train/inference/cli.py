@@ -105,9 +105,9 @@ def fit_images(models: WanModels, task: str, settings: Sampling, cfg: DictConfig
         width, height = imaging.i2v_size(image, area=area, stride=models.vae.spatial_compression,
                                          patch=models.config.patch_size[1])
         fit = imaging.i2v_image
-    settings = settings.replace(width=width, height=height)
-    if models.size == "wan2.1-i2v-14b" and cfg.shift is None:
-        settings = settings.replace(shift=official(models.size, width=width, height=height).shift)
+    # the official settings at the fitted size (some depend on it: Wan2.1 I2V's shift), then the command line's
+    settings = with_overrides(official(models.size, width=width, height=height), cfg).replace(width=width,
+                                                                                              height=height)
     last = fit(imaging.read_image(cfg.last_image), width, height)[None] if task == "flf2v" else None
     return settings, fit(image, width, height)[None], last
 

@@ -24,18 +24,17 @@ class ValidationVideos(L.Callback):
         self.cfg, self.run_dir, self.size, self.boundary = cfg, Path(run_dir), size, boundary
         self.partner, self.expert = partner, expert
         self.settings = with_overrides(fast(official(size)), cfg)
-        self.done: list[int] = []
+        self.last_step = 0  # the step of the newest videos (a step with accumulated batches samples once)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
-        if step != (self.done[-1] if self.done else 0) and (step % self.cfg.every_n_steps == 0
-                                                             or step == trainer.max_steps):
+        if step != self.last_step and (step % self.cfg.every_n_steps == 0 or step == trainer.max_steps):
             self.sample(trainer, module)
 
     @torch.no_grad()
     def sample(self, trainer, module) -> list[Path]:
         step = trainer.global_step
-        self.done.append(step)
+        self.last_step = step
         models = self.models(module)
         if models is None or not trainer.is_global_zero:
             return []
