@@ -109,22 +109,22 @@ def applied(model: WanDiT, adapters: Sequence[tuple[LoraWeights | str | Path, fl
     out + sum_i strength_i * scale_i * (x A_i^T) B_i^T, computed in the input's dtype (autocast applies as to the
     Linear itself) with A and B copied once to the module's device and dtype. Paths are read with load_lora.
     On exit, also through an exception, every hook is removed; the weights are never modified."""
-    linears = dict(_linears(model))
+    layers = dict(linears(model))
     terms: dict[str, list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
     for adapter, strength in adapters:
         lora = adapter if isinstance(adapter, LoraWeights) else load_lora(adapter, model=model)
-        _check_fits(lora, linears)
+        check_fits(lora, layers)
         if strength == 0:
             continue  # exactly no change
         for name, m in lora.modules.items():
-            weight = linears[name].weight
+            weight = layers[name].weight
             dtype = weight.dtype if weight.is_floating_point() else m.A.dtype
             terms.setdefault(name, []).append(
                 (m.A.to(weight.device, dtype), m.B.to(weight.device, dtype), float(strength) * m.scale))
     handles = []
     try:
         for name, module_terms in terms.items():
-            handles.append(linears[name].register_forward_hook(_LoraHook(module_terms)))
+            handles.append(layers[name].register_forward_hook(_LoraHook(module_terms)))
         yield model
     finally:
         for handle in handles:
@@ -145,7 +145,7 @@ class _LoraHook:
 
 # ------------------------------------------------------------------------------------------------ key mapping
 
-def _linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
+def linears(model: nn.Module) -> Iterator[tuple[str, nn.Linear]]:
     return ((n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear))
 
 
@@ -153,7 +153,7 @@ class _Targets:
     """The model's nn.Linear names, and the same with '.' -> '_' (official and diffusers spelling) for kohya keys."""
 
     def __init__(self, model: WanDiT) -> None:
-        self.linears = {name: m for name, m in _linears(model)}
+        self.linears = {name: m for name, m in linears(model)}
         self.underscored: dict[str, str | None] = {}
         for name in self.linears:
             for spelling in {name, from_official(name, DIFFUSERS)}:
@@ -296,11 +296,11 @@ def _json(text: str, source: str) -> dict:
     return value
 
 
-def _check_fits(lora: LoraWeights, linears: dict[str, nn.Linear]) -> None:
+def check_fits(lora: LoraWeights, layers: dict[str, nn.Linear]) -> None:
     """A LoraWeights read for another model must not be applied to this one."""
     bad = []
     for name, m in lora.modules.items():
-        linear = linears.get(name)
+        linear = layers.get(name)
         if linear is None or m.A.shape[1] != linear.in_features or m.B.shape[0] != linear.out_features:
             bad.append(name)
     if bad:
