@@ -13,25 +13,32 @@ from omegaconf import DictConfig
 from wan_train.config.compose import CONF_DIR, register
 from wan_train.training.run import run
 
-DEMO = {"data/demo": 0, "data/demo_val": 1}  # folder -> make_demo seed (the held-out clips use another seed)
+# folder -> (make_demo seed, clips, --character): held-out clips use another seed; data=mascot is a character's
+DEMO = {"data/demo": (0, 64, None), "data/demo_val": (1, 8, None),
+        "data/mascot": (0, 32, "zxq mascot"), "data/mascot_val": (1, 8, "zxq mascot")}
 
 
 def ensure_demo_data(cfg: DictConfig) -> None:
-    for shards in (*cfg.data.shards, *cfg.data.val_shards):
+    for shards in (*cfg.data.shards, *cfg.data.val_shards, *(s for v in cfg.data.val_sets.values() for s in v)):
         if shards in DEMO and not any(Path(shards).glob("*.tar")):
             from data_tools.make_demo import make_demo
 
-            count = 64 if DEMO[shards] == 0 else 8
-            make_demo(shards, num_clips=count, seed=DEMO[shards], width=256, height=144, frames=49, fps=16.0,
-                      shard_size=16)
+            seed, count, character = DEMO[shards]
+            make_demo(shards, num_clips=count, seed=seed, width=256, height=144, frames=49, fps=16.0,
+                      shard_size=16, character=character)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
 def main(cfg: DictConfig) -> None:
     ensure_demo_data(cfg)
     metrics = run(cfg)
-    print(f"run folder: {cfg.run_dir}  step {metrics['step']}  held-out loss {metrics['val/loss_first']:.4f} -> "
-          f"{metrics['val/loss']:.4f}")
+    losses = [(key.removesuffix("_first"), value, metrics[key.removesuffix("_first")])
+              for key, value in metrics.items() if key.endswith("loss_first")]
+    print(f"run folder: {cfg.run_dir}  step {metrics.get('step', cfg.trainer.max_steps)}")
+    for key, first, last in losses:
+        print(f"  {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f}%)")
+    if "adapter" in metrics:
+        print(f"  registered adapter {metrics['adapter']} (python -m wan_train.lora show {metrics['adapter']})")
 
 
 if __name__ == "__main__":

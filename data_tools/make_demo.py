@@ -39,6 +39,10 @@ DIRECTIONS = {  # unit motion vector in image coordinates (x right, y down)
     "from left to right": (1, 0), "from right to left": (-1, 0),
     "from top to bottom": (0, 1), "from bottom to top": (0, -1),
 }
+# --character: one subject in every clip, named only by its trigger words in the captions (as character LoRA data
+# is captioned), with a look the plain demo never shows (a shape and colour outside SHAPES and COLOURS)
+CHARACTER = {"shape": "diamond", "colour": "pink", "size": "large"}
+CHARACTER_COLOURS = {"pink": (250, 90, 190)}
 SIZES = {"small": 0.13, "large": 0.2}  # radius of the equal-area circle, as a fraction of the shorter side
 MIN_CONTRAST = 150.0  # least RGB distance between a shape's colour and its background
 MIN_SIDE = 32  # px; below this the shapes have no room to move
@@ -56,23 +60,33 @@ class DemoClip:
     offset: float  # where across the motion the path runs, 0..1 of the free room
     width: int
     height: int
+    character: str | None = None  # the trigger words naming the subject (--character)
 
     @property
     def caption(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} moves {self.direction} on a {self.background} background"
+        subject = self.character or f"a {self.size} {self.colour} {self.shape}"
+        return f"{subject} moves {self.direction} on a {self.background} background"
 
 
-def demo_clip(*, seed: int, index: int, width: int, height: int) -> DemoClip:
+def demo_clip(*, seed: int, index: int, width: int, height: int, character: str | None = None) -> DemoClip:
     """The parameters of clip `index` (independent of how many clips are made). `width` x `height` is the
-    landscape size; portrait clips swap them."""
+    landscape size; portrait clips swap them. With `character`, the subject is always the CHARACTER."""
     rng = np.random.default_rng([seed, index])
     colour = str(rng.choice(list(COLOURS)))
-    backgrounds = [name for name, rgb in BACKGROUNDS.items() if _distance(rgb, COLOURS[colour]) >= MIN_CONTRAST]
+    shape = str(rng.choice(SHAPES))
+    if character:
+        colour, shape = CHARACTER["colour"], CHARACTER["shape"]
+    backgrounds = [name for name, rgb in BACKGROUNDS.items() if _distance(rgb, _rgb(colour)) >= MIN_CONTRAST]
     if _portrait(index):
         width, height = height, width
-    return DemoClip(shape=str(rng.choice(SHAPES)), colour=colour, background=str(rng.choice(backgrounds)),
-                    direction=str(rng.choice(list(DIRECTIONS))), size=str(rng.choice(list(SIZES))),
-                    offset=float(rng.uniform(0.0, 1.0)), width=width, height=height)
+    background, direction = str(rng.choice(backgrounds)), str(rng.choice(list(DIRECTIONS)))
+    size = CHARACTER["size"] if character else str(rng.choice(list(SIZES)))
+    return DemoClip(shape=shape, colour=colour, background=background, direction=direction, size=size,
+                    offset=float(rng.uniform(0.0, 1.0)), width=width, height=height, character=character or None)
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return COLOURS[colour] if colour in COLOURS else CHARACTER_COLOURS[colour]
 
 
 def _portrait(index: int) -> bool:
@@ -95,7 +109,7 @@ def render(clip: DemoClip, *, frames: int) -> np.ndarray:
     coverage = np.clip(0.5 - _signed_distance(clip.shape, dx, dy, radius=_radius(clip)), 0.0, 1.0)
     # blend through a 256-entry palette: one gather per pixel instead of float RGB arithmetic
     background = np.array(BACKGROUNDS[clip.background], dtype=np.float32)
-    colour = np.array(COLOURS[clip.colour], dtype=np.float32)
+    colour = np.array(_rgb(clip.colour), dtype=np.float32)
     palette = np.rint(background + np.linspace(0, 1, 256, dtype=np.float32)[:, None] * (colour - background))
     return np.take(palette.astype(np.uint8), np.rint(coverage * 255).astype(np.uint8), axis=0)
 
@@ -118,13 +132,15 @@ def _radius(clip: DemoClip) -> float:
 
 def _extent(shape: str, radius: float) -> float:
     """How far the shape reaches from its centre along x or y (px)."""
-    return {"circle": radius, "square": _HALF_SIDE * radius, "triangle": _CIRCUMRADIUS * radius}[shape]
+    return {"circle": radius, "square": _HALF_SIDE * radius, "triangle": _CIRCUMRADIUS * radius,
+            "diamond": _DIAMOND * radius}[shape]
 
 
 # Equal areas for a given radius r, so 'small' and 'large' mean the same amount of colour for every shape:
 # square side 2h with 4h^2 = pi r^2; equilateral triangle of circumradius R with (3 sqrt(3) / 4) R^2 = pi r^2.
 _HALF_SIDE = float(np.sqrt(np.pi) / 2)
 _CIRCUMRADIUS = float(np.sqrt(4 * np.pi / (3 * np.sqrt(3))))
+_DIAMOND = float(np.sqrt(np.pi / 2))  # half-diagonal d of a square turned 45 degrees: area 2 d^2 = pi r^2
 _TRIANGLE_NORMALS = np.array([[0.0, 1.0], [np.sqrt(3) / 2, -0.5], [-np.sqrt(3) / 2, -0.5]], dtype=np.float32)
 
 
@@ -135,6 +151,8 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
         return np.sqrt(dx * dx + dy * dy) - radius
     if shape == "square":
         return np.maximum(np.abs(dx), np.abs(dy)) - _HALF_SIDE * radius
+    if shape == "diamond":  # |x| + |y| = d; dividing by sqrt(2) makes it a distance
+        return (np.abs(dx) + np.abs(dy) - _DIAMOND * radius) / np.sqrt(2)
     # triangle pointing up (y grows downwards): inside all three edges, each at the inradius R / 2 from the centroid
     edges = [nx * dx + ny * dy for nx, ny in _TRIANGLE_NORMALS]
     return np.maximum(np.maximum(edges[0], edges[1]), edges[2]) - _CIRCUMRADIUS * radius / 2
@@ -142,9 +160,10 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
 
 # ----------------------------------------------------------------------------------------------- shards
 
-def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float) -> dict[str, bytes]:
+def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
+                   character: str | None = None) -> dict[str, bytes]:
     """The tar members of sample `index`, as make_shards writes them: {"<key>.mp4": ..., "<key>.json": ...}."""
-    clip = demo_clip(seed=seed, index=index, width=width, height=height)
+    clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character)
     video = encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True)
     meta = ClipMeta(captions=(clip.caption,), fps=float(fps), num_frames=frames, width=clip.width,
                     height=clip.height, duration=frames / fps, source=f"make_demo:seed={seed}:index={index}")
@@ -177,7 +196,7 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
 
 
 def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, height: int, frames: int, fps: float,
-              shard_size: int) -> dict:
+              shard_size: int, character: str | None = None) -> dict:
     """Write ceil(num_clips / shard_size) shards into `output`; returns the summary."""
     check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size)
     output, began, written = Path(output), time.perf_counter(), []
@@ -186,7 +205,8 @@ def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, heig
         for first in range(0, num_clips, shard_size):
             members = {}
             for index in range(first, min(first + shard_size, num_clips)):
-                members |= sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps)
+                members |= sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
+                                          character=character)
                 bar.advance(task)
             written.append(output / shard_name(len(written)))
             write_shard(written[-1], members)
@@ -208,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=49, help="frames per clip")
     parser.add_argument("--fps", type=float, default=16.0)
     parser.add_argument("--shard-size", type=int, default=16, help="clips per shard")
+    parser.add_argument("--character", default=None, metavar="TRIGGER",
+                        help="every clip shows one subject (a large pink diamond) captioned only by these trigger "
+                             "words, e.g. 'zxq mascot': data for a character LoRA")
     return parser
 
 
@@ -220,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     output = args.pop("output")
     try:
-        check_args(**{k: v for k, v in args.items() if k != "seed"})
+        check_args(**{k: v for k, v in args.items() if k not in ("seed", "character")})
     except ValueError as error:
         parser.error(str(error))  # exits with status 2
     result = make_demo(output, **args)

@@ -170,10 +170,13 @@ def test_a_lora_file_applies_to_one_request_only(t2v, tmp_path):
 def test_lora_arguments_parse_path_and_strength(tmp_path):
     from wan_train.inference.cli import parse_adapters
 
-    (tmp_path / "a.safetensors").write_bytes(b"")
+    from safetensors.torch import save_file
+
+    save_file({"diffusion_model.blocks.0.self_attn.q.lora_down.weight": torch.zeros(2, 8),
+               "diffusion_model.blocks.0.self_attn.q.lora_up.weight": torch.zeros(8, 2)}, tmp_path / "a.safetensors")
     path = str(tmp_path / "a.safetensors")
     assert parse_adapters(None) == []
     assert parse_adapters(path) == [Adapter(path)]
     assert parse_adapters([f"{path}:0.6", path]) == [Adapter(path, 0.6), Adapter(path)]
-    with pytest.raises(FileNotFoundError, match="lora=missing.safetensors: no such file"):
+    with pytest.raises(FileNotFoundError, match="lora=missing.safetensors: no such adapter file"):
         parse_adapters("missing.safetensors:0.5")

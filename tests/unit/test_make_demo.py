@@ -117,3 +117,21 @@ def test_help_runs():
     done = subprocess.run([sys.executable, "-m", "data_tools.make_demo", "--help"], capture_output=True, text=True,
                           check=True)
     assert "--num-clips" in done.stdout and "--shard-size" in done.stdout
+
+
+def test_character_clips_show_one_subject_named_by_its_trigger(tmp_path):
+    """--character: every clip shows the same large pink diamond (a look the plain demo never has), and its
+    caption names it by the trigger words only, as character LoRA data is captioned."""
+    make_demo(tmp_path, **(ARGS | {"num_clips": 4, "character": "zxq mascot"}))
+    samples = list(wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False))
+    assert len(samples) == 4
+    for sample in samples:
+        caption = json.loads(sample["json"])["caption"]
+        assert caption.startswith("zxq mascot moves ") and "pink" not in caption and "diamond" not in caption
+        frame = decord.VideoReader(io.BytesIO(sample["mp4"])).get_batch([8]).asnumpy()[0]
+        mask = shape_mask(frame)
+        h, s, _ = colorsys.rgb_to_hsv(*(frame[mask].mean(axis=0) / 255.0))
+        assert 305 < h * 360 < 340 and s > 0.4  # pink (~322 degrees), far from the demo's purple (~274)
+        ys, xs = np.nonzero(mask)
+        fill = mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
+        assert 0.4 < fill < 0.6, fill  # a diamond fills half its bounding box

@@ -84,9 +84,23 @@ class StrategyConfig:
 
 @dataclass
 class LoraConfig:
-    enabled: bool = False  # adapters come with the LoRA work; until then every trainable parameter trains
+    """LoRA fine-tuning (peft adapters on a frozen base; model.checkpoint is the base): with expert=both each A14B
+    expert trains its own adapter. With client and name set, the finished run lands as a new registry version
+    <root>/<client>/<name>/vNNNN (python -m wan_train.lora list | show | export ...)."""
+
+    enabled: bool = False
+    target: str = "attn_qkvo_ffn"  # a preset of wan_train.lora.TARGET_PRESETS
     rank: int = 16
-    alpha: float = 16.0
+    alpha: float = 16.0  # scale alpha / rank (alpha / sqrt(rank) with rslora)
+    dropout: float = 0.0
+    rslora: bool = False
+    dora: bool = False  # trains and loads from the run folder; the registry's export formats cannot carry it
+    client: str | None = None
+    name: str | None = None
+    kind: str = "style"  # style | character (registry metadata)
+    trigger_words: list[str] = field(default_factory=list)  # words the captions use for the subject or style
+    root: str = "adapters"  # the registry
+    use_ema: bool = True  # with trainer.ema_decay set, register the EMA weights
 
 
 @dataclass
@@ -160,7 +174,12 @@ class GenerateConfig(SamplingOverrides):
     last_image: str | None = None  # the last frame (flf2v)
     seed: int = 0  # video i gets seed + i
     num_videos_per_prompt: int = 1
-    lora: Any = None  # a LoRA file, or a list; "path:0.8" sets the strength
+    # adapters: a registry ref (acme/mascot, acme/mascot/v0002), a peft folder or a LoRA file, or a list of them
+    # (a weighted blend); "REF:0.8" sets the strength
+    lora: Any = None
+    lora_root: str = "adapters"  # the registry
+    fuse_lora: bool = False  # merge the adapters into the weights for the run (faster steps), restored after
+    allow_base_mismatch: bool = False  # apply adapters recorded for another base model anyway
     ema: bool = False  # run folders: the EMA weights of the newest checkpoint
     encoders: str | None = None  # a Wan folder with the VAE + umT5 when ckpt has none
     boundary: float | None = None  # MoE boundary override

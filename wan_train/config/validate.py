@@ -10,11 +10,14 @@ from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
 from wan_train.inference.outputs import PREVIEWS
 from wan_train.inference.presets import fast, official, with_overrides
 from wan_train.inference.solvers import SOLVERS
+from wan_train.lora import TARGET_PRESETS
+from wan_train.lora.registry import NAME
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 STRATEGIES = ("auto", "ddp")
+LORA_KINDS = ("style", "character")
 
 
 class ConfigError(ValueError):
@@ -53,7 +56,7 @@ def validate(cfg: DictConfig) -> None:
     _allowed("trainer.precision", cfg.trainer.precision, PRECISIONS)
     _allowed("strategy.name", cfg.strategy.name, STRATEGIES)
     if cfg.lora.enabled:
-        raise ConfigError("lora.enabled=true: LoRA adapters are not implemented yet; train with lora=none")
+        _validate_lora(cfg)
     for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
@@ -87,6 +90,34 @@ def _validate_validation(cfg: DictConfig, *, stride: int) -> None:
                               f"stride x patch) for model.size={cfg.model.size!r}")
     if (settings.num_frames - 1) % 4:
         raise ConfigError(f"validation.num_frames={settings.num_frames}: must be 1 + 4k")
+
+
+def _validate_lora(cfg: DictConfig) -> None:
+    lora = cfg.lora
+    if not cfg.model.checkpoint:
+        raise ConfigError("lora.enabled=true with model.checkpoint=None: a LoRA adapts a base model; set "
+                          "model.checkpoint to it (a Wan folder, a DiT file, or a run's exported dit/ folder)")
+    _allowed("lora.target", lora.target, TARGET_PRESETS)
+    _allowed("lora.kind", lora.kind, LORA_KINDS)
+    if lora.rank < 1:
+        raise ConfigError(f"lora.rank={lora.rank}: must be >= 1")
+    if not lora.alpha > 0:
+        raise ConfigError(f"lora.alpha={lora.alpha}: must be > 0")
+    if not 0.0 <= lora.dropout < 1.0:
+        raise ConfigError(f"lora.dropout={lora.dropout}: must be in [0, 1)")
+    if (lora.client is None) != (lora.name is None):
+        raise ConfigError(f"lora.client={lora.client!r}, lora.name={lora.name!r}: set both to register the adapter "
+                          "(or neither: it stays in run_dir/adapter)")
+    for key in ("client", "name"):
+        if lora[key] is not None and not NAME.fullmatch(lora[key]):
+            raise ConfigError(f"lora.{key}={lora[key]!r}: use letters, digits, '.', '_' and '-' (no '/'), starting "
+                              "with a letter or digit")
+    if lora.dora and lora.client:
+        raise ConfigError("lora.dora=true with lora.client: DoRA adapters cannot be written in the registry's plain "
+                          "LoRA formats; drop lora.client/name (load the run folder with generate.py ckpt=RUN_DIR)")
+    if cfg.model.trainable != "all":
+        raise ConfigError(f"model.trainable={cfg.model.trainable!r} with lora.enabled=true: a LoRA run trains the "
+                          "adapter only; choose its layers with lora.target")
 
 
 def vae_stride(name: str) -> int:

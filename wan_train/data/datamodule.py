@@ -34,6 +34,8 @@ class DataConfig:
     shards: list[str] = field(default_factory=list)  # paths, brace patterns, directories, pipe:/http(s)/s3 URLs
     # clips for the held-out loss; empty: the first clips of `shards` (then they are not held out of training)
     val_shards: list[str] = field(default_factory=list)
+    # named extra held-out sets, each logged as val/<name>/loss (e.g. the base's data beside a LoRA's own)
+    val_sets: dict[str, list[str]] = field(default_factory=dict)
     kind: str = "video"
     batch_size: int = 1
     num_workers: int = 2

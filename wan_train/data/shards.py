@@ -8,6 +8,7 @@ worker's shards. Local paths, brace patterns, `pipe:`, http(s), gs and hf URLs g
 `s3://` URLs are read with `aws s3 cp URL -` (the WebDataset idiom)."""
 
 import glob
+import hashlib
 import random
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -57,6 +58,27 @@ def expand_urls(shards: str | Path | Iterable[str | Path]) -> list[str]:
             else:
                 urls.append(url)
     return list(dict.fromkeys(urls))
+
+
+FINGERPRINT_BYTES = 1 << 16  # read from each end of a local shard
+
+
+def fingerprint(urls: list[str]) -> str:
+    """A sha256 naming the training data, for lineage (an adapter's manifest): per shard its name, size and the
+    first and last 64 KiB (a tar ends with its last member, so an appended or rewritten shard changes it), without
+    reading whole shards; remote URLs contribute their URL only."""
+    digest = hashlib.sha256()
+    for url in sorted(urls):
+        path = Path(url)
+        digest.update(f"{path.name if path.is_file() else url}\n".encode())
+        if path.is_file():
+            size = path.stat().st_size
+            digest.update(f"{size}\n".encode())
+            with path.open("rb") as handle:
+                digest.update(handle.read(FINGERPRINT_BYTES))
+                handle.seek(max(0, size - FINGERPRINT_BYTES))
+                digest.update(handle.read(FINGERPRINT_BYTES))
+    return digest.hexdigest()
 
 
 def opener_url(url: str) -> str:

@@ -18,6 +18,7 @@ from wan_train.inference.outputs import SavedVideo, save_video
 from wan_train.inference.pipeline import Adapter, WanModels, check_request, generate
 from wan_train.inference.presets import Sampling, official, with_overrides
 from wan_train.inference.solvers import SOLVERS
+from wan_train.lora.resolve import resolve_adapter
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -38,7 +39,7 @@ def run(cfg: DictConfig) -> list[SavedVideo]:
                          f"{', '.join(models.tasks)}")
     settings, first, last = fit_images(models, task, settings, cfg)
     check_request(models, task, settings)
-    adapters = parse_adapters(cfg.lora)
+    adapters = parse_adapters(cfg.lora, root=cfg.lora_root)
     offload = cfg.offload_model if cfg.offload_model is not None else needs_offload(models, device)
 
     jobs = [(p, cfg.seed + i) for i, p in enumerate(p for p in prompts for _ in range(cfg.num_videos_per_prompt))]
@@ -50,6 +51,7 @@ def run(cfg: DictConfig) -> list[SavedVideo]:
             began = time.perf_counter()
             videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
                               images=first, last_images=last, adapters=adapters, device=device, offload=offload,
+                              fuse_lora=cfg.fuse_lora, allow_base_mismatch=cfg.allow_base_mismatch,
                               on_step=lambda done, total, expert: progress.update(
                                   bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
             seconds = (time.perf_counter() - began) / len(batch)
@@ -112,19 +114,20 @@ def fit_images(models: WanModels, task: str, settings: Sampling, cfg: DictConfig
     return settings, fit(image, width, height)[None], last
 
 
-def parse_adapters(value) -> list[Adapter]:
-    """lora=FILE, lora=FILE:0.8 or a list of them."""
+def parse_adapters(value, *, root: str = "adapters") -> list[Adapter]:
+    """lora=REF, lora=REF:0.8 or a list of them; REF is a registry ref (acme/mascot, acme/mascot/v0002), a peft
+    folder or a LoRA file. A Wan2.2 pair from the registry gives one Adapter per expert."""
     items = [] if value is None else list(value) if isinstance(value, (list, ListConfig)) else [value]
     adapters = []
     for item in map(str, items):
-        path, _, strength = item.rpartition(":")
+        spec, _, strength = item.rpartition(":")
         try:
-            adapters.append(Adapter(path, float(strength)) if path else Adapter(item))
+            weight = float(strength)
         except ValueError:
-            adapters.append(Adapter(item))
-    for adapter in adapters:
-        if not Path(adapter.path).is_file():
-            raise FileNotFoundError(f"lora={adapter.path}: no such file")
+            spec, weight = item, 1.0
+        spec = spec or item
+        for found in resolve_adapter(spec, root=root):
+            adapters.append(Adapter(str(found.path), weight, found.expert, found.base))
     return adapters
 
 

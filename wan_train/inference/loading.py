@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from wan_train.inference.pipeline import WanModels
 from wan_train.inference.presets import size_name
+from wan_train.lora import add_adapter, merge_adapter
 from wan_train.models import (
     EXPERTS, CheckpointError, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit, load_wan,
 )
@@ -70,9 +71,9 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
     dits, source = {}, {"run": str(run_dir), "size": size.name}
     if expert == "both":
         for name in EXPERTS:
-            dits[name], source[name] = _dit_from_run(run_dir / name, size.dit, dtype=dtype, ema=ema)
+            dits[name], source[name] = _dit_from_run(run_dir / name, cfg, name, dtype=dtype, ema=ema)
     elif expert in EXPERTS:
-        dits[expert], source[expert] = _dit_from_run(run_dir, size.dit, dtype=dtype, ema=ema)
+        dits[expert], source[expert] = _dit_from_run(run_dir, cfg, expert, dtype=dtype, ema=ema)
         other = next(e for e in EXPERTS if e != expert)
         if not cfg.model.checkpoint:
             raise CheckpointError(f"{run_dir}: this run trained the {expert} expert only and has no base "
@@ -80,7 +81,7 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
         dits[other] = load_dit(cfg.model.checkpoint, expert=other, dtype=dtype)
         source[other] = str(cfg.model.checkpoint)
     else:
-        dits[None], source["dit"] = _dit_from_run(run_dir, size.dit, dtype=dtype, ema=ema)
+        dits[None], source["dit"] = _dit_from_run(run_dir, cfg, None, dtype=dtype, ema=ema)
     vae, text_encoder, clip = _encoders(cfg.model.encoders or cfg.model.checkpoint, size.dit.text_dim,
                                         seed=cfg.trainer.seed, image_branch=size.dit.has_image_branch, where=run_dir)
     models = WanModels(dits, vae.to(device), text_encoder.to(device), clip.to(device) if clip is not None else None,
@@ -90,7 +91,8 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
     return Loaded(models, source)
 
 
-def _dit_from_run(run_dir: Path, config, *, dtype, ema: bool) -> tuple[WanDiT, str]:
+def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool) -> tuple[WanDiT, str]:
+    """The newest checkpoint's DiT; for a LoRA run its base (model.checkpoint) with the adapter merged in."""
     newest = newest_checkpoint(run_dir)
     if newest is None:
         raise CheckpointError(f"{run_dir}: no checkpoints/step=N.ckpt yet (the run has not saved a checkpoint)")
@@ -102,12 +104,33 @@ def _dit_from_run(run_dir: Path, config, *, dtype, ema: bool) -> tuple[WanDiT, s
         if not shadow:
             raise CheckpointError(f"{path}: ema=true, but this run kept no EMA (trainer.ema_decay was not set)")
         weights.update(shadow)
+    what = f"{path} (step {step}{', EMA' if ema else ''})"
+    if cfg.lora.enabled:
+        return _lora_dit(cfg, expert, weights, path=path).to_dtype(dtype), f"{what}, LoRA on {cfg.model.checkpoint}"
+    config = get_size(cfg.model.size).dit
     dit = WanDiT(config)
     missing, unexpected = dit.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: the DiT weights do not match size {config}: missing {missing[:5]}, "
                               f"unexpected {unexpected[:5]}")
-    return dit.to_dtype(dtype), f"{path} (step {step}{', EMA' if ema else ''})"
+    return dit.to_dtype(dtype), what
+
+
+def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
+    """The run's base with its adapter injected as in training, loaded, and folded in by peft (LoRA or DoRA)."""
+    lora = cfg.lora
+    if not cfg.model.checkpoint or not Path(cfg.model.checkpoint).exists():
+        raise CheckpointError(f"{path}: a LoRA run needs its base model.checkpoint={cfg.model.checkpoint!r}, "
+                              "which is not there")
+    dit = load_dit(cfg.model.checkpoint, expert=expert, dtype=torch.float32)
+    add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, rslora=lora.rslora, dora=lora.dora)
+    trained = {n for n, p in dit.named_parameters() if p.requires_grad}
+    if set(weights) != trained:
+        raise CheckpointError(f"{path}: the adapter in the checkpoint does not match the run's lora settings: "
+                              f"missing {sorted(trained - set(weights))[:5]}, "
+                              f"unexpected {sorted(set(weights) - trained)[:5]}")
+    dit.load_state_dict(weights, strict=False)
+    return merge_adapter(dit)
 
 
 def _encoders(source: str | None, text_dim: int, *, seed: int, image_branch: bool, where: Path):

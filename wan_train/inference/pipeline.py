@@ -20,7 +20,7 @@ from wan_train.inference.conditioning import i2v_mask
 from wan_train.inference.presets import Sampling
 from wan_train.inference.schedules import sampling_sigmas
 from wan_train.inference.solvers import get_solver
-from wan_train.lora import applied
+from wan_train.lora import applied, check_base, load_lora, merged
 from wan_train.models import DiTConfig, WanDiT
 
 # the tasks each DiT model_type can do; "ti2v" is the TI2V-5B name of its image-to-video mode
@@ -67,11 +67,13 @@ class WanModels:
 
 @dataclass(frozen=True)
 class Adapter:
-    """A LoRA file applied for one request with `strength`; to every DiT, or to one expert (`expert`)."""
+    """A LoRA file applied for one request with `strength`; to every DiT, or to one expert (`expert`). base: the
+    identity of the base it was trained on (wan_train.lora.resolve); a DiT with another identity refuses it."""
 
     path: str
     strength: float = 1.0
     expert: str | None = None
+    base: str | None = None
 
 
 @dataclass
@@ -264,10 +266,13 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
 def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampling, seed: int = 0,
              task: str = "t2v", images: torch.Tensor | None = None, last_images: torch.Tensor | None = None,
              adapters: Sequence[Adapter] = (), device: torch.device | str | None = None, offload: bool = False,
-             decode: bool = True, on_step: Callable[[int, int, str | None], None] | None = None) -> torch.Tensor:
+             decode: bool = True, on_step: Callable[[int, int, str | None], None] | None = None,
+             fuse_lora: bool = False, allow_base_mismatch: bool = False) -> torch.Tensor:
     """Videos [B, 3, F, H, W] float32 in [-1, 1] on the CPU (decode=False: the latents [B, Z, T, h, w]) for a
     batch of prompts; prompt i gets seed + i. images (image tasks): [B or 1, 3, H, W] in [-1, 1] at
-    settings.height x settings.width (inference.images fits a picture to the model's rule)."""
+    settings.height x settings.width (inference.images fits a picture to the model's rule).
+    adapters: applied for this call only (a weighted blend when several); fuse_lora merges them into the weights
+    for the call (no per-step extra matmuls) and restores the weights bit for bit afterwards."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
@@ -282,19 +287,28 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
     cond = condition(models, task, images, last_images, settings, device=device)
     noise = initial_noise(latent_shape(models, settings), [seed + i for i in range(b)])
     with ExitStack() as stack:
-        for adapter in adapters:
-            targets = [d for e, d in models.dits.items() if adapter.expert in (None, e)]
-            if not targets:
-                raise ValueError(f"lora {adapter.path}: expert={adapter.expert!r}, but the model's DiTs are "
-                                 f"{sorted(map(str, models.dits))}")
-            for dit in targets:
-                stack.enter_context(applied(dit, [(adapter.path, adapter.strength)]))
+        for dit, blend in _blends(models, adapters, allow_base_mismatch=allow_base_mismatch).items():
+            stack.enter_context(merged(dit, blend) if fuse_lora else applied(dit, blend))
         latents = denoise(models, noise, context, negative, cond, settings, device=device, offload=offload,
                           on_step=on_step)
     if not decode:
         return latents.cpu()
     vae_device = _device_of(models.vae)
     return torch.cat([models.vae.decode(latents[i:i + 1].to(vae_device)).float().cpu() for i in range(b)])
+
+
+def _blends(models: WanModels, adapters: Sequence[Adapter], *, allow_base_mismatch: bool) -> dict:
+    """DiT -> [(LoraWeights, strength), ...]: each adapter read once for each DiT it targets, after its base check."""
+    blends: dict[nn.Module, list] = {}
+    for adapter in adapters:
+        targets = [d for e, d in models.dits.items() if adapter.expert in (None, e)]
+        if not targets:
+            raise ValueError(f"lora {adapter.path}: expert={adapter.expert!r}, but the model's DiTs are "
+                             f"{sorted(map(str, models.dits))}")
+        for dit in targets:
+            check_base(adapter.base, dit, what=f"lora {adapter.path}", allow_mismatch=allow_base_mismatch)
+            blends.setdefault(dit, []).append((load_lora(adapter.path, model=dit), adapter.strength))
+    return blends
 
 
 def _batch(images: torch.Tensor | None, b: int, settings: Sampling, name: str) -> torch.Tensor | None:

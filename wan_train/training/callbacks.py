@@ -10,15 +10,27 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class HeldOutLoss(L.Callback):
-    """Logs `val/loss` (and per sigma quantile) before the first step, every `every` steps and at the end."""
+    """Logs `val/loss` (and per sigma quantile, and `val/<set>/loss` of named extra sets) before the first step,
+    every `every` steps and at the end."""
 
     def __init__(self, every: int):
         self.every = every
-        self.history: list[tuple[int, float]] = []
+        self.history: list[tuple[int, dict[str, float]]] = []
+
+    def summary(self) -> dict[str, float]:
+        """Each set's first and last loss: val/loss_first, val/loss, val/<set>/loss_first, val/<set>/loss."""
+        if not self.history:
+            return {"val/loss_first": float("nan"), "val/loss": float("nan")}
+        (_, first), (_, last) = self.history[0], self.history[-1]
+        out = {}
+        for key in last:
+            if key == "val/loss" or (key.endswith("/loss") and key.count("/") == 2):
+                out[f"{key}_first"], out[key] = first.get(key, float("nan")), last[key]
+        return out
 
     def _log(self, trainer, module) -> None:
         metrics = module.held_out_loss()
-        self.history.append((trainer.global_step, metrics["val/loss"]))
+        self.history.append((trainer.global_step, metrics))
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
 

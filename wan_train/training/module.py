@@ -15,7 +15,8 @@ import torch
 from wan_train.flow import (SigmaSampler, conditioning_frame_mask, expert_range, held_out_noise, held_out_sigmas,
                             interpolate, per_sample_loss, to_timestep, velocity_target)
 from wan_train.inference import i2v_condition
-from wan_train.models import WanDiT
+from wan_train.lora import has_adapter
+from wan_train.models import CheckpointError, WanDiT
 from wan_train.training.optim import build_optimizer
 
 
@@ -28,13 +29,19 @@ class Inputs:
 
 
 class FlowMatchingModule(L.LightningModule):
-    def __init__(self, cfg, *, dit: WanDiT, encoders, boundary: float | None, held_out: list[dict]):
+    def __init__(self, cfg, *, dit: WanDiT, encoders, boundary: float | None, held_out: list[dict],
+                 held_out_sets: dict[str, list[dict]] | None = None):
         super().__init__()
         self.cfg, self.dit, self.encoders = cfg, dit, encoders
         self.sampler = SigmaSampler(**cfg.flow.sampler)
         self.range = expert_range(cfg.expert.name, boundary)
         self.held_out = held_out  # raw batches of one sample each, encoded on first use
-        self._held_out_encoded: list[Inputs] | None = None
+        self.held_out_sets = held_out_sets or {}  # named extra sets (data.val_sets): val/<name>/loss
+        self._encoded: dict[str, list[Inputs]] = {}
+        # LoRA: checkpoints hold the adapter only (the frozen base comes from model.checkpoint on resume), so
+        # Lightning must not ask for the base's keys; on_load_checkpoint checks the adapter's instead
+        self.lora = has_adapter(dit)
+        self.strict_loading = not self.lora
 
     # ---------------------------------------------------------------------------------------------- inputs
     @torch.no_grad()
@@ -114,24 +121,37 @@ class FlowMatchingModule(L.LightningModule):
 
     @torch.no_grad()
     def held_out_loss(self) -> dict[str, float]:
-        """Mean flow loss over the fixed clips x fixed sigma quantiles x fixed noise, and per quantile."""
-        if self._held_out_encoded is None:
-            self._held_out_encoded = [self.encode(_to(batch, self.device)) for batch in self.held_out]
+        """Mean flow loss over the fixed clips x fixed sigma quantiles x fixed noise, and per quantile; the same
+        mean for every named extra set."""
+        per_quantile = self._set_loss("", self.held_out)
+        out = {"val/loss": per_quantile.mean().item()}
+        out.update({f"val/loss_q{q}": v.item() for q, v in enumerate(per_quantile)})
+        for name, batches in self.held_out_sets.items():
+            out[f"val/{name}/loss"] = self._set_loss(name, batches).mean().item()
+        return out
+
+    def _set_loss(self, name: str, batches: list[dict]) -> torch.Tensor:
+        """[quantiles] mean loss over one held-out set (encoded on first use)."""
+        if name not in self._encoded:
+            self._encoded[name] = [self.encode(_to(batch, self.device)) for batch in batches]
         sigmas = held_out_sigmas(self.sampler, self.cfg.flow.held_out_quantiles, self.range).to(self.device)
         was_training = self.dit.training
         self.dit.eval()
         per_quantile = torch.zeros(len(sigmas), device=self.device)
-        for i, inputs in enumerate(self._held_out_encoded):
+        for i, inputs in enumerate(self._encoded[name]):
             noise = held_out_noise(inputs.latents.shape, seed=self.cfg.flow.held_out_seed, index=i).to(self.device)
             for q, sigma in enumerate(sigmas):
                 per_quantile[q] += self.loss(inputs, sigma.expand(inputs.latents.shape[0]), noise).mean()
         self.dit.train(was_training)
-        per_quantile /= max(len(self._held_out_encoded), 1)
-        out = {"val/loss": per_quantile.mean().item()}
-        out.update({f"val/loss_q{q}": v.item() for q, v in enumerate(per_quantile)})
-        return out
+        return per_quantile / max(len(self._encoded[name]), 1)
+
+    def trained_keys(self) -> set[str]:
+        return {f"dit.{n}" for n, p in self.dit.named_parameters() if p.requires_grad}
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora:
+            trained = self.trained_keys()
+            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trained}
         # the step's own draws are seeded by (seed, step, rank); the global generators are saved too so that
         # anything else random (user callbacks, dropout in a subclass) also continues exactly
         checkpoint["rng"] = {"torch": torch.get_rng_state(), "python": random.getstate(),
@@ -139,6 +159,12 @@ class FlowMatchingModule(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.lora:
+            found, trained = set(checkpoint["state_dict"]), self.trained_keys()
+            if found != trained:
+                missing, unexpected = sorted(trained - found), sorted(found - trained)
+                raise CheckpointError(f"the checkpoint's adapter does not match lora.* of this run (target, rank, "
+                                      f"dora): missing {missing[:5]}, unexpected {unexpected[:5]}")
         rng = checkpoint.get("rng")
         if rng:
             torch.set_rng_state(rng["torch"])

@@ -24,8 +24,10 @@ from wan_train.data.decode import video_to_model
 from wan_train.data.errors import SampleError
 from wan_train.data.shards import expand_urls, read_samples
 from wan_train.inference.loading import newest_checkpoint
+from wan_train.lora import add_adapter, base_identity
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
+from wan_train.training.adapters import export_adapter, register_run
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
@@ -44,16 +46,24 @@ def build_dit(cfg) -> WanDiT:
         dit = WanDiT(size.dit)
     dit.activation_checkpointing = cfg.model.activation_checkpointing
     dit.train()
-    apply_trainable(dit, cfg.model.trainable)
+    if cfg.lora.enabled:  # a frozen base with a fresh peft adapter (B = 0: the base's output until trained)
+        lora = cfg.lora
+        with torch.random.fork_rng():  # peft draws A from the global generator: seed it, so runs repeat exactly
+            torch.manual_seed(cfg.trainer.seed)
+            add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
+                        rslora=lora.rslora, dora=lora.dora)
+    else:
+        apply_trainable(dit, cfg.model.trainable)
     return dit
 
 
-def held_out_batches(data: DataConfig, count: int) -> list[dict]:
-    """The first `count` usable clips of the validation shards (or of the training shards), centre-cropped,
-    no caption dropout: one-sample batches (video as model input), fixed for the whole run."""
+def held_out_batches(data: DataConfig, count: int, shards: list[str]) -> list[dict]:
+    """The first `count` usable clips of `shards` (data.val_shards, else the training shards; or a named set of
+    data.val_sets), centre-cropped, no caption dropout: one-sample batches (video as model input), fixed for the
+    whole run."""
     fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "clip_start": "centre", "crop": "centre"})
     source, out = make_source(fixed, expand_urls(data.shards)), []
-    for sample in read_samples(expand_urls(data.val_shards or data.shards), on_error=lambda error: None):
+    for sample in read_samples(expand_urls(shards), on_error=lambda error: None):
         try:
             planned = source.plan(sample, rng=random.Random(0))
             batch = source.collate([source.load(planned, rng=random.Random(0))])
@@ -101,15 +111,21 @@ class Session:
     data: DataConfig
     run_dir: Path
     partner: WanDiT | None = None  # an A14B expert's frozen other expert, for validation videos
+    base: str | None = None  # LoRA runs: the base DiT's identity (wan_train.lora.base_identity)
 
 
 def prepare(cfg: DictConfig) -> Session:
     data = OmegaConf.to_object(cfg.data)
     size = get_size(cfg.model.size)
     encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
-    module = FlowMatchingModule(cfg, dit=build_dit(cfg), encoders=encoders, boundary=size.boundary,
-                                held_out=held_out_batches(data, cfg.flow.held_out_samples))
-    return Session(cfg, module, data, Path(cfg.run_dir), partner=frozen_partner(cfg))
+    dit = build_dit(cfg)
+    count = cfg.flow.held_out_samples
+    module = FlowMatchingModule(cfg, dit=dit, encoders=encoders, boundary=size.boundary,
+                                held_out=held_out_batches(data, count, data.val_shards or data.shards),
+                                held_out_sets={name: held_out_batches(data, count, shards)
+                                               for name, shards in data.val_sets.items()})
+    return Session(cfg, module, data, Path(cfg.run_dir), partner=frozen_partner(cfg),
+                   base=base_identity(dit) if cfg.lora.enabled else None)
 
 
 def frozen_partner(cfg) -> WanDiT | None:
@@ -126,8 +142,13 @@ def run(cfg: DictConfig) -> dict:
     validate(cfg)
     write_run_info(cfg, Path(cfg.run_dir))
     if cfg.expert.name == "both":
-        return run_both_experts(cfg)
-    return fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
+        metrics = run_both_experts(cfg)
+    else:
+        metrics = fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
+    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name:
+        version = register_run(cfg, Path(cfg.run_dir), metrics)
+        metrics["adapter"] = version.ref
+    return metrics
 
 
 def expert_config(cfg: DictConfig, expert: str) -> DictConfig:
@@ -190,7 +211,12 @@ def fit(session: Session, *, max_steps: int) -> dict:
     trainer.fit(session.module, datamodule=WanDataModule(session.data), ckpt_path=ckpt_path)
     trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
     dit = session.module.dit
-    if trainer.is_global_zero:
+    if trainer.is_global_zero and session.base is not None:  # LoRA: the adapter, never the frozen base
+        export_adapter(dit, run_dir / "adapter", base=session.base, expert=cfg.expert.name)
+        if ema is not None:
+            export_adapter(dit, run_dir / "adapter_ema", base=session.base, expert=cfg.expert.name,
+                           weights=ema.shadow)
+    elif trainer.is_global_zero:
         save_dit(dit, run_dir / "dit", layout="official")
         if ema is not None:
             ema.export(dit, run_dir / "dit_ema")
@@ -198,9 +224,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
         if isinstance(logger, WandbLogger):
             logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    metrics.update({"val/loss_first": held_out.history[0][1] if held_out.history else float("nan"),
-                    "val/loss": held_out.history[-1][1] if held_out.history else float("nan"),
-                    "step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None})
+    metrics.update({**held_out.summary(), "step": trainer.global_step,
+                    "resumed_from": str(ckpt_path) if ckpt_path else None})
     return metrics
 
 
