@@ -1,6 +1,6 @@
 """Generate videos with a trained run or a Wan model:
 
-    python generate.py ckpt=PATH prompt="..." out=FILE.mp4 [steps=N] [seed=S] [task=i2v image=IMG] [lora=FILE]
+    python generate.py ckpt=PATH prompt="..." out=FILE.mp4 [steps=N] [seed=S] [task=i2v image=IMG] [lora=REF[:W]]
 
 ckpt is a training run folder (its config.yaml and newest checkpoint), a Wan model folder (official or
 diffusers) or a DiT file with encoders=FOLDER. Settings left out take the model's official values; every key is
@@ -11,11 +11,11 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from wan_train.config.compose import CONF_DIR, register
+from wan_train.config.compose import GENERATE_CONF_DIR, register
 from wan_train.inference.cli import run
 
 
-@hydra.main(config_path=str(CONF_DIR), config_name="generate", version_base=None)
+@hydra.main(config_path=str(GENERATE_CONF_DIR), config_name="generate", version_base=None)
 def main(cfg: DictConfig) -> None:
     for saved in run(cfg):
         print(f"wrote {saved.video}  (settings: {saved.metadata})")

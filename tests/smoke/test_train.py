@@ -4,6 +4,7 @@ stopped after step k and resumed with resume=auto reproduces the uninterrupted r
 
 import csv
 import json
+import time
 
 import pytest
 import torch
@@ -55,7 +56,9 @@ def test_two_step_run_writes_the_run_folder(demo, tmp_path, monkeypatch):
     # a W&B offline run folder (syncable later with `wandb sync`) whose records hold the run's metrics
     records = list(run_dir.glob("wandb/offline-run-*/run-*.wandb"))
     assert len(records) == 1
-    data = records[0].read_bytes()
+    deadline = time.time() + 60  # W&B's service process may still be flushing the record file after finish()
+    while b"val/loss" not in (data := records[0].read_bytes()) and time.time() < deadline:
+        time.sleep(0.2)
     assert b"train/loss" in data and b"val/loss" in data
     # the exported weights load back with load_dit
     dit, ema = load_dit(run_dir / "dit"), load_dit(run_dir / "dit_ema")

@@ -191,3 +191,13 @@ def test_a_corrupt_or_edited_version_is_refused_naming_the_file(t2v, registry, c
     path.write_bytes(b"not a safetensors file")
     with pytest.raises(Exception, match="cannot read as safetensors"):
         load_lora(path, model=t2v.dits[None])
+
+
+def test_generate_py_reads_lora_as_a_value_not_as_a_config_group():
+    """conf/lora/ is a train.py group; generate.py's own search path keeps `lora=acme/mascot` a plain value."""
+    from wan_train.config import compose_generate_config
+
+    cfg = compose_generate_config(["ckpt=x", "lora=acme/mascot:0.8"])
+    assert cfg.lora == "acme/mascot:0.8" and cfg.lora_root == "adapters" and cfg.fuse_lora is False
+    assert compose_generate_config(["ckpt=x", "lora=[acme/style:0.8,acme/mascot]"]).lora == ["acme/style:0.8",
+                                                                                            "acme/mascot"]

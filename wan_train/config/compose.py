@@ -11,6 +11,7 @@ from wan_train.config.schema import GenerateConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[2]  # the repository: conf/ and recipes/ sit beside wan_train/
 CONF_DIR, RECIPES_DIR = ROOT / "conf", ROOT / "recipes"
+GENERATE_CONF_DIR = CONF_DIR / "generate"  # generate.py's own search path: train's groups (lora, ...) stay out
 
 
 def recipes() -> list[str]:
@@ -38,5 +39,5 @@ def compose_config(overrides: list[str] = ()) -> DictConfig:
 def compose_generate_config(overrides: list[str] = ()) -> DictConfig:
     """What `python generate.py OVERRIDES` runs with."""
     register()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+    with initialize_config_dir(config_dir=str(GENERATE_CONF_DIR), version_base=None):
         return compose("generate", overrides=list(overrides))

@@ -134,6 +134,10 @@ def _validate_data(cfg: DictConfig, *, stride: int) -> None:
         raise ConfigError(f"data.spatial_stride={data.spatial_stride}: bucket sides must be multiples of the VAE "
                           f"stride x patch = {stride} for model.size={cfg.model.size!r}; set data.spatial_stride="
                           f"{stride}")
+    for name, shards in data.val_sets.items():
+        if not NAME.fullmatch(name) or not shards:
+            raise ConfigError(f"data.val_sets.{name}={list(shards)}: a set needs a name of letters, digits, '.', '_', "
+                              "'-' (it is logged as val/<name>/loss) and at least one shard")
     try:
         OmegaConf.to_object(data).table()
     except ValueError as error:

@@ -51,7 +51,7 @@ SLOTS = {
              "high_noise": "PeftModel.from_pretrained(high-noise transformer, folder)",
              "low_noise": "PeftModel.from_pretrained(low-noise transformer, folder)"},
 }
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 200)  # pipes: whole rows, not 80 columns
 
 
 def skeleton(size: str) -> WanDiT:
