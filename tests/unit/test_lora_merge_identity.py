@@ -150,3 +150,20 @@ def test_identity_tells_bases_apart_but_not_a_bf16_copy(model):
                                                 "allow_base_mismatch"):
         check_base(identity, other, what="acme/mascot/v0001")
     check_base(identity, other, what="acme/mascot/v0001", allow_mismatch=True)
+
+
+def test_a_dora_run_folds_into_plain_weights_and_is_not_written_as_a_plain_lora(model, inputs):
+    """DoRA (lora.dora=true) trains through peft; a run folder loads by peft's own merge; its magnitude vectors
+    have no plain-LoRA form, so exporting it as one is refused rather than silently dropped."""
+    dit = copy.deepcopy(model)
+    add_adapter(dit, target="attn_qkvo", rank=4, alpha=4.0, dora=True)
+    assert any("lora_magnitude_vector" in n for n, p in dit.named_parameters() if p.requires_grad)
+    with torch.no_grad():
+        for n, p in dit.named_parameters():
+            if ".lora_B." in n:
+                p.normal_(std=0.1)
+        adapted = dit(**inputs)
+        assert (adapted - model(**inputs)).abs().max() > 1e-3
+        with pytest.raises(ValueError, match="DoRA"):
+            adapter_modules(dit)
+        torch.testing.assert_close(merge_adapter(dit)(**inputs), adapted, rtol=0, atol=1e-5)

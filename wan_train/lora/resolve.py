@@ -15,12 +15,12 @@ from pathlib import Path
 
 from safetensors import safe_open
 
+from wan_train.lora.formats import PEFT_WEIGHTS
 from wan_train.lora.registry import Registry, RegistryError
 from wan_train.models import EXPERTS, CheckpointError
 
 BASE_KEY, EXPERT_KEY = "wan_train.base_hash", "wan_train.expert"  # safetensors metadata of every adapter we write
 DENSE = "dit"  # the expert key of a dense model's (single) adapter
-PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass(frozen=True)

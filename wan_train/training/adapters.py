@@ -20,7 +20,6 @@ from wan_train.lora.registry import AdapterVersion, Registry
 from wan_train.lora.resolve import BASE_KEY, DENSE, EXPERT_KEY, PEFT_WEIGHTS, stamp
 from wan_train.models import EXPERTS
 
-WEIGHTS_FILE = PEFT_WEIGHTS
 log = logging.getLogger(__name__)
 
 
@@ -46,8 +45,8 @@ def run_adapters(cfg: DictConfig, run_dir: Path) -> dict[str, Path]:
     else:
         folders = {cfg.expert.name or DENSE: run_dir / name}
     for key, folder in folders.items():
-        if not (folder / WEIGHTS_FILE).is_file():
-            raise FileNotFoundError(f"{folder}: no {WEIGHTS_FILE} to register for {key} (DoRA adapters, "
+        if not (folder / PEFT_WEIGHTS).is_file():
+            raise FileNotFoundError(f"{folder}: no {PEFT_WEIGHTS} to register for {key} (DoRA adapters, "
                                     "lora.dora=true, are not written as plain LoRA files)")
     return folders
 
@@ -61,8 +60,8 @@ def register_run(cfg: DictConfig, run_dir: Path, metrics: dict) -> AdapterVersio
         for key, folder in folders.items():
             target = Path(tmp) if dense else Path(tmp) / key
             shutil.copytree(folder, target, dirs_exist_ok=True)
-            weights[key] = WEIGHTS_FILE if dense else f"{key}/{WEIGHTS_FILE}"
-            bases[key] = stamp(folder / WEIGHTS_FILE)[BASE_KEY]
+            weights[key] = PEFT_WEIGHTS if dense else f"{key}/{PEFT_WEIGHTS}"
+            bases[key] = stamp(folder / PEFT_WEIGHTS)[BASE_KEY]
         manifest = {
             "kind": cfg.lora.kind, "trigger_words": list(cfg.lora.trigger_words),
             "base": {"name": cfg.model.size, "checkpoint": cfg.model.checkpoint, "identity": bases},
