@@ -109,3 +109,18 @@ def write_official_folder(root, size="tiny"):
         state = {f"visual.{k}": v for k, v in randomize_(clip).state_dict().items()}
         torch.save(state, root / "models_clip_open-clip-xlm-roberta-large-vit-huge-14.pth")
     return dit
+
+
+def random_lora_modules(dit: nn.Module, *, seed: int, rank: int = 4, alpha: float = 8.0, std: float = 0.1,
+                        preset: str = "attn_qkvo_ffn") -> dict:
+    """Seeded random LoRA factors (our module name -> LoraModule) for every Linear the preset targets; B is not
+    zero, so the adapter changes the output."""
+    from wan_train.lora import LoraModule, targeted_modules
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in targeted_modules(dit, preset):
+        linear = dit.get_submodule(name)
+        out[name] = LoraModule(A=torch.randn(rank, linear.in_features, generator=g) * std,
+                               B=torch.randn(linear.out_features, rank, generator=g) * std, scale=alpha / rank)
+    return out

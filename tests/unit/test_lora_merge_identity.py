@@ -7,9 +7,9 @@ import copy
 import pytest
 import torch
 
-from tests.helpers import dit_inputs, randomize_
+from tests.helpers import dit_inputs, random_lora_modules, randomize_
 from wan_train.lora import (
-    BaseMismatchError, LoraModule, LoraWeights, adapter_modules, add_adapter, applied, base_identity, check_base,
+    BaseMismatchError, LoraWeights, adapter_modules, add_adapter, applied, base_identity, check_base,
     merge, merge_adapter, merged, targeted_modules,
 )
 from wan_train.models import WanDiT, get_size
@@ -26,14 +26,8 @@ def inputs(model):
 
 
 def random_lora(model, *, seed, rank=4, alpha=8.0, preset="attn_qkvo_ffn") -> LoraWeights:
-    generator = torch.Generator().manual_seed(seed)
-    modules = {}
-    for name in targeted_modules(model, preset):
-        linear = model.get_submodule(name)
-        modules[name] = LoraModule(A=torch.randn(rank, linear.in_features, generator=generator) * 0.1,
-                                   B=torch.randn(linear.out_features, rank, generator=generator) * 0.1,
-                                   scale=alpha / rank)
-    return LoraWeights(source="random", modules=modules)
+    return LoraWeights(source="random", modules=random_lora_modules(model, seed=seed, rank=rank, alpha=alpha,
+                                                                     preset=preset))
 
 
 def state(model):
