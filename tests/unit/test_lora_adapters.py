@@ -10,23 +10,13 @@ import torch
 from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
 from safetensors.torch import save_file
 
-from tests.helpers import dit_inputs, randomize_, rel_err
+from tests.helpers import rel_err
 from wan_train.lora import LoraWeights, applied, load_lora
 from wan_train.models import CheckpointError, WanDiT, get_size
 from wan_train.models.checkpoint.dit_layouts import DIFFUSERS, from_official
 
 RANK, ALPHA = 4, 8
 TARGETS = ["q", "k", "v", "o", "ffn.0", "ffn.2"]  # self- and cross-attention and the FFN of every block
-
-
-@pytest.fixture(scope="module")
-def model():
-    return randomize_(WanDiT(get_size("tiny").dit).eval())
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return dit_inputs(model.config)
 
 
 def peft_lora(model, seed):

@@ -15,26 +15,16 @@ import torch.nn.functional as F
 from safetensors import safe_open
 
 import wan_train.lora.formats as formats
-from tests.helpers import dit_inputs, randomize_, rel_err
+from tests.helpers import rel_err
 from wan_train.lora import LoraModule, LoraWeights, applied
 from wan_train.lora.formats import FORMATS, SUFFIX, read_lora, write_lora
-from wan_train.models import CheckpointError, WanDiT, get_size, save_dit
+from wan_train.models import CheckpointError, save_dit
 
 STRENGTH = 0.7
 BLOCK_LINEARS = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
                  "cross_attn.v", "cross_attn.o", "ffn.0", "ffn.2"]
 # (rank, alpha) where a module differs from rank 4 / alpha 8: both, only alpha, only rank
 SPECIAL = {"ffn.0": (2, 1.5), "cross_attn.v": (4, 1.5), "self_attn.o": (2, 8.0), "head.head": (2, 1.5)}
-
-
-@pytest.fixture(scope="module")
-def model():
-    return randomize_(WanDiT(get_size("tiny").dit).eval())
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return dit_inputs(model.config)
 
 
 def random_adapter(model, names, *, seed=1) -> dict[str, LoraModule]:

@@ -7,22 +7,12 @@ import copy
 import pytest
 import torch
 
-from tests.helpers import dit_inputs, random_lora_modules, randomize_
+from tests.helpers import random_lora_modules, randomize_
 from wan_train.lora import (
     BaseMismatchError, LoraWeights, adapter_modules, add_adapter, applied, base_identity, check_base,
     merge, merge_adapter, merged, targeted_modules,
 )
 from wan_train.models import WanDiT, get_size
-
-
-@pytest.fixture(scope="module")
-def model():
-    return randomize_(WanDiT(get_size("tiny").dit).eval())
-
-
-@pytest.fixture(scope="module")
-def inputs(model):
-    return dit_inputs(model.config)
 
 
 def random_lora(model, *, seed, rank=4, alpha=8.0, preset="attn_qkvo_ffn") -> LoraWeights:
