@@ -1,23 +1,11 @@
-"""Test helpers: random weights in which every parameter matters, and relative error."""
+"""Test helpers: random weights in which every parameter matters (data_tools.random_weights), relative error,
+tiny models in the official file formats."""
 
-import math
 
 import torch
 from torch import nn
 
-
-@torch.no_grad()
-def randomize_(module: nn.Module, seed: int = 0) -> nn.Module:
-    """Fill every parameter with seeded random values, so no tensor is zero or one by construction (a zero-init
-    head or unit norm weights would hide a wrongly mapped key); matrices are scaled by 1/sqrt(fan_in)."""
-    g = torch.Generator().manual_seed(seed)
-    for name, p in module.named_parameters():
-        if p.ndim >= 2:
-            value = torch.randn(p.shape, generator=g) / math.sqrt(p[0].numel())
-        else:
-            value = 0.1 * torch.randn(p.shape, generator=g) + (1.0 if "norm" in name and "weight" in name else 0.0)
-        p.copy_(value.to(p.dtype))
-    return module
+from data_tools.random_weights import randomize_  # noqa: F401 (tests import it from here)
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:

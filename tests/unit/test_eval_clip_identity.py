@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from data_tools.make_eval_models import write_clip, write_dinov2
 from eval.clip_score import ClipScorer
 from eval.identity import (
     ImageEmbedder,
@@ -25,50 +26,14 @@ from tests.helpers import randomize_
 PROMPTS = ["a red fox jumps over the lazy dog", "rain over a neon city at night"]
 
 
-def tiny_clip_tokenizer():
-    """A CLIP BPE tokenizer over the 256 byte-level symbols (plain and word-final), no merges: every word is
-    spelled out letter by letter, which is all a random model needs."""
-    from tokenizers.pre_tokenizers import ByteLevel
-    from transformers import CLIPTokenizer
-
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1}
-    for suffix in ("", "</w>"):
-        for symbol in sorted(ByteLevel.alphabet()):
-            vocab[symbol + suffix] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[])
-
-
 @pytest.fixture(scope="module")
 def clip_folder(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    folder = tmp_path_factory.mktemp("clip")
-    tokenizer = tiny_clip_tokenizer()
-    config = CLIPConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=40, bos_token_id=0, eos_token_id=1,
-                         pad_token_id=1),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
-    randomize_(CLIPModel(config)).save_pretrained(folder)
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    CLIPProcessor(image_processor=processor, tokenizer=tokenizer).save_pretrained(folder)
-    return folder
+    return write_clip(tmp_path_factory.mktemp("clip"))
 
 
 @pytest.fixture(scope="module")
 def dinov2_folder(tmp_path_factory):
-    from transformers import BitImageProcessor, Dinov2Config, Dinov2Model
-
-    folder = tmp_path_factory.mktemp("dinov2")
-    config = Dinov2Config(image_size=32, patch_size=8, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                          mlp_ratio=2)
-    randomize_(Dinov2Model(config)).save_pretrained(folder)
-    # the DINOv2 recipe scaled down: short side 256 -> crop 224 becomes 36 -> 32
-    BitImageProcessor(size={"shortest_edge": 36}, crop_size={"height": 32, "width": 32},
-                      image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]).save_pretrained(folder)
-    return folder
+    return write_dinov2(tmp_path_factory.mktemp("dinov2"))
 
 
 @pytest.fixture(scope="module")

@@ -13,29 +13,11 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, _compute_fid
 
+from data_tools.random_weights import randomize_i3d_
 from eval.fvd import FVD, Protocol, RealStats, clips_from_video, frechet_distance
 from eval.i3d import MIN_FRAMES, MIN_PIXELS, I3DFeatures, InceptionI3d, load_i3d, resize_frames, weights_hash
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-@torch.no_grad()
-def randomize_(net: nn.Module, seed: int) -> nn.Module:
-    """He-scaled conv weights and BatchNorm affine/running stats away from 1/0, so a mis-mapped key or a wrong
-    eps changes the output, while activations keep their scale through the 22 layers."""
-    g = torch.Generator().manual_seed(seed)
-    for name, t in net.state_dict().items():
-        if name.endswith("num_batches_tracked"):
-            continue
-        if t.ndim == 5:
-            t.copy_(torch.randn(t.shape, generator=g) * math.sqrt(2.0 / t[0].numel()))
-        elif name.endswith("running_var"):
-            t.copy_(0.5 + torch.rand(t.shape, generator=g))
-        elif name.endswith("bn.weight"):
-            t.copy_(1.0 + 0.1 * torch.randn(t.shape, generator=g))
-        else:  # bn.bias, running_mean, logits bias
-            t.copy_(0.1 * torch.randn(t.shape, generator=g))
-    return net.eval()
 
 
 def video(*shape, seed: int) -> torch.Tensor:
@@ -49,7 +31,7 @@ class Cheap(nn.Module):
     def __init__(self):
         super().__init__()
         self.proj = nn.Linear(96, 400)
-        randomize_(self, 1)
+        randomize_i3d_(self, 1)
         with torch.no_grad():
             self.proj.weight.copy_(torch.randn(400, 96, generator=torch.Generator().manual_seed(2)))
 
@@ -78,7 +60,7 @@ def gaussian_stats(d: int, n: int, seed: int, *, shift: float = 0.0):
 
 @pytest.fixture(scope="module")
 def i3d_state():
-    return randomize_(InceptionI3d(), 0).state_dict()
+    return randomize_i3d_(InceptionI3d(), 0).state_dict()
 
 
 @pytest.fixture(scope="module")

@@ -166,6 +166,7 @@ class GenerateConfig(SamplingOverrides):
     """python generate.py ckpt=PATH prompt="..." out=FILE.mp4 [key=value ...]"""
 
     ckpt: str | None = None  # a training run folder, a Wan model folder (official / diffusers) or a DiT file
+    step: int | None = None  # run folders: the checkpoint of this training step (None: the newest)
     prompt: Any = None  # one prompt, or a list: prompt='[a cat, a dog]'
     prompts_file: str | None = None  # one prompt per line (instead of prompt)
     out: str = "outputs/video.mp4"  # several videos: FILE_000.mp4, FILE_001.mp4, ...

@@ -1,11 +1,13 @@
 """`run(cfg)`: everything `python generate.py ...` does (callable from tests): load the checkpoint, settle the
 sampling settings (official defaults of the model, overridden by the command line), fit the conditioning images,
-denoise batch by batch under a progress bar, and write each video with its preview and settings."""
+denoise batch by batch under a progress bar, and write each video with its preview and settings. eval/ calls
+`generate_videos`, which yields the video tensors as well."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -24,13 +26,19 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def run(cfg: DictConfig) -> list[SavedVideo]:
+    return [saved for saved, _ in generate_videos(cfg)]
+
+
+def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]]:
+    """Each video as it is written: (its files, the video [3, F, H, W] in [-1, 1]); eval/ scores the tensors."""
     prompts = read_prompts(cfg)
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           "cpu" if cfg.device == "auto" else cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     if cfg.solver is not None and cfg.solver not in SOLVERS:
         raise ValueError(f"solver={cfg.solver!r}: expected one of {list(SOLVERS)}")
-    loaded = load(cfg.ckpt, device=device, dtype=dtype, ema=cfg.ema, encoders=cfg.encoders, boundary=cfg.boundary)
+    loaded = load(cfg.ckpt, device=device, dtype=dtype, ema=cfg.ema, encoders=cfg.encoders, boundary=cfg.boundary,
+                  step=cfg.step)
     models = loaded.models
     task = "i2v" if cfg.task == "ti2v" and models.config.model_type == "ti2v" else cfg.task
     settings = with_overrides(official(models.size), cfg)
@@ -43,7 +51,7 @@ def run(cfg: DictConfig) -> list[SavedVideo]:
     offload = cfg.offload_model if cfg.offload_model is not None else needs_offload(models, device)
 
     jobs = [(p, cfg.seed + i) for i, p in enumerate(p for p in prompts for _ in range(cfg.num_videos_per_prompt))]
-    out, saved = Path(cfg.out), []
+    out, written = Path(cfg.out), 0
     with _progress() as progress:
         bar = progress.add_task("denoising", total=len(jobs) * settings.steps)
         for start in range(0, len(jobs), cfg.batch_size):
@@ -56,10 +64,10 @@ def run(cfg: DictConfig) -> list[SavedVideo]:
                                   bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
             seconds = (time.perf_counter() - began) / len(batch)
             for (prompt, seed), video in zip(batch, videos, strict=True):
-                path = out if len(jobs) == 1 else out.with_name(f"{out.stem}_{len(saved):03d}{out.suffix}")
+                path = out if len(jobs) == 1 else out.with_name(f"{out.stem}_{written:03d}{out.suffix}")
                 meta = metadata(cfg, loaded.source, prompt, seed, task, settings, adapters, seconds)
-                saved.append(save_video(path, video, fps=settings.fps, metadata=meta, preview=cfg.preview))
-    return saved
+                written += 1
+                yield save_video(path, video, fps=settings.fps, metadata=meta, preview=cfg.preview), video
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:

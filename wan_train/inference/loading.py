@@ -1,5 +1,5 @@
 """What `generate.py ckpt=PATH` can load, as WanModels: a training run folder (its resolved config.yaml and the
-newest weights in checkpoints/), or a model folder / file in the official or diffusers layout.
+newest weights in checkpoints/, or those of step=N), or a model folder / file in the official or diffusers layout.
 
 A run folder names its model size, base checkpoint and encoders in config.yaml. The DiT weights come from the
 newest `checkpoints/step=N.ckpt` (or its EMA shadow, `ema=True`). A run of one Wan2.2 A14B expert takes the
@@ -37,25 +37,47 @@ def is_run_folder(path: Path) -> bool:
     return path.is_dir() and (path / "config.yaml").is_file() and not (path / "model_index.json").exists()
 
 
-def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    found = []
-    for path in (run_dir / "checkpoints").glob("*.ckpt"):
+def run_checkpoints(run_dir: Path) -> dict[int, Path]:
+    """{step: file} of a run folder's checkpoints/step=N.ckpt."""
+    found = {}
+    for path in (Path(run_dir) / "checkpoints").glob("*.ckpt"):
         match = re.search(r"step=(\d+)", path.name)
         if match:
-            found.append((int(match.group(1)), path))
-    return max(found) if found else None
+            found[int(match.group(1))] = path
+    return found
+
+
+def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
+    found = run_checkpoints(run_dir)
+    return max(found.items()) if found else None
+
+
+def run_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
+    """(step, file): the checkpoint of `step`, or the newest with step=None; a clear error when there is none."""
+    found = run_checkpoints(run_dir)
+    if not found:
+        raise CheckpointError(f"{run_dir}: no checkpoints/step=N.ckpt yet (the run has not saved a checkpoint)")
+    if step is None:
+        return max(found.items())
+    if step not in found:
+        raise CheckpointError(f"{run_dir}: no checkpoint of step={step}; it has steps {sorted(found)}")
+    return step, found[step]
 
 
 def load(ckpt: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-         ema: bool = False, encoders: str | None = None, boundary: float | None = None) -> Loaded:
+         ema: bool = False, encoders: str | None = None, boundary: float | None = None,
+         step: int | None = None) -> Loaded:
     """encoders: a Wan folder with the VAE + umT5 (+ CLIP) when `ckpt` has none (a lone DiT file or folder);
-    boundary: overrides the MoE boundary (the named size's, or a diffusers pipeline's boundary_ratio)."""
+    boundary: overrides the MoE boundary (the named size's, or a diffusers pipeline's boundary_ratio);
+    step: a run folder's checkpoint of that training step instead of the newest."""
     path = Path(ckpt)
     if not path.exists():
         raise FileNotFoundError(f"ckpt={path}: no such file or folder (expected a training run folder, a Wan model "
                                 "folder or a DiT .safetensors file)")
     if is_run_folder(path):
-        loaded = _load_run(path, device=device, dtype=dtype, ema=ema)
+        loaded = _load_run(path, device=device, dtype=dtype, ema=ema, step=step)
+    elif step is not None:
+        raise ValueError(f"step={step} picks a checkpoint of a training run folder; ckpt={path} is not one")
     else:
         loaded = _load_model(path, device=device, dtype=dtype, encoders=encoders, boundary=boundary)
     if boundary is not None:
@@ -64,16 +86,17 @@ def load(ckpt: str | Path, *, device: torch.device | str = "cpu", dtype: torch.d
 
 
 # ------------------------------------------------------------------------------------------------ run folders
-def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
+def _load_run(run_dir: Path, *, device, dtype, ema: bool, step: int | None) -> Loaded:
     cfg = OmegaConf.load(run_dir / "config.yaml")
     size = get_size(cfg.model.size)
     expert = cfg.expert.name
     dits, source = {}, {"run": str(run_dir), "size": size.name}
     if expert == "both":
         for name in EXPERTS:
-            dits[name], source[name] = _dit_from_run(run_dir / name, cfg, name, dtype=dtype, ema=ema)
+            dits[name], source[name] = _dit_from_run(run_dir / name, cfg, name, dtype=dtype, ema=ema,
+                                                     step=step)
     elif expert in EXPERTS:
-        dits[expert], source[expert] = _dit_from_run(run_dir, cfg, expert, dtype=dtype, ema=ema)
+        dits[expert], source[expert] = _dit_from_run(run_dir, cfg, expert, dtype=dtype, ema=ema, step=step)
         other = next(e for e in EXPERTS if e != expert)
         if not cfg.model.checkpoint:
             raise CheckpointError(f"{run_dir}: this run trained the {expert} expert only and has no base "
@@ -81,7 +104,7 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
         dits[other] = load_dit(cfg.model.checkpoint, expert=other, dtype=dtype)
         source[other] = str(cfg.model.checkpoint)
     else:
-        dits[None], source["dit"] = _dit_from_run(run_dir, cfg, None, dtype=dtype, ema=ema)
+        dits[None], source["dit"] = _dit_from_run(run_dir, cfg, None, dtype=dtype, ema=ema, step=step)
     vae, text_encoder, clip = _encoders(cfg.model.encoders or cfg.model.checkpoint, size.dit.text_dim,
                                         seed=cfg.trainer.seed, image_branch=size.dit.has_image_branch, where=run_dir)
     models = WanModels(dits, vae.to(device), text_encoder.to(device), clip.to(device) if clip is not None else None,
@@ -91,12 +114,11 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool) -> Loaded:
     return Loaded(models, source)
 
 
-def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool) -> tuple[WanDiT, str]:
-    """The newest checkpoint's DiT; for a LoRA run its base (model.checkpoint) with the adapter merged in."""
-    newest = newest_checkpoint(run_dir)
-    if newest is None:
-        raise CheckpointError(f"{run_dir}: no checkpoints/step=N.ckpt yet (the run has not saved a checkpoint)")
-    step, path = newest
+def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool,
+                  step: int | None) -> tuple[WanDiT, str]:
+    """The DiT of the checkpoint of `step` (None: the newest); for a LoRA run its base (model.checkpoint) with the
+    adapter merged in."""
+    step, path = run_checkpoint(run_dir, step)
     state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     weights = {k[len(DIT_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(DIT_PREFIX)}
     if ema:

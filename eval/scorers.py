@@ -1,0 +1,120 @@
+"""Per-video scorers: `scorer(videos [B, 3, F, H, W] in [-1, 1], prompts [B]) -> {metric: [B] float32}`.
+
+One interface for the sweep (eval.cell) and for training: a validation metric is a scorer named by Hydra's
+`_target_`, so wan_train never imports eval/ (train.py ... 'validation.metrics=[{_target_:
+eval.scorers.ClipScore, model: models/clip-vit-base-patch32}]'). Networks load once per process (folder, device)
+and are shared by every scorer and sweep cell that names them.
+"""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+from eval.clip_score import ClipScorer
+from eval.identity import ImageEmbedder, identity_similarity, subject_consistency, temporal_flickering
+from wan_train.inference.images import read_image, to_tensor
+
+
+def resolve_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+@functools.lru_cache(maxsize=8)
+def clip_scorer(folder: str, device: str) -> ClipScorer:
+    return ClipScorer(folder, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def image_embedder(folder: str, device: str) -> ImageEmbedder:
+    return ImageEmbedder(folder, device=device)
+
+
+class ClipScore:
+    """clip_score: frame-averaged raw cosine between frames and prompt (eval.clip_score)."""
+
+    def __init__(self, model: str, *, frames: int | None = 8, device: str = "auto"):
+        self.scorer, self.frames = clip_scorer(str(model), resolve_device(device)), frames
+
+    def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {"clip_score": self.scorer.score(videos, list(prompts), frames=self.frames)}
+
+    def describe(self) -> dict:
+        return {"clip_score": {**self.scorer.describe(), "frames": self.frames}}
+
+
+class Consistency:
+    """VBench's subject consistency with a DINO / DINOv2 folder, background consistency with a CLIP folder
+    (eval.identity.subject_consistency; the backbone names the metric, as in VBench)."""
+
+    def __init__(self, model: str, *, frames: int | None = None, device: str = "auto"):
+        self.embedder, self.frames = image_embedder(str(model), resolve_device(device)), frames
+        self.name = "background_consistency" if self.embedder.kind == "clip" else "subject_consistency"
+
+    def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {self.name: subject_consistency(videos, embedder=self.embedder, frames=self.frames)}
+
+    def describe(self) -> dict:
+        return {self.name: {**self.embedder.describe(), "frames": self.frames}}
+
+
+class Identity:
+    """clip_i / dino_i: cosine of sampled frames with reference images of the subject (a character adapter's
+    pictures), averaged over frames and references (eval.identity.identity_similarity)."""
+
+    def __init__(self, model: str, *, references: list[str], frames: int | None = 8, device: str = "auto"):
+        if not references:
+            raise ValueError("Identity needs at least one reference image (metrics.references=[IMAGE, ...])")
+        self.embedder, self.frames = image_embedder(str(model), resolve_device(device)), frames
+        self.name = "clip_i" if self.embedder.kind == "clip" else "dino_i"
+        self.references = [str(Path(r)) for r in references]
+        self.images = [to_tensor(read_image(r))[None] for r in self.references]
+
+    def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        scores = [identity_similarity(videos, image, embedder=self.embedder, frames=self.frames)
+                  for image in self.images]
+        return {self.name: torch.stack(scores).mean(0)}
+
+    def describe(self) -> dict:
+        return {self.name: {**self.embedder.describe(), "frames": self.frames, "references": self.references}}
+
+
+class Flickering:
+    """temporal_flickering: VBench's pixel metric, 1 = no change between consecutive frames; no network."""
+
+    def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+        return {"temporal_flickering": temporal_flickering(videos)}
+
+    def describe(self) -> dict:
+        return {"temporal_flickering": {}}
+
+
+def build_scorers(metrics) -> list:
+    """The scorers a sweep's `metrics` config asks for (eval.config.MetricsConfig)."""
+    scorers: list = [Flickering()]
+    if metrics.clip is not None:
+        scorers.append(ClipScore(metrics.clip, frames=metrics.frames, device=metrics.device))
+    if metrics.image_model is not None:
+        scorers.append(Consistency(metrics.image_model, device=metrics.device))
+        if metrics.references:
+            scorers.append(Identity(metrics.image_model, references=list(metrics.references),
+                                    frames=metrics.frames, device=metrics.device))
+    elif metrics.references:
+        raise ValueError("metrics.references needs metrics.image_model (a DINOv2 / DINO / CLIP folder) to embed "
+                         "the reference images and the frames with")
+    return scorers
+
+
+def score_videos(scorers: list, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Every scorer's [B] values, under one dict (names are unique across scorers)."""
+    out: dict[str, torch.Tensor] = {}
+    for scorer in scorers:
+        for name, values in scorer(videos, prompts).items():
+            if name in out:
+                raise ValueError(f"two scorers both report {name!r}")
+            out[name] = values.float().cpu()
+    return out
