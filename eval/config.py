@@ -7,7 +7,10 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
+from wan_train.config.compose import CONF_DIR
 from wan_train.config.schema import GenerateConfig
+
+SWEEP_CONF_DIR = CONF_DIR / "eval"  # the sweep's own search path (sweep.yaml, metrics/, hydra/launcher/)
 
 
 @dataclass
@@ -58,3 +61,12 @@ class SweepConfig(GenerateConfig):
 
 def register() -> None:
     ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
+
+
+def compose_sweep_config(overrides: list[str] = ()):
+    """What one cell of `python -m eval.sweep OVERRIDES` runs with (for tests and notebooks)."""
+    from hydra import compose, initialize_config_dir
+
+    register()
+    with initialize_config_dir(config_dir=str(SWEEP_CONF_DIR), version_base=None):
+        return compose("sweep", overrides=list(overrides))

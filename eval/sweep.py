@@ -17,18 +17,16 @@ import hydra
 from omegaconf import DictConfig
 
 from eval.cell import run_cell
-from eval.config import register
-from wan_train.config.compose import CONF_DIR
+from eval.config import SWEEP_CONF_DIR, register
 
-SWEEP_CONF_DIR = CONF_DIR / "eval"
 log = logging.getLogger(__name__)
 
 
 @hydra.main(config_path=str(SWEEP_CONF_DIR), config_name="sweep", version_base=None)
 def main(cfg: DictConfig) -> dict:
-    result = run_cell(cfg)
-    done = "skipped (finished earlier)" if result.get("skipped") else f"in {result['seconds']:.0f} s"
-    log.info("cell %s %s: %s", result["id"], done, Path(cfg.out) / "cells" / result["id"])
+    result = run_cell(cfg)  # logs a skipped cell itself
+    if not result.get("skipped"):
+        log.info("cell %s done in %.0f s: %s", result["id"], result["seconds"], Path(cfg.out) / "cells" / result["id"])
     return result["metrics"]
 
 

@@ -112,3 +112,21 @@ def random_lora_modules(dit: nn.Module, *, seed: int, rank: int = 4, alpha: floa
         out[name] = LoraModule(A=torch.randn(rank, linear.in_features, generator=g) * std,
                                B=torch.randn(linear.out_features, rank, generator=g) * std, scale=alpha / rank)
     return out
+
+
+def publish_random_adapter(root, client, name, dits: dict, *, seed, size="tiny", tmp):
+    """A registry version as a training run leaves it: per expert key a peft folder stamped with its base."""
+    from wan_train.lora import Registry, base_identity, write_lora
+    from wan_train.lora.resolve import BASE_KEY, EXPERT_KEY
+
+    stage = tmp / f"stage-{client}-{name}-{seed}"
+    weights, identity = {}, {}
+    for i, (key, dit) in enumerate(dits.items()):
+        folder = stage if key == "dit" else stage / key
+        identity[key] = base_identity(dit)
+        write_lora(folder, random_lora_modules(dit, seed=seed + i, std=0.2), format="peft",
+                   metadata={BASE_KEY: identity[key], EXPERT_KEY: key})
+        weights[key] = "adapter_model.safetensors" if key == "dit" else f"{key}/adapter_model.safetensors"
+    manifest = {"kind": "style", "trigger_words": ["acme style"], "experts": list(dits), "weights": weights,
+                "base": {"name": size, "checkpoint": None, "identity": identity}, "steps": {}, "scores": {}}
+    return Registry(root).publish(client, name, stage, manifest)

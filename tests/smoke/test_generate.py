@@ -1,6 +1,6 @@
-"""generate.py end to end on the CPU: a short quickstart run samples validation videos into its run folder, and
-`python generate.py ckpt=<run folder> prompt=... out=x.mp4` writes a video decord reads with the expected frame
-count and size, its preview and its settings."""
+"""generate.py end to end on the CPU: a short quickstart run (tests/smoke/conftest.py) samples and scores
+validation videos into its run folder, and `python generate.py ckpt=<run folder> prompt=... out=x.mp4` writes a
+video decord reads with the expected frame count and size, its preview and its settings."""
 
 import json
 import subprocess
@@ -10,23 +10,7 @@ from pathlib import Path
 import decord
 import pytest
 
-from tests.smoke.test_train import config
-from wan_train.training.run import run
-
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    from data_tools.make_demo import make_demo
-
-    root = tmp_path_factory.mktemp("generate")
-    make_demo(root / "train", num_clips=4, seed=0, width=256, height=144, frames=17, fps=16.0, shard_size=4)
-    make_demo(root / "val", num_clips=1, seed=1, width=256, height=144, frames=17, fps=16.0, shard_size=1)
-    overrides = {"trainer.max_steps": "2", "logger.wandb": "false", "validation.every_n_steps": "2",
-                 "validation.steps": "2", "validation.num_frames": "5", "flow.held_out_samples": "1"}
-    run(config(root, root / "run", **overrides))
-    return root / "run"
 
 
 def test_training_writes_validation_samples(trained):
@@ -63,3 +47,17 @@ def test_generate_py_errors_are_clear(trained, tmp_path, args, message):
     result = subprocess.run([sys.executable, "generate.py", *(f"{k}={v}" for k, v in argv.items())], cwd=ROOT,
                             capture_output=True, text=True)
     assert result.returncode != 0 and message in result.stderr, result.stderr[-2000:]
+
+
+def test_validation_metrics_are_logged_and_kept_with_each_video(trained):
+    import csv
+
+    rows = list(csv.DictReader((trained / "csv" / "version_0" / "metrics.csv").open()))
+    logged = [r for r in rows if r.get("val/clip_score")]
+    assert [int(r["step"]) for r in logged] == [2]
+    assert -1 <= float(logged[0]["val/clip_score"]) <= 1 and 0 <= float(logged[0]["val/temporal_flickering"]) <= 1
+    scores = [json.loads((trained / "samples" / "step_0000002" / f"prompt_{i:02d}.json").read_text())["scores"]
+              for i in range(2)]
+    assert set(scores[0]) == {"clip_score", "temporal_flickering"}
+    mean = sum(s["clip_score"] for s in scores) / 2
+    assert abs(mean - float(logged[0]["val/clip_score"])) < 1e-6

@@ -9,32 +9,17 @@ import shutil
 import pytest
 import torch
 
-from tests.helpers import random_lora_modules, randomize_, write_official_folder
+from tests.helpers import publish_random_adapter as publish
+from tests.helpers import randomize_, write_official_folder
 from wan_train.inference import Adapter, Sampling, generate, load
 from wan_train.inference.cli import parse_adapters
 from wan_train.lora import (
-    FORMATS, BaseMismatchError, Registry, applied, base_identity, load_lora, write_lora,
+    FORMATS, BaseMismatchError, Registry, applied, base_identity, load_lora,
 )
 from wan_train.lora.cli import main
-from wan_train.lora.resolve import BASE_KEY, EXPERT_KEY
 from wan_train.models import WanDiT, get_size, load_dit, save_dit
 
 SMALL = Sampling(steps=3, width=32, height=32, num_frames=5, guidance_scale=4.0)
-
-
-def publish(root, client, name, dits: dict, *, seed, size="tiny", tmp):
-    """A registry version as a training run leaves it: per expert key a peft folder stamped with its base."""
-    stage = tmp / f"stage-{client}-{name}-{seed}"
-    weights, identity = {}, {}
-    for i, (key, dit) in enumerate(dits.items()):
-        folder = stage if key == "dit" else stage / key
-        identity[key] = base_identity(dit)
-        write_lora(folder, random_lora_modules(dit, seed=seed + i, std=0.2), format="peft",
-                   metadata={BASE_KEY: identity[key], EXPERT_KEY: key})
-        weights[key] = "adapter_model.safetensors" if key == "dit" else f"{key}/adapter_model.safetensors"
-    manifest = {"kind": "style", "trigger_words": ["acme style"], "experts": list(dits), "weights": weights,
-                "base": {"name": size, "checkpoint": None, "identity": identity}, "steps": {}, "scores": {}}
-    return Registry(root).publish(client, name, stage, manifest)
 
 
 @pytest.fixture(scope="module")

@@ -141,6 +141,9 @@ class ValidationConfig(SamplingOverrides):
     prompts: list[str] = field(default_factory=list)
     seed: int = 0  # prompt i gets seed + i, the same at every validation
     preview: str = "gif"  # png (contact sheet) | gif | none, beside each mp4
+    # scorers of the videos, each {_target_: CLASS, ...} built by Hydra and called as scorer(videos, prompts) ->
+    # {name: [B] values}; the means are logged as val/<name> (e.g. eval.scorers.ClipScore, model: CLIP_FOLDER)
+    metrics: list[Any] = field(default_factory=list)
 
 
 @dataclass

@@ -1,6 +1,8 @@
 """Validation videos during training: every `validation.every_n_steps` (and at the end), the fixed prompts with
 fixed seeds go through the shared denoising loop (wan_train.inference.generate) with the fast preset; the videos
-land in run_dir/samples/step_NNNNNNN/ (mp4 + preview + settings) and in W&B."""
+land in run_dir/samples/step_NNNNNNN/ (mp4 + preview + settings) and in W&B. `validation.metrics` scores them
+(scorers named by Hydra's _target_, e.g. eval.scorers.ClipScore; wan_train never imports eval/): the means are
+logged as val/<name>, each video's values go into its settings JSON."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 
 from wan_train.inference import WanModels, fast, generate, official, save_video, with_overrides
@@ -24,6 +27,7 @@ class ValidationVideos(L.Callback):
         self.cfg, self.run_dir, self.size, self.boundary = cfg, Path(run_dir), size, boundary
         self.partner, self.expert = partner, expert
         self.settings = with_overrides(fast(official(size)), cfg)
+        self.scorers = [instantiate(metric) for metric in cfg.metrics]  # built at start: a bad one fails now
         self.last_step = 0  # the step of the newest videos (a step with accumulated batches samples once)
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -53,15 +57,30 @@ class ValidationVideos(L.Callback):
         paths = []
         prompts = [p for job in jobs for p in job[0]]
         settings_of = [job[2]["settings"] for job in jobs for _ in job[0]]
+        scores = self.score(videos, prompts)
         for i, (prompt, video, settings) in enumerate(zip(prompts, videos, settings_of, strict=True)):
-            meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step, "settings": dataclasses.asdict(settings)}
+            meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step, "settings": dataclasses.asdict(settings),
+                    "scores": {name: float(values[i]) for name, values in scores.items()}}
             paths.append(save_video(folder / f"prompt_{i:02d}.mp4", video, fps=settings.fps, metadata=meta,
                                     preview=self.cfg.preview).video)
+        means = {f"val/{name}": float(values.float().mean()) for name, values in scores.items()}
         for logger in trainer.loggers:
+            if means:
+                logger.log_metrics(means, step=step)
             if isinstance(logger, WandbLogger):
                 logger.log_video("samples", videos=[str(p) for p in paths], step=step, caption=prompts)
+        trainer.callback_metrics.update({name: torch.tensor(value) for name, value in means.items()})
         log.info("validation videos of step %d in %s", step, folder)
         return paths
+
+    def score(self, videos: list[torch.Tensor], prompts: list[str]) -> dict[str, torch.Tensor]:
+        """{name: [N] values} of every scorer over the N videos (scored one at a time: sizes may differ)."""
+        scores: dict[str, list[torch.Tensor]] = {}
+        for video, prompt in zip(videos, prompts, strict=True):
+            for scorer in self.scorers:
+                for name, values in scorer(video[None], [prompt]).items():
+                    scores.setdefault(name, []).append(values.reshape(1).float().cpu())
+        return {name: torch.cat(values) for name, values in scores.items()}
 
     def jobs(self, models: WanModels, module) -> list[tuple[list[str], int, dict]]:
         """(prompts, first seed, generate kwargs) per generate call: all prompts at once for text-to-video; for
