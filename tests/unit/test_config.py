@@ -1,6 +1,8 @@
 """conf/ + recipes/ compose into the typed schema; every recipe instantiates; bad values fail at start naming
 the key, the value and what is allowed."""
 
+import re
+
 import pytest
 import torch
 
@@ -61,10 +63,11 @@ def test_every_recipe_composes_and_instantiates_with_the_tiny_model(recipe, tiny
     ("data.spatial_stride=8", "data.spatial_stride=8: bucket sides must be multiples of"),
     ("model.checkpoint=/nowhere", "model.checkpoint='/nowhere': no such file or folder"),
     ("trainer.max_steps=0", "trainer.max_steps=0: must be >= 1"),
+    ("validation.metrics=[{model: x}]", "validation.metrics[0]={'model': 'x'}: expected {_target_: CLASS"),
 ])
 def test_bad_values_fail_at_start_naming_key_value_and_allowed(override, message):
     cfg = compose_config(["recipe=quickstart", override])
-    with pytest.raises(ConfigError, match=message.replace("[", "\\[").replace("(", "\\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         validate(cfg)
 
 
