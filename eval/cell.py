@@ -43,6 +43,9 @@ GENERATE_KEYS = tuple(f.name for f in dataclasses.fields(GenerateConfig) if f.na
 def cell_identity(cfg: DictConfig) -> dict:
     """What decides a cell's videos and numbers (JSON-ready)."""
     identity = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IDENTITY}
+    identity["metrics"].pop("device")
+    for key in ("cache_dir", "batch_size"):
+        identity["metrics"]["fvd"].pop(key)
     identity["prompts"] = read_prompts(cfg)
     identity["checkpoint"] = checkpoint_identity(cfg.ckpt, cfg.step)
     # the adapter files a ref resolves to now (a registry ref follows promotion and new versions)
@@ -145,9 +148,8 @@ def build_fvd(metrics) -> FVD | None:
     network = load_i3d(fvd.i3d, layout=fvd.layout)
     protocol = Protocol.for_network(network, clips=fvd.real_clips, frames=fvd.frames, stride=fvd.stride,
                                     covariance=fvd.covariance)
-    stats = real_statistics(network, protocol=protocol, shards=OmegaConf.to_object(fvd.real_shards)
-                            if OmegaConf.is_config(fvd.real_shards) else fvd.real_shards,
-                            limit=fvd.real_clips, cache_dir=fvd.cache_dir, batch_size=fvd.batch_size, device=device)
+    stats = real_statistics(network, protocol=protocol, shards=_plain(fvd.real_shards), limit=fvd.real_clips,
+                            cache_dir=fvd.cache_dir, batch_size=fvd.batch_size, device=device)
     return FVD(network, protocol=protocol, real_stats=stats).to(device)
 
 
@@ -163,12 +165,17 @@ def params(cfg: DictConfig, meta: dict) -> dict:
     """The cell's coordinates for tables: what was loaded and the sampling settings actually used (official
     values filled in where the sweep left a key unset)."""
     settings = meta["settings"]
-    lora = OmegaConf.to_container(cfg.lora) if OmegaConf.is_config(cfg.lora) else cfg.lora
+    lora = _plain(cfg.lora)
     return {"ckpt": cfg.ckpt, "step": checkpoint_identity(cfg.ckpt, cfg.step).get("step"), "ema": cfg.ema,
             "lora": lora if lora is None or isinstance(lora, str) else ",".join(map(str, lora)),
             **{k: settings[k] for k in ("solver", "steps", "shift", "guidance_scale", "guidance_scale_2", "width",
                                         "height", "num_frames")},
             "seed": cfg.seed}
+
+
+def _plain(value):
+    """A config value as plain Python (lists from the command line arrive as ListConfig)."""
+    return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
 
 
 def _is_score(name: str) -> bool:

@@ -96,6 +96,19 @@ def test_frechet_distance_matches_numpy_reference(d):
     assert ours == pytest.approx(tm, rel=1e-9)  # torchmetrics' (private) formula, reimplemented
 
 
+@pytest.mark.parametrize("d", [16, 64, 400])
+def test_frechet_distance_matches_the_scipy_sqrtm_reference(d):
+    """StyleGAN-V / pytorch-fid: ||mu1 - mu2||^2 + Tr(S1 + S2 - 2 sqrtm(S1 S2)), real part, with scipy."""
+    from scipy import linalg
+
+    mu1, s1 = gaussian_stats(d, 4 * d, seed=d)
+    mu2, s2 = gaussian_stats(d, 4 * d, seed=d + 7, shift=0.5)
+    root = linalg.sqrtm(s1 @ s2).real
+    ref = float(((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * root))
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref, rel=1e-6)
+    assert abs(frechet_distance(mu1, s1, mu1, s1)) < 1e-6 * np.trace(s1)  # identical sets: ~0
+
+
 def test_frechet_distance_closed_forms_and_bad_shapes():
     a, b = torch.rand(8, dtype=torch.float64) + 0.1, torch.rand(8, dtype=torch.float64) + 0.1
     mu1, mu2 = torch.zeros(8), torch.full((8,), 0.5)
