@@ -91,8 +91,8 @@ def _validate_validation(cfg: DictConfig, *, stride: int) -> None:
     if (settings.num_frames - 1) % 4:
         raise ConfigError(f"validation.num_frames={settings.num_frames}: must be 1 + 4k")
     for i, metric in enumerate(val.metrics):
-        if not isinstance(metric, DictConfig) or not isinstance(metric["_target_"] if "_target_" in metric else None,
-                                                                 str):
+        target = metric["_target_"] if isinstance(metric, DictConfig) and "_target_" in metric else None
+        if not isinstance(target, str):
             raise ConfigError(f"validation.metrics[{i}]={metric!r}: expected {{_target_: CLASS, ...}}, e.g. "
                               "{_target_: eval.scorers.ClipScore, model: CLIP_FOLDER}")
 
