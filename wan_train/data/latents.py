@@ -65,6 +65,7 @@ class LatentSource:
             "context": self.empty_prompt if context_key is None else tensors[context_key],
             "prompt": planned.choice["prompt"],
             "key": planned.key,
+            "url": planned.url,
         }
         item.update({k: tensors[k] for k in OPTIONAL if k in tensors})
         return item
@@ -76,6 +77,7 @@ class LatentSource:
         for i, item in enumerate(items):
             context[i, : lengths[i]] = item["context"]
         batch = {"latents": stack(items, "latents"), "context": context, "context_lengths": lengths,
-                 "prompt": [item["prompt"] for item in items], "key": [item["key"] for item in items]}
+                 "prompt": [item["prompt"] for item in items], "key": [item["key"] for item in items],
+                 "url": [item["url"] for item in items]}
         batch.update({k: stack(items, k) for k in OPTIONAL if all(k in item for item in items)})
         return batch

@@ -57,6 +57,7 @@ class VideoSource:
             "video": crop_to_bucket(frames, bucket, mode=self.crop, rng=rng),
             "prompt": "" if caption is None else meta.captions[caption],
             "key": planned.key,
+            "url": planned.url,
             "start": start,
         }
 
@@ -65,5 +66,6 @@ class VideoSource:
             "video": stack(items, "video"),
             "prompt": [item["prompt"] for item in items],
             "key": [item["key"] for item in items],
+            "url": [item["url"] for item in items],
             "start": [item["start"] for item in items],
         }

@@ -1,10 +1,14 @@
 """The LightningModule: thin orchestration of batch -> latents + context -> sigma -> flow objective -> log.
 
-Randomness of a step (sigma, noise) comes from a generator seeded by (seed, step, rank), not from the global
-RNG, so a run resumed from a checkpoint draws exactly what the uninterrupted run drew. The held-out loss uses a
-fixed set of clips, fixed sigmas (quantiles of the expert's sigma distribution) and fixed noise, so its value
-is comparable across steps and runs."""
+Randomness of a step (sigma, noise) is drawn per sample from a generator seeded by (seed, step, micro-batch,
+sample id), where the id is the sample's shard (its folder and file name) and key: not from the global RNG and
+not from the rank or the batch position. So a run resumed from a checkpoint draws exactly what the uninterrupted
+run drew, and a sample gets the same sigma and noise whichever rank holds it: N ranks x batch B train exactly
+like 1 rank x batch N*B on the same samples. The held-out loss uses a fixed set of clips, fixed sigmas
+(quantiles of the expert's sigma distribution) and fixed noise, so its value is comparable across steps and
+runs."""
 
+import hashlib
 import random
 from dataclasses import dataclass
 
@@ -100,23 +104,32 @@ class FlowMatchingModule(L.LightningModule):
                                frame_mask=self.frame_mask(inputs, first_frame))
 
     # ------------------------------------------------------------------------------------------- training
-    def step_generator(self) -> torch.Generator:
-        generator = torch.Generator(device="cpu")
-        generator.manual_seed(hash((self.cfg.trainer.seed, self.global_step, self.global_rank)) % 2 ** 63)
-        return generator
+    def sample_generators(self, batch: dict, batch_idx: int, b: int) -> list[torch.Generator]:
+        """One CPU generator per sample of this micro-batch (see the module docstring)."""
+        micro = batch_idx % self.trainer.accumulate_grad_batches
+        if "key" in batch and "url" in batch:  # the shard's folder and file name: the data may move
+            ids = [f"{'/'.join(url.rstrip('/').split('/')[-2:])}:{key}"
+                   for url, key in zip(batch["url"], batch["key"], strict=True)]
+        else:  # batches built by hand: the position in the global batch
+            ids = [f"#{self.global_rank * b + i}" for i in range(b)]
+        return [_generator(self.cfg.trainer.seed, self.global_step, micro, sample_id) for sample_id in ids]
 
     def training_step(self, batch, batch_idx):
         inputs = self.encode(batch)
-        generator = self.step_generator()
         b = inputs.latents.shape[0]
-        sigma = self.sampler.sample(b, generator=generator, low=self.range.low, high=self.range.high)
-        noise = torch.randn(inputs.latents.shape, generator=generator)
+        generators = self.sample_generators(batch, batch_idx, b)
+        sigma = torch.cat([self.sampler.sample(1, generator=g, low=self.range.low, high=self.range.high)
+                           for g in generators])
+        noise = torch.stack([torch.randn(inputs.latents.shape[1:], generator=g) for g in generators])
         first_frame = None
         if self.dit.config.model_type == "ti2v":
-            first_frame = torch.rand(b, generator=generator) < self.cfg.flow.image_condition_probability
-            first_frame = first_frame.to(self.device)
+            first_frame = torch.cat([torch.rand(1, generator=g) for g in generators])
+            first_frame = (first_frame < self.cfg.flow.image_condition_probability).to(self.device)
         loss = self.loss(inputs, sigma.to(self.device), noise.to(self.device), first_frame=first_frame).mean()
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b)
+        # the logged value is the mean over all ranks' samples (a scalar all-reduce; rank 0's alone would
+        # misreport a data-parallel run); the gradient uses this rank's loss, and DDP averages the gradients
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b,
+                 sync_dist=self.trainer.world_size > 1)
         return loss
 
     @torch.no_grad()
@@ -175,7 +188,9 @@ class FlowMatchingModule(L.LightningModule):
                 torch.cuda.set_rng_state_all(rng["cuda"])
 
     def configure_optimizers(self):
-        return build_optimizer(self.cfg.optim, self.dit, max_steps=self.cfg.trainer.max_steps)
+        strategy = self.cfg.strategy
+        return build_optimizer(self.cfg.optim, self.dit, max_steps=self.cfg.trainer.max_steps,
+                               cpu_offload=strategy.name == "deepspeed" and strategy.offload_optimizer)
 
 
 def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -189,3 +204,9 @@ def _numpy_state() -> tuple:
 
 def _to(batch: dict, device) -> dict:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _generator(*parts) -> torch.Generator:
+    """A CPU generator seeded by sha256 of the parts (str hashes differ between processes; this does not)."""
+    digest = hashlib.sha256(":".join(map(str, parts)).encode()).digest()
+    return torch.Generator(device="cpu").manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
