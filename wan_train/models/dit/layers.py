@@ -9,6 +9,8 @@ fp32 weights, bf16 weights, and fp32 weights under bf16 autocast.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -53,13 +55,15 @@ class SelfAttention(nn.Module):
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
-    def forward(self, x_BLD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, x_BLD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], *,
+                attend: Callable[..., torch.Tensor] = attention) -> torch.Tensor:
+        # attend(q, k, v) -> [B, L, N*K]; sequence parallel passes Ulysses attention over the rank's L/P tokens
         x_BLD = to_dtype_of(x_BLD, self.q)
         dtype = x_BLD.dtype
         q_BLNK = apply_rope(self.norm_q(self.q(x_BLD)).unflatten(-1, (self.num_heads, -1)), *rope).to(dtype)
         k_BLNK = apply_rope(self.norm_k(self.k(x_BLD)).unflatten(-1, (self.num_heads, -1)), *rope).to(dtype)
         v_BLNK = self.v(x_BLD).unflatten(-1, (self.num_heads, -1))
-        return self.o(attention(q_BLNK, k_BLNK, v_BLNK))
+        return self.o(attend(q_BLNK, k_BLNK, v_BLNK))
 
 
 class CrossAttention(nn.Module):

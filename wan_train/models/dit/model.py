@@ -9,11 +9,20 @@ x [B, C, F, H, W] noisy latents; t [B] or per-token [B, L] on the 0-1000 scale; 
 umT5 embeddings, zero-padded here to 512 tokens and attended unmasked (the checkpoints were trained that
 way); y [B, C_y, F, H, W] extra input channels (i2v: mask + image latent), concatenated after x; clip_fea
 [B, 257, 1280] CLIP ViT-H/14 penultimate tokens (Wan2.1 i2v), or [B, 514, 1280] first + last (flf2v).
+
+Sequence parallelism (Ulysses): with ``dit.sequence_parallel`` set (``wan_train.parallel.SequenceParallel``; any
+object with ``size``, ``split(x, *, dim)``, ``gather(x, *, dim)`` and ``attention(q, k, v)``), each rank of the
+group runs the blocks and the head on its contiguous L/P tokens (with their RoPE rows and per-token timesteps),
+self-attention goes through all-to-all over heads, and the head output is gathered, so every rank returns the
+full output. Every rank must pass the same inputs. Parameter gradients are then partial per rank (each holds
+its own tokens' contribution) and SUM over the group to the full gradient: a data-parallel mean over all ranks
+must scale the loss by P. models never imports wan_train.parallel.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +31,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wan_train.models.dit.config import DiTConfig
 from wan_train.models.dit.layers import (
-    CrossAttention, FP32LayerNorm, Head, MLPProj, RMSNorm, SelfAttention, to_dtype_of,
+    CrossAttention, FP32LayerNorm, Head, MLPProj, RMSNorm, SelfAttention, attention, to_dtype_of,
 )
 from wan_train.models.dit.rope import Rope3D
 
@@ -52,10 +61,11 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x_BLD: torch.Tensor, e0_BL6D: torch.Tensor, context_BSD: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                rope: tuple[torch.Tensor, torch.Tensor], *, attend: Callable[..., torch.Tensor] = attention,
+                ) -> torch.Tensor:
         # e0_BL6D: [B, 1 or L, 6, D] float32 -> six [B, 1 or L, D] (shift, scale, gate) x (attention, FFN)
         sh1, sc1, g1, sh2, sc2, g2 = (self.modulation.float()[:, None] + e0_BL6D).unbind(2)
-        x_BLD = x_BLD + self.self_attn(self.norm1(x_BLD) * (1 + sc1) + sh1, rope).float() * g1
+        x_BLD = x_BLD + self.self_attn(self.norm1(x_BLD) * (1 + sc1) + sh1, rope, attend=attend).float() * g1
         x_BLD = x_BLD + self.cross_attn(self.norm3(x_BLD), context_BSD).float()
         ffn_in = to_dtype_of(self.norm2(x_BLD) * (1 + sc2) + sh2, self.ffn[0])
         return x_BLD + self.ffn(ffn_in).float() * g2
@@ -66,6 +76,8 @@ class WanDiT(nn.Module):
         super().__init__()
         self.config = cfg = config
         self.activation_checkpointing = activation_checkpointing
+        # None, or the group that shares each sample's tokens (module docstring; wan_train.parallel.sequence)
+        self.sequence_parallel = None
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -92,7 +104,7 @@ class WanDiT(nn.Module):
         nn.init.zeros_(self.head.head.weight)
 
     def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
-        return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size))
+        return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size, strict=True))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, y: torch.Tensor | None = None,
                 clip_fea: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,19 +114,39 @@ class WanDiT(nn.Module):
         grid = self.grid(x)
 
         x_BLD = self.patch_embedding(to_dtype_of(x, self.patch_embedding)).flatten(2).transpose(1, 2).float()
-        e_BLD, e0_BL6D = self.time_embeddings(t)
         context_BSD = self.embed_text(context)
         if clip_fea is not None:
             context_BSD = torch.cat([self.img_emb(clip_fea).to(context_BSD.dtype), context_BSD], dim=1)
         rope = self.rope.for_grid(grid, x.device)
+        sp = self.sequence_parallel
+        if sp is not None:  # from here on L is this rank's L/P tokens
+            x_BLD, t, rope = self._local_tokens(x_BLD, t=t, rope=rope, grid=grid)
+        e_BLD, e0_BL6D = self.time_embeddings(t)
+        attend = attention if sp is None else sp.attention
 
         for block in self.blocks:
             if self.activation_checkpointing and torch.is_grad_enabled():
-                x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, use_reentrant=False)
+                x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend, use_reentrant=False)
             else:
-                x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope)
+                x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope, attend=attend)
 
-        return self.unpatchify(self.head(x_BLD, e_BLD).float(), grid)
+        out_BLP = self.head(x_BLD, e_BLD).float()
+        if sp is not None:
+            out_BLP = sp.gather(out_BLP, dim=1)
+        return self.unpatchify(out_BLP, grid)
+
+    def _local_tokens(self, x_BLD: torch.Tensor, *, t: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
+                      grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
+        """This rank's contiguous chunk of the tokens [B, L/P, D], of per-token timesteps t [B, L/P] (t [B] is
+        shared) and of the RoPE tables [L/P, J] at the chunk's global positions."""
+        sp = self.sequence_parallel
+        num_tokens = math.prod(grid)
+        if num_tokens % sp.size:
+            raise ValueError(f"sequence parallel: the latent grid of {grid[0]} x {grid[1]} x {grid[2]} "
+                             f"(frames x height x width) = {num_tokens} tokens is not divisible by P = {sp.size}")
+        if t.ndim == 2:
+            t = sp.split(t, dim=1)
+        return sp.split(x_BLD, dim=1), t, tuple(sp.split(table_LJ, dim=0) for table_LJ in rope)
 
     def embed_text(self, context_BSD: torch.Tensor) -> torch.Tensor:
         """Text MLP over the prompt zero-padded to text_len (the padded positions are attended, unmasked)."""
@@ -142,16 +174,19 @@ class WanDiT(nn.Module):
         problems = []
         if x.ndim != 5 or x.shape[1] != cfg.in_dim:
             problems.append(f"x (with y concatenated) has shape {tuple(x.shape)}; expected [B, {cfg.in_dim}, F, H, W]")
-        elif any(n % p for n, p in zip(x.shape[2:], cfg.patch_size)):
+        elif any(n % p for n, p in zip(x.shape[2:], cfg.patch_size, strict=True)):
             problems.append(f"latent (F, H, W) = {tuple(x.shape[2:])} is not divisible by patch_size {cfg.patch_size}")
         else:
             num_tokens = math.prod(self.grid(x))
             if not (t.shape == (x.shape[0],) or t.shape == (x.shape[0], num_tokens)):
-                problems.append(f"t has shape {tuple(t.shape)}; expected [{x.shape[0]}] or [{x.shape[0]}, {num_tokens}]")
+                problems.append(f"t has shape {tuple(t.shape)}; "
+                                f"expected [{x.shape[0]}] or [{x.shape[0]}, {num_tokens}]")
         if context.ndim != 3 or context.shape[2] != cfg.text_dim or context.shape[1] > cfg.text_len:
-            problems.append(f"context has shape {tuple(context.shape)}; expected [B, S <= {cfg.text_len}, {cfg.text_dim}]")
+            problems.append(f"context has shape {tuple(context.shape)}; "
+                            f"expected [B, S <= {cfg.text_len}, {cfg.text_dim}]")
         if cfg.has_image_branch and clip_fea is None:
-            problems.append(f"this {cfg.model_type} model has a CLIP image branch: pass clip_fea [B, 257, {cfg.image_dim}]")
+            problems.append(f"this {cfg.model_type} model has a CLIP image branch: "
+                            f"pass clip_fea [B, 257, {cfg.image_dim}]")
         if not cfg.has_image_branch and clip_fea is not None:
             problems.append("clip_fea was given but this model has no CLIP image branch")
         if problems:
