@@ -14,7 +14,7 @@ ALLOWED_INTERNAL = {
     "lora": {"models"},
     "inference": {"flow", "models", "lora"},
     "data": set(),
-    "parallel": set(),
+    "parallel": {"models"},  # the FSDP wrap unit is the DiT block
     "training": {"flow", "inference", "models", "lora", "data", "parallel", "config"},
     "config": {"models", "flow", "inference", "lora", "data", "parallel"},
 }

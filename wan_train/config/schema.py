@@ -79,7 +79,18 @@ class TrainerConfig:
 
 @dataclass
 class StrategyConfig:
-    name: str = "auto"  # "auto" | "ddp" (FSDP / DeepSpeed presets come with the scale-out work)
+    """How ranks share the work (wan_train.parallel.strategy); pick a preset with strategy=ddp | fsdp |
+    deepspeed_zero2 | deepspeed_zero2_offload | deepspeed_zero3 | deepspeed_zero3_offload."""
+
+    name: str = "auto"  # auto | ddp | fsdp | deepspeed
+    timeout_minutes: int = 30  # collective timeout (a slow first compile or a shared-filesystem stall)
+    find_unused_parameters: bool = False  # ddp
+    sharding_strategy: str = "FULL_SHARD"  # fsdp: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    state_dict_type: str = "sharded"  # fsdp: sharded (each rank its shard) | full (gathered on rank 0)
+    stage: int = 2  # deepspeed: ZeRO stage 2 (optimizer + gradients sharded) or 3 (+ parameters)
+    offload_optimizer: bool = False  # deepspeed: optimizer state on the CPU (DeepSpeedCPUAdam)
+    offload_parameters: bool = False  # deepspeed ZeRO-3 / fsdp: parameters on the CPU between uses
+    bucket_size: int = 200_000_000  # deepspeed: elements per all-reduce / all-gather bucket
 
 
 @dataclass
@@ -113,7 +124,13 @@ class LoggerConfig:
 
 @dataclass
 class ClusterConfig:
-    name: str = "local"
+    """Where the run executes (conf/cluster/): local, or slurm (launched by slurm/*.sbatch, one task per device).
+    On SLURM the job gets requeue_signal before its time limit or preemption (sbatch --signal): every rank saves
+    the checkpoint of the current step, the job requeues itself, and the new job resumes it (resume=auto)."""
+
+    name: str = "local"  # local | slurm
+    requeue: bool = False  # slurm: checkpoint and requeue on requeue_signal
+    requeue_signal: str = "SIGUSR1"
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """Cross-field checks of a composed config, run before anything is built: each failure names the key, the
 value and what is allowed."""
 
+import signal
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -13,10 +14,11 @@ from wan_train.inference.solvers import SOLVERS
 from wan_train.lora import TARGET_PRESETS
 from wan_train.lora.registry import NAME
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
+from wan_train.parallel.strategy import ENGINES, SHARDING, check_deepspeed_config, deepspeed_config
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
-STRATEGIES = ("auto", "ddp")
+CLUSTERS = ("local", "slurm")
 LORA_KINDS = ("style", "character")
 
 
@@ -54,7 +56,10 @@ def validate(cfg: DictConfig) -> None:
     SigmaSampler(**cfg.flow.sampler)  # its own range checks
     _allowed("optim.schedule", cfg.optim.schedule, SCHEDULES)
     _allowed("trainer.precision", cfg.trainer.precision, PRECISIONS)
-    _allowed("strategy.name", cfg.strategy.name, STRATEGIES)
+    _validate_strategy(cfg)
+    _allowed("cluster.name", cfg.cluster.name, CLUSTERS)
+    if cfg.cluster.requeue and not hasattr(signal, str(cfg.cluster.requeue_signal)):
+        raise ConfigError(f"cluster.requeue_signal={cfg.cluster.requeue_signal!r}: not a signal name (e.g. SIGUSR1)")
     if cfg.lora.enabled:
         _validate_lora(cfg)
     for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
@@ -95,6 +100,29 @@ def _validate_validation(cfg: DictConfig, *, stride: int) -> None:
         if not isinstance(target, str):
             raise ConfigError(f"validation.metrics[{i}]={metric!r}: expected {{_target_: CLASS, ...}}, e.g. "
                               "{_target_: eval.scorers.ClipScore, model: CLIP_FOLDER}")
+
+
+def _validate_strategy(cfg: DictConfig) -> None:
+    strategy = cfg.strategy
+    _allowed("strategy.name", strategy.name, ENGINES)
+    if strategy.name in ("fsdp", "deepspeed") and cfg.trainer.accelerator == "cpu":
+        raise ConfigError(f"strategy.name={strategy.name!r} needs GPUs (trainer=gpu); on the CPU use strategy=ddp")
+    if strategy.timeout_minutes < 1:
+        raise ConfigError(f"strategy.timeout_minutes={strategy.timeout_minutes}: must be >= 1")
+    if strategy.name == "fsdp":
+        _allowed("strategy.sharding_strategy", strategy.sharding_strategy, SHARDING)
+        _allowed("strategy.state_dict_type", strategy.state_dict_type, ("sharded", "full"))
+    if strategy.name == "deepspeed":
+        _allowed("strategy.stage", strategy.stage, (2, 3))
+        if strategy.offload_parameters and strategy.stage != 3:
+            raise ConfigError("strategy.offload_parameters=true needs ZeRO stage 3 (strategy=deepspeed_zero3_offload)")
+        config = deepspeed_config(strategy, micro_batch=cfg.data.batch_size,
+                                  accumulate=cfg.trainer.accumulate_grad_batches, precision=cfg.trainer.precision,
+                                  gradient_clip=cfg.optim.gradient_clip_val)
+        try:
+            check_deepspeed_config(config)
+        except Exception as error:  # DeepSpeed's pydantic ValidationError / its own ValueErrors
+            raise ConfigError(f"strategy: the generated DeepSpeed config is invalid: {error}") from None
 
 
 def _validate_lora(cfg: DictConfig) -> None:

@@ -15,9 +15,10 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
+from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
 
-from wan_train.config import validate
+from wan_train.config import ConfigError, validate
 from wan_train.data import DataConfig, DataMetrics, WanDataModule
 from wan_train.data.datamodule import make_source
 from wan_train.data.decode import video_to_model
@@ -26,11 +27,14 @@ from wan_train.data.shards import expand_urls, read_samples
 from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
+from wan_train.parallel.launch import check_launch, detect_launch
+from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
 from wan_train.training.adapters import export_adapter, register_run
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
+from wan_train.training.requeue import RequeueOnSignal
 from wan_train.training.trainable import apply_trainable
 from wan_train.training.validation import ValidationVideos
 
@@ -44,7 +48,8 @@ def build_dit(cfg) -> WanDiT:
     else:
         torch.manual_seed(cfg.trainer.seed)
         dit = WanDiT(size.dit)
-    dit.activation_checkpointing = cfg.model.activation_checkpointing
+    # under FSDP its own per-block policy checkpoints (wan_train.parallel.strategy): never both
+    dit.activation_checkpointing = cfg.model.activation_checkpointing and cfg.strategy.name != "fsdp"
     dit.train()
     if cfg.lora.enabled:  # a frozen base with a fresh peft adapter (B = 0: the base's output until trained)
         lora = cfg.lora
@@ -140,12 +145,16 @@ def run(cfg: DictConfig) -> dict:
     """Train as configured; returns the final metrics (train/loss, val/loss, ...) and where things went. With
     expert=both, both A14B experts train in alternating phases (one sub-folder and one result per expert)."""
     validate(cfg)
+    try:
+        check_launch(cfg.trainer)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     write_run_info(cfg, Path(cfg.run_dir))
     if cfg.expert.name == "both":
         metrics = run_both_experts(cfg)
     else:
         metrics = fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
-    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name:
+    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name and not metrics.get("requeued"):
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
     return metrics
@@ -192,23 +201,30 @@ def fit(session: Session, *, max_steps: int) -> dict:
         size = get_size(cfg.model.size)
         callbacks.append(ValidationVideos(cfg.validation, run_dir=run_dir, size=size.name, boundary=size.boundary,
                                           partner=session.partner, expert=cfg.expert.name))
+    requeue = None
+    if cfg.cluster.requeue:
+        requeue = RequeueOnSignal(cfg.cluster.requeue_signal, checkpoint_dir=run_dir / "checkpoints")
+        callbacks.append(requeue)
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
         max_steps=max_steps, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         precision=cfg.trainer.precision, accelerator=cfg.trainer.accelerator, devices=_devices(cfg.trainer.devices),
-        num_nodes=cfg.trainer.num_nodes, strategy=cfg.strategy.name,
+        num_nodes=cfg.trainer.num_nodes, strategy=build_strategy(cfg),
         # one "epoch" of exactly the run's batches: the progress bar gets a total and an ETA, and the endless
         # stream is iterated once (its position, not an epoch restart, carries across a resume)
         limit_train_batches=max_steps * cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.gradient_clip_val,
         log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, logger=loggers(cfg, run_dir),
         default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
-        plugins=[AtomicCheckpointIO()], limit_val_batches=0, num_sanity_val_steps=0)
+        plugins=plugins(cfg), limit_val_batches=0, num_sanity_val_steps=0)
     ckpt_path = _resume_path(cfg, run_dir)
     # Lightning cannot see that our loader resumes (its position is the DataModule's state), and says otherwise
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     trainer.fit(session.module, datamodule=WanDataModule(session.data), ckpt_path=ckpt_path)
+    if requeue is not None and requeue.requeued_at is not None:  # checkpointed and requeued: not finished
+        _finish_loggers(trainer)
+        return {"step": trainer.global_step, "requeued": True, "resumed_from": str(ckpt_path) if ckpt_path else None}
     trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
     dit = session.module.dit
     if trainer.is_global_zero and session.base is not None:  # LoRA: the adapter, never the frozen base
@@ -220,13 +236,26 @@ def fit(session: Session, *, max_steps: int) -> dict:
         save_dit(dit, run_dir / "dit", layout="official")
         if ema is not None:
             ema.export(dit, run_dir / "dit_ema")
-    for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)
+    _finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update({**held_out.summary(), "step": trainer.global_step,
                     "resumed_from": str(ckpt_path) if ckpt_path else None})
     return metrics
+
+
+def _finish_loggers(trainer) -> None:
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)
+
+
+def plugins(cfg) -> list:
+    """Atomic single-file checkpoints (sharded engines write their own directories); under SLURM, Lightning's
+    cluster environment without its own requeue handler (RequeueOnSignal does that, into checkpoints/)."""
+    out = [AtomicCheckpointIO()] if own_checkpoint_io(cfg) else []
+    if detect_launch().kind == "slurm":
+        out.append(SLURMEnvironment(auto_requeue=False))
+    return out
 
 
 def _resume_path(cfg, run_dir: Path) -> Path | None:

@@ -1,0 +1,161 @@
+"""SLURM on one CPU machine: slurm/*.sbatch run for real with stand-ins for the scheduler's srun and scontrol
+(tests/fake_slurm/), which start one `python train.py` per task with the variables srun sets. Two tasks over gloo
+train exactly like one process with the doubled batch; the requeue signal checkpoints, requeues and resumes."""
+
+import csv
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from data_tools.make_demo import make_demo
+
+ROOT = Path(__file__).resolve().parents[2]
+FAKE_SLURM = ROOT / "tests" / "fake_slurm"
+SCRIPTS = sorted((ROOT / "slurm").glob("*.sbatch")) + [ROOT / "slurm" / "launch.sh"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("slurm_data")
+    make_demo(root / "train", num_clips=16, seed=0, width=256, height=144, frames=17, fps=16.0, shard_size=16)
+    make_demo(root / "val", num_clips=2, seed=1, width=256, height=144, frames=17, fps=16.0, shard_size=2)
+    return root
+
+
+def train_args(shards, run_dir, **overrides) -> list[str]:
+    # one shard read by every task, which keeps every 2nd sample; no shuffle buffer and one bucket (portrait clips
+    # are cropped to 16:9): the global batch of step s is the same 4 clips on 2 tasks x 2 as on 1 task x 4
+    values = {"recipe": "quickstart", "run_dir": str(run_dir), "data.shards": f"[{shards / 'train'}]",
+              "data.val_shards": f"[{shards / 'val'}]", "data.durations": "[0.5]", "data.aspect_ratios": "[16:9]",
+              "data.num_workers": "0", "data.shuffle_buffer": "1", "trainer.max_steps": "4",
+              "trainer.val_every_n_steps": "2", "trainer.checkpoint_every_n_steps": "2",
+              "trainer.log_every_n_steps": "1",
+              "trainer.enable_progress_bar": "false", "flow.held_out_samples": "2", "flow.held_out_quantiles": "2",
+              "validation.every_n_steps": "null", "logger.wandb": "false", **overrides}
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def metrics(run_dir) -> dict[str, dict[int, float]]:
+    out: dict[str, dict[int, float]] = {}
+    for path in sorted(Path(run_dir).glob("csv/version_*/metrics.csv")):
+        with path.open() as file:
+            for row in csv.DictReader(file):
+                for key in ("train/loss", "val/loss"):
+                    if row.get(key):
+                        out.setdefault(key, {})[int(row["step"])] = float(row[key])
+    return out
+
+
+def slurm_env(tmp_path, *, ntasks: int) -> dict:
+    """The variables an `sbatch --ntasks-per-node=N` job sees, on this host, with the stand-ins first on PATH."""
+    port = free_port_above(15000)  # Lightning's SLURM rendezvous port is 15000 + the job id's last 4 digits
+    return {**os.environ, "PATH": f"{FAKE_SLURM}:{os.environ['PATH']}", "SLURM_JOB_ID": str(port - 15000),
+            "SLURM_JOB_NAME": "wan_train", "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": str(ntasks),
+            "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(ROOT),
+            "SLURM_CPUS_PER_TASK": "1", "WAN_PYTHON": sys.executable, "FAKE_SCONTROL_LOG": str(tmp_path / "scontrol")}
+
+
+def free_port_above(low: int) -> int:
+    for port in range(low + 1000 + os.getpid() % 7000, low + 9999):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise RuntimeError("no free port")
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
+def test_scripts_parse_and_keep_hyperparameters_out(script):
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    code = "\n".join(line for line in script.read_text().splitlines() if not line.lstrip().startswith("#"))
+    assert not re.search(r"\b(recipe|optim\.\w+|data\.\w+|max_steps|lr)=", code), f"{script.name} sets a hyperparameter"
+
+
+def readme_slurm_commands() -> list[str]:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## Run on a SLURM cluster", 1)[1].split("\n## ", 1)[0]
+    return [line.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S) for line in block.splitlines()
+            if line.strip().startswith("sbatch")]
+
+
+def test_readme_slurm_commands_name_the_scripts_and_valid_overrides():
+    from wan_train.config import compose_config
+
+    commands = readme_slurm_commands()
+    assert len(commands) >= 2
+    for command in commands:
+        words = command.split()
+        script = next(w for w in words if w.endswith(".sbatch"))
+        assert (ROOT / script).is_file()
+        overrides = [w for w in words[words.index(script) + 1:] if "=" in w and not w.startswith("$")]
+        compose_config(overrides)  # every override names a real key or group
+
+
+def test_two_tasks_train_exactly_like_one_task_with_the_doubled_batch(shards, tmp_path):
+    """sbatch --ntasks-per-node=2 slurm/train_single_node.sbatch ... (gloo) vs one process with batch 4: the
+    same held-out loss after each logged step (the same weights) and the same global training loss."""
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "train.py", *train_args(shards, one, **{"data.batch_size": "4"})], cwd=ROOT,
+                   check=True, capture_output=True)
+    two = tmp_path / "two"
+    done = subprocess.run(["bash", "slurm/train_single_node.sbatch", *train_args(shards, two, **{
+        "data.batch_size": "2", "strategy": "ddp"})], cwd=ROOT, env=slurm_env(tmp_path, ntasks=2),
+        capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "1 node(s) x 2 task(s)" in done.stdout
+    single, ddp = metrics(one), metrics(two)
+    assert sorted(ddp["train/loss"]) == [0, 1, 2, 3] and sorted(ddp["val/loss"]) == [0, 2, 4]
+    for key in ("train/loss", "val/loss"):
+        for step, value in single[key].items():
+            assert ddp[key][step] == pytest.approx(value, rel=2e-5), (key, step)
+    assert (two / "checkpoints" / "step=0000004.ckpt").is_file() and (two / "dit").is_dir()
+
+
+def test_devices_that_do_not_match_the_tasks_fail_before_training(shards, tmp_path):
+    """srun started 2 tasks per node, the command says trainer.devices=1: refused at start (Lightning alone
+    would wait for a peer that never comes)."""
+    bad = subprocess.run([sys.executable, "train.py", *train_args(shards, tmp_path / "bad"), "trainer.devices=1",
+                          "cluster=slurm"], cwd=ROOT, env={**slurm_env(tmp_path, ntasks=2), "SLURM_PROCID": "0"},
+                         capture_output=True, text=True)
+    assert bad.returncode != 0
+    assert ("trainer.devices=1 (1 per node), but slurm started 2 processes per node (--ntasks-per-node=2): set "
+            "trainer.devices=2") in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints").exists()
+
+
+def test_requeue_signal_checkpoints_requeues_and_the_next_job_resumes(shards, tmp_path):
+    """SIGUSR1 (sbatch --signal=USR1@180) mid-run: the run saves the current step, calls scontrol requeue with
+    its job id and exits without exporting; the same command then resumes and ends with the uninterrupted
+    run's losses."""
+    full = tmp_path / "full"
+    args = {"trainer.max_steps": "10", "trainer.checkpoint_every_n_steps": "100", "data.batch_size": "2"}
+    subprocess.run([sys.executable, "train.py", *train_args(shards, full, **args)], cwd=ROOT, check=True,
+                   capture_output=True)
+    run_dir = tmp_path / "requeued"
+    command = [sys.executable, "train.py", *train_args(shards, run_dir, **args), "cluster=slurm"]
+    env = {**os.environ, "PATH": f"{FAKE_SLURM}:{os.environ['PATH']}", "SLURM_JOB_ID": "777",
+           "FAKE_SCONTROL_LOG": str(tmp_path / "scontrol")}
+    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               text=True)
+    deadline = time.time() + 300
+    while 3 not in metrics(run_dir).get("train/loss", {}) and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGUSR1)
+    _, stderr = process.communicate(timeout=300)
+    assert process.returncode == 0, stderr[-3000:]
+    saved = sorted((run_dir / "checkpoints").glob("step=*.ckpt"))
+    assert len(saved) == 1 and 3 <= int(saved[0].stem.split("=")[1]) < 10  # the step it was at, not a schedule
+    assert (tmp_path / "scontrol").read_text() == "requeue 777\n"
+    assert not (run_dir / "dit").exists()  # not finished: nothing exported
+    subprocess.run(command, cwd=ROOT, env=env, check=True, capture_output=True)
+    assert metrics(run_dir)["train/loss"] == metrics(full)["train/loss"]
+    assert (run_dir / "dit").is_dir()

@@ -1,0 +1,119 @@
+"""strategy= presets -> Lightning strategies; the generated DeepSpeed configs pass DeepSpeed's own parser; the
+launcher's world (SLURM or torchrun variables) must match trainer.devices x trainer.num_nodes, and simulated
+SLURM variables give Lightning the right ranks."""
+
+import re
+
+import lightning as L
+import pytest
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, FSDPStrategy
+
+from wan_train.config import ConfigError, compose_config, validate
+from wan_train.models.dit.model import WanBlock
+from wan_train.parallel.launch import check_launch, detect_launch, tasks_per_node
+from wan_train.parallel.strategy import build_strategy, check_deepspeed_config, deepspeed_config
+
+PRESETS = ["ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero2_offload", "deepspeed_zero3", "deepspeed_zero3_offload"]
+
+
+def config(*overrides):
+    return compose_config(["recipe=quickstart", *overrides])
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_validates_and_builds_its_lightning_strategy(preset):
+    cfg = config(f"strategy={preset}", "trainer=gpu", "model.activation_checkpointing=true")
+    validate(cfg)
+    strategy = build_strategy(cfg)
+    expected = {"ddp": DDPStrategy, "fsdp": FSDPStrategy}.get(preset, DeepSpeedStrategy)
+    assert type(strategy) is expected
+    if preset == "fsdp":
+        assert strategy.kwargs["auto_wrap_policy"].__class__.__name__ == "ModuleWrapPolicy"
+        assert WanBlock in strategy.kwargs["auto_wrap_policy"]._module_classes
+        assert strategy._state_dict_type == "sharded" and strategy.sharding_strategy.name == "FULL_SHARD"
+        assert strategy._activation_checkpointing_kwargs  # per block, through FSDP
+    if preset.startswith("deepspeed"):
+        zero = strategy.config["zero_optimization"]
+        assert zero["stage"] == int(preset[len("deepspeed_zero")])
+        assert ("offload_optimizer" in zero) == preset.endswith("_offload")
+        assert ("offload_param" in zero) == (preset == "deepspeed_zero3_offload")
+        assert strategy.config["bf16"]["enabled"] and strategy.config["train_micro_batch_size_per_gpu"] == 2
+
+
+def test_fsdp_takes_over_activation_checkpointing_from_the_dit():
+    from wan_train.training.run import build_dit
+
+    fsdp = build_dit(config("strategy=fsdp", "trainer=gpu", "model.activation_checkpointing=true"))
+    ddp = build_dit(config("strategy=ddp", "model.activation_checkpointing=true"))
+    assert fsdp.activation_checkpointing is False and ddp.activation_checkpointing is True
+
+
+def test_deepspeed_configs_go_through_deepspeeds_parser():
+    cfg = config("strategy=deepspeed_zero3_offload", "trainer=gpu", "trainer.accumulate_grad_batches=4",
+                 "optim.gradient_clip_val=1.0")
+    generated = deepspeed_config(cfg.strategy, micro_batch=2, accumulate=4, precision="bf16-mixed",
+                                 gradient_clip=1.0)
+    check_deepspeed_config(generated)
+    assert generated["gradient_accumulation_steps"] == 4 and generated["gradient_clipping"] == 1.0
+    generated["zero_optimization"]["offload_parm"] = generated["zero_optimization"].pop("offload_param")
+    with pytest.raises(Exception, match="offload_parm"):
+        check_deepspeed_config(generated)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["strategy=fsdp"], "strategy.name='fsdp' needs GPUs (trainer=gpu); on the CPU use strategy=ddp"),
+    (["strategy=deepspeed_zero2", "trainer=gpu", "strategy.stage=1"], "strategy.stage=1: expected one of [2, 3]"),
+    (["strategy=deepspeed_zero2", "trainer=gpu", "strategy.offload_parameters=true"],
+     "strategy.offload_parameters=true needs ZeRO stage 3"),
+    (["strategy=fsdp", "trainer=gpu", "strategy.sharding_strategy=FULL"], "strategy.sharding_strategy='FULL'"),
+    (["strategy.name=horovod"], "strategy.name='horovod': expected one of"),
+    (["cluster=slurm", "cluster.requeue_signal=SIGNOPE"], "cluster.requeue_signal='SIGNOPE': not a signal name"),
+])
+def test_bad_strategies_fail_at_start(overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        validate(config(*overrides))
+
+
+def slurm_env(*, ntasks=8, per_node="4(x2)", nodes=2, procid=5, localid=1, nodeid=1):
+    return {"SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": per_node, "SLURM_NNODES": str(nodes),
+            "SLURM_PROCID": str(procid), "SLURM_LOCALID": str(localid), "SLURM_NODEID": str(nodeid),
+            "SLURM_JOB_ID": "4242", "SLURM_JOB_NAME": "wan_train", "SLURM_NODELIST": "gpu[017-018]"}
+
+
+def test_simulated_slurm_variables_give_lightning_the_ranks(monkeypatch):
+    env = slurm_env()
+    launch = detect_launch(env)
+    assert (launch.kind, launch.world_size, launch.tasks_per_node, launch.nodes) == ("slurm", 8, 4, 2)
+    assert (launch.rank, launch.local_rank, launch.node_rank) == (5, 1, 1)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    trainer = L.Trainer(accelerator="cpu", devices=4, num_nodes=2, strategy=DDPStrategy(),
+                        plugins=[SLURMEnvironment(auto_requeue=False)], logger=False, enable_progress_bar=False)
+    assert (trainer.world_size, trainer.global_rank, trainer.local_rank, trainer.node_rank) == (8, 5, 1, 1)
+    cluster = trainer.strategy.cluster_environment
+    assert cluster.main_address == "gpu017" and isinstance(cluster, SLURMEnvironment)
+
+
+class Trainer:
+    def __init__(self, devices, num_nodes=1, accelerator="gpu"):
+        self.devices, self.num_nodes, self.accelerator = devices, num_nodes, accelerator
+
+
+def test_launch_mismatches_are_clear_errors():
+    env = slurm_env()
+    assert check_launch(Trainer("4", 2), env).world_size == 8
+    with pytest.raises(ValueError, match=re.escape("trainer.devices=8 (8 per node), but slurm started 4 processes per "
+                                                   "node (--ntasks-per-node=4): set trainer.devices=4, or launch with "
+                                                   "--ntasks-per-node=8")):
+        check_launch(Trainer("8", 2), env)
+    with pytest.raises(ValueError, match=re.escape("trainer.num_nodes=1, but slurm runs on 2 nodes (--nodes=2)")):
+        check_launch(Trainer("4", 1), env)
+    torchrun = {"WORLD_SIZE": "4", "LOCAL_WORLD_SIZE": "2", "RANK": "3", "LOCAL_RANK": "1", "GROUP_RANK": "1"}
+    assert detect_launch(torchrun).node_rank == 1
+    with pytest.raises(ValueError, match=re.escape("--nproc-per-node=2")):
+        check_launch(Trainer("[0,1,2]", 2), torchrun)
+    assert detect_launch({"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "bash"}).kind == "local"  # salloc shell
+    assert tasks_per_node("4(x3)") == 4
+    with pytest.raises(ValueError, match="differ between nodes"):
+        tasks_per_node("4,2")
