@@ -120,6 +120,24 @@ def test_two_tasks_train_exactly_like_one_task_with_the_doubled_batch(shards, tm
     assert (two / "checkpoints" / "step=0000004.ckpt").is_file() and (two / "dit").is_dir()
 
 
+def test_two_tasks_sharing_each_sample_train_like_one_task(shards, tmp_path):
+    """strategy.sequence_parallel=2: both tasks hold half of every sample's tokens (Ulysses all-to-all in the
+    DiT's self-attention) and read the same batches; the losses are those of one process with the whole sample."""
+    one = tmp_path / "one"
+    subprocess.run([sys.executable, "train.py", *train_args(shards, one, **{"data.batch_size": "2"})], cwd=ROOT,
+                   check=True, capture_output=True)
+    split = tmp_path / "split"
+    done = subprocess.run(["bash", "slurm/train_single_node.sbatch", *train_args(shards, split, **{
+        "data.batch_size": "2", "strategy": "ddp", "strategy.sequence_parallel": "2"})], cwd=ROOT,
+        env=slurm_env(tmp_path, ntasks=2), capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    single, parallel = metrics(one), metrics(split)
+    assert sorted(parallel["train/loss"]) == [0, 1, 2, 3]
+    for key in ("train/loss", "val/loss"):
+        for step, value in single[key].items():
+            assert parallel[key][step] == pytest.approx(value, rel=1e-5), (key, step)
+
+
 def test_devices_that_do_not_match_the_tasks_fail_before_training(shards, tmp_path):
     """srun started 2 tasks per node, the command says trainer.devices=1: refused at start (Lightning alone
     would wait for a peer that never comes)."""

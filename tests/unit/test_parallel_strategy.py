@@ -69,6 +69,11 @@ def test_deepspeed_configs_go_through_deepspeeds_parser():
     (["strategy=fsdp", "trainer=gpu", "strategy.sharding_strategy=FULL"], "strategy.sharding_strategy='FULL'"),
     (["strategy.name=horovod"], "strategy.name='horovod': expected one of"),
     (["cluster=slurm", "cluster.requeue_signal=SIGNOPE"], "cluster.requeue_signal='SIGNOPE': not a signal name"),
+    (["strategy=ddp", "strategy.sequence_parallel=4"], "model.size='quickstart' has 2 attention heads, not divisible"),
+    (["strategy=ddp", "strategy.sequence_parallel=2", "trainer.devices=3"],
+     "trainer.devices x trainer.num_nodes = 3 ranks do not split into groups of 2"),
+    (["strategy=deepspeed_zero2", "trainer=gpu", "strategy.sequence_parallel=2"], "not yet with DeepSpeed"),
+    (["strategy.sequence_parallel=0"], "strategy.sequence_parallel=0: must be >= 1"),
 ])
 def test_bad_strategies_fail_at_start(overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):

@@ -91,6 +91,9 @@ class StrategyConfig:
     offload_optimizer: bool = False  # deepspeed: optimizer state on the CPU (DeepSpeedCPUAdam)
     offload_parameters: bool = False  # deepspeed ZeRO-3 / fsdp: parameters on the CPU between uses
     bucket_size: int = 200_000_000  # deepspeed: elements per all-reduce / all-gather bucket
+    # Ulysses sequence parallelism: this many consecutive ranks share each sample's tokens (all-to-all over heads
+    # in self-attention); data parallelism runs over world / sequence_parallel groups. 1: off
+    sequence_parallel: int = 1
 
 
 @dataclass

@@ -107,6 +107,7 @@ def _validate_strategy(cfg: DictConfig) -> None:
     _allowed("strategy.name", strategy.name, ENGINES)
     if strategy.name in ("fsdp", "deepspeed") and cfg.trainer.accelerator == "cpu":
         raise ConfigError(f"strategy.name={strategy.name!r} needs GPUs (trainer=gpu); on the CPU use strategy=ddp")
+    _validate_sequence_parallel(cfg)
     if strategy.timeout_minutes < 1:
         raise ConfigError(f"strategy.timeout_minutes={strategy.timeout_minutes}: must be >= 1")
     if strategy.name == "fsdp":
@@ -123,6 +124,25 @@ def _validate_strategy(cfg: DictConfig) -> None:
             check_deepspeed_config(config)
         except Exception as error:  # DeepSpeed's pydantic ValidationError / its own ValueErrors
             raise ConfigError(f"strategy: the generated DeepSpeed config is invalid: {error}") from None
+
+
+def _validate_sequence_parallel(cfg: DictConfig) -> None:
+    size = cfg.strategy.sequence_parallel
+    if size < 1:
+        raise ConfigError(f"strategy.sequence_parallel={size}: must be >= 1 (1: off)")
+    if size == 1:
+        return
+    heads = SIZES[cfg.model.size].dit.num_heads
+    if heads % size:
+        raise ConfigError(f"strategy.sequence_parallel={size}: model.size={cfg.model.size!r} has {heads} attention "
+                          f"heads, not divisible into {size} groups")
+    devices = str(cfg.trainer.devices)
+    if devices.isdigit() and (int(devices) * cfg.trainer.num_nodes) % size:
+        raise ConfigError(f"strategy.sequence_parallel={size}: trainer.devices x trainer.num_nodes = "
+                          f"{int(devices) * cfg.trainer.num_nodes} ranks do not split into groups of {size}")
+    if cfg.strategy.name == "deepspeed":
+        raise ConfigError("strategy.sequence_parallel > 1 runs with strategy=ddp or fsdp (not yet with DeepSpeed, "
+                          "whose engine owns the gradient reduction)")
 
 
 def _validate_lora(cfg: DictConfig) -> None:

@@ -96,8 +96,11 @@ def _rank_and_world(trainer) -> tuple[int, int]:
 
 
 class WanDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig):
+    def __init__(self, config: DataConfig, *, group_size: int = 1):
+        """group_size: consecutive ranks that share each batch (sequence parallelism): the data is split over
+        world / group_size data-parallel ranks."""
         super().__init__()
+        self.group_size = group_size
         if not config.shards:
             raise ValueError("data.shards is empty: give shard paths, a brace pattern or a directory")
         config.table()  # fail at construction on a bad bucket table
@@ -111,6 +114,7 @@ class WanDataModule(L.LightningDataModule):
             raise FileNotFoundError(f"data.shards={self.config.shards!r} matches no shards")
         if rank is None:  # resolved here, in the main process: loader workers may not see the process group
             rank, world_size = _rank_and_world(self.trainer)
+            rank, world_size = rank // self.group_size, world_size // self.group_size
         stream = BucketedStream(urls, make_source(self.config, urls), batch_size=self.config.batch_size,
                                 seed=self.config.seed, shuffle_buffer=self.config.shuffle_buffer,
                                 epochs=self.config.epochs, rank=rank, world_size=world_size)

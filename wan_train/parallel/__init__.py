@@ -5,7 +5,8 @@ Imports ``wan_train.models`` at most; models never imports this package (the DiT
 ``WanDiT.sequence_parallel``)."""
 
 from wan_train.parallel.sequence import (
-    SequenceParallel, all_to_all, gather_sequence, split_sequence, ulysses_attention,
+    SequenceParallel, all_to_all, gather_sequence, sequence_groups, split_sequence, ulysses_attention,
 )
 
-__all__ = ["SequenceParallel", "all_to_all", "gather_sequence", "split_sequence", "ulysses_attention"]
+__all__ = ["SequenceParallel", "all_to_all", "gather_sequence", "sequence_groups", "split_sequence",
+           "ulysses_attention"]

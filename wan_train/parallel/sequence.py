@@ -171,3 +171,17 @@ class SequenceParallel:
 
     def attention(self, q_BLNK: torch.Tensor, k_BLNK: torch.Tensor, v_BLNK: torch.Tensor) -> torch.Tensor:
         return ulysses_attention(q_BLNK, k_BLNK, v_BLNK, group=self.group)
+
+
+def sequence_groups(size: int) -> SequenceParallel:
+    """Split the world into consecutive groups of `size` ranks (ranks 0..size-1, size..2*size-1, ...) and return
+    this rank's. Every rank must call it, in the same order (torch.distributed.new_group is collective)."""
+    world, rank = dist.get_world_size(), dist.get_rank()
+    if world % size:
+        raise ValueError(f"sequence parallel: the world of {world} ranks is not divisible into groups of {size}")
+    mine = None
+    for start in range(0, world, size):
+        group = dist.new_group(list(range(start, start + size)))
+        if start <= rank < start + size:
+            mine = group
+    return SequenceParallel.from_group(mine)

@@ -52,7 +52,7 @@ class Throughput(L.Callback):
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         seconds = time.perf_counter() - self.start
-        samples = len(batch["key"]) * trainer.world_size
+        samples = len(batch["key"]) * trainer.world_size // module.cfg.strategy.sequence_parallel
         module.log_dict({"perf/step_s": seconds, "perf/samples_per_s": samples / seconds}, prog_bar=True,
                         on_step=True, on_epoch=False)
 

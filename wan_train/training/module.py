@@ -21,6 +21,7 @@ from wan_train.flow import (SigmaSampler, conditioning_frame_mask, expert_range,
 from wan_train.inference import i2v_condition
 from wan_train.lora import has_adapter
 from wan_train.models import CheckpointError, WanDiT
+from wan_train.parallel.sequence import sequence_groups
 from wan_train.training.optim import build_optimizer
 
 
@@ -104,6 +105,13 @@ class FlowMatchingModule(L.LightningModule):
                                frame_mask=self.frame_mask(inputs, first_frame))
 
     # ------------------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        """Ulysses sequence parallelism (strategy.sequence_parallel = P > 1): the process groups exist once the
+        strategy has initialised torch.distributed, before DDP / FSDP wrap the DiT."""
+        size = self.cfg.strategy.sequence_parallel
+        if size > 1 and self.dit.sequence_parallel is None:
+            self.dit.sequence_parallel = sequence_groups(size)
+
     def sample_generators(self, batch: dict, batch_idx: int, b: int) -> list[torch.Generator]:
         """One CPU generator per sample of this micro-batch (see the module docstring)."""
         micro = batch_idx % self.trainer.accumulate_grad_batches
@@ -130,7 +138,9 @@ class FlowMatchingModule(L.LightningModule):
         # misreport a data-parallel run); the gradient uses this rank's loss, and DDP averages the gradients
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False, batch_size=b,
                  sync_dist=self.trainer.world_size > 1)
-        return loss
+        # sequence parallel: each rank's gradients are its tokens' share and sum over the group to the sample's
+        # gradient, while DDP / FSDP average over every rank: x P makes that the mean over the data groups
+        return loss * self.cfg.strategy.sequence_parallel
 
     @torch.no_grad()
     def held_out_loss(self) -> dict[str, float]:

@@ -221,7 +221,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
     ckpt_path = _resume_path(cfg, run_dir)
     # Lightning cannot see that our loader resumes (its position is the DataModule's state), and says otherwise
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    trainer.fit(session.module, datamodule=WanDataModule(session.data), ckpt_path=ckpt_path)
+    trainer.fit(session.module, datamodule=WanDataModule(session.data, group_size=cfg.strategy.sequence_parallel),
+                ckpt_path=ckpt_path)
     if requeue is not None and requeue.requeued_at is not None:  # checkpointed and requeued: not finished
         _finish_loggers(trainer)
         return {"step": trainer.global_step, "requeued": True, "resumed_from": str(ckpt_path) if ckpt_path else None}

@@ -45,12 +45,15 @@ class ValidationVideos(L.Callback):
         jobs = self.jobs(models, module)
         was_training = module.dit.training
         module.dit.eval()
+        # rank 0 samples alone: sequence parallelism (collective with the other ranks) is off meanwhile
+        split, module.dit.sequence_parallel = module.dit.sequence_parallel, None
         videos = []
         try:
             for prompts, seed, kwargs in jobs:
                 videos += list(generate(models, prompts, seed=seed, device=module.device, **kwargs))
         finally:
             module.dit.train(was_training)
+            module.dit.sequence_parallel = split
             if self.partner is not None:
                 self.partner.to("cpu")
         folder = self.run_dir / "samples" / f"step_{step:07d}"
