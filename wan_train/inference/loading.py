@@ -119,6 +119,12 @@ def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool,
     """The DiT of the checkpoint of `step` (None: the newest); for a LoRA run its base (model.checkpoint) with the
     adapter merged in."""
     step, path = run_checkpoint(run_dir, step)
+    if path.is_dir():  # FSDP / DeepSpeed shards: read their consolidation (python -m wan_train.training.consolidate)
+        single = run_dir / "consolidated" / path.name
+        if not single.is_file():
+            raise CheckpointError(f"{path} is a sharded checkpoint (FSDP / DeepSpeed): run `python -m "
+                                  f"wan_train.training.consolidate {run_dir} --step {step}` first")
+        path = single
     state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
     weights = {k[len(DIT_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(DIT_PREFIX)}
     if ema:

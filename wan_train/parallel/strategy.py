@@ -3,7 +3,7 @@ for the Wan DiT. Nothing here is home-made parallelism.
 
 - ddp: torch DistributedDataParallel (gloo on CPU, NCCL on GPU).
 - fsdp: torch FSDP, full shard, one unit per DiT block (WanBlock), activation checkpointing per block through
-  FSDP's policy, sharded state dicts (each rank writes its shard; `python -m wan_train.parallel.consolidate`
+  FSDP's policy, sharded state dicts (each rank writes its shard; `python -m wan_train.training.consolidate`
   makes one file). Mixed precision follows trainer.precision through Lightning (bf16-mixed keeps fp32
   parameters and autocasts, so the DiT's fp32 islands stay fp32).
 - deepspeed_zero2 / deepspeed_zero3 (+ _offload: optimizer state, and for ZeRO-3 the parameters, on the CPU):
