@@ -122,3 +122,16 @@ def test_launch_mismatches_are_clear_errors():
     assert tasks_per_node("4(x3)") == 4
     with pytest.raises(ValueError, match="differ between nodes"):
         tasks_per_node("4,2")
+
+
+def test_train_sweeps_have_the_submitit_slurm_launcher():
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import get_class
+
+    from wan_train.config.compose import CONF_DIR, register
+
+    register()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=["hydra/launcher=slurm", "recipe=quickstart"], return_hydra_config=True)
+    assert get_class(cfg.hydra.launcher._target_).__name__ == "SlurmLauncher"
+    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.max_num_timeout == 10
