@@ -58,8 +58,10 @@ class FlowMatchingModule(L.LightningModule):
         self.encoders.to(self.device)
         video = batch["video"]
         latents = self.encoders.vae.encode(video).float()
-        context, lengths = self.encoders.text_encoder.encode(batch["prompt"])
-        inputs = Inputs(latents, context[:, : int(lengths.max())].float())
+        context, _ = self.encoders.text_encoder.encode(batch["prompt"])
+        # the whole 512-token context (zero past each prompt, as the DiT pads it anyway): cutting it to the longest
+        # prompt would read the lengths back from the device, a sync in every step
+        inputs = Inputs(latents, context.float())
         model_type = self.dit.config.model_type
         if model_type in ("i2v", "flf2v"):  # wan_arch.md §5.1: mask + VAE latent of the given frames
             inputs.y = i2v_condition(self.encoders.vae, video, last=model_type == "flf2v")
@@ -92,7 +94,10 @@ class FlowMatchingModule(L.LightningModule):
         latents = inputs.latents
         x_t = interpolate(latents, noise, sigma)
         t = to_timestep(sigma)
-        if first_frame is not None and bool(first_frame.any()):
+        # first_frame arrives on the CPU (drawn there), so this test costs no device sync
+        any_first = first_frame is not None and bool(first_frame.any())
+        first_frame = None if first_frame is None else first_frame.to(latents.device)
+        if any_first:
             keep = first_frame[:, None, None, None]
             x_t[:, :, 0] = torch.where(keep, latents[:, :, 0], x_t[:, :, 0])
             _, _, frames, h, w = latents.shape
@@ -132,7 +137,7 @@ class FlowMatchingModule(L.LightningModule):
         first_frame = None
         if self.dit.config.model_type == "ti2v":
             first_frame = torch.cat([torch.rand(1, generator=g) for g in generators])
-            first_frame = (first_frame < self.cfg.flow.image_condition_probability).to(self.device)
+            first_frame = first_frame < self.cfg.flow.image_condition_probability
         loss = self.loss(inputs, sigma.to(self.device), noise.to(self.device), first_frame=first_frame).mean()
         # the logged value is the mean over all ranks' samples (a scalar all-reduce; rank 0's alone would
         # misreport a data-parallel run); the gradient uses this rank's loss, and DDP averages the gradients
