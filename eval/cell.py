@@ -107,7 +107,7 @@ def run_cell(cfg: DictConfig) -> dict:
                        "seconds": meta["seconds_per_video"], **{k: float(v[0]) for k, v in scores.items()}})
     metrics = {name: sum(v[name] for v in videos) / len(videos) for name in videos[0] if _is_score(name)}
     metrics["seconds_per_video"] = sum(v["seconds"] for v in videos) / len(videos)
-    result = {"id": folder.name, "identity": identity, "params": params(cfg, meta), "metrics": metrics,
+    result = {"id": folder.name, "identity": identity, "params": params(cfg, meta, identity), "metrics": metrics,
               "videos": videos, "models": {k: v for s in scorers for k, v in s.describe().items()},
               "checkpoint": meta["checkpoint"], "settings": meta["settings"], "task": meta["task"],
               "seconds": round(time.time() - began, 3)}
@@ -161,12 +161,12 @@ def generated_clips(video: torch.Tensor, protocol: Protocol, *, what) -> torch.T
     return clips
 
 
-def params(cfg: DictConfig, meta: dict) -> dict:
+def params(cfg: DictConfig, meta: dict, identity: dict) -> dict:
     """The cell's coordinates for tables: what was loaded and the sampling settings actually used (official
     values filled in where the sweep left a key unset)."""
     settings = meta["settings"]
     lora = _plain(cfg.lora)
-    return {"ckpt": cfg.ckpt, "step": checkpoint_identity(cfg.ckpt, cfg.step).get("step"), "ema": cfg.ema,
+    return {"ckpt": cfg.ckpt, "step": identity["checkpoint"].get("step"), "ema": cfg.ema,
             "lora": lora if lora is None or isinstance(lora, str) else ",".join(map(str, lora)),
             **{k: settings[k] for k in ("solver", "steps", "shift", "guidance_scale", "guidance_scale_2", "width",
                                         "height", "num_frames")},
@@ -196,12 +196,16 @@ def record(cfg: DictConfig, metrics: dict) -> None:
 
 
 def write_json(path: Path, value) -> None:
+    write_text(path, json.dumps(value, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Atomically (a temp file beside `path`, then rename): a killed sweep never leaves half a result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
         with os.fdopen(handle, "w") as file:
-            json.dump(value, file, indent=2, sort_keys=True, allow_nan=False)
-            file.write("\n")
+            file.write(text)
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from eval.cell import RESULT, write_json
+from eval.cell import RESULT, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,7 @@ def write_results(out: str | Path, results: list[dict]) -> tuple[Path, Path]:
     writer.writeheader()
     writer.writerows(table)
     csv_path, json_path = out / "results.csv", out / "results.json"
-    _write_text(csv_path, text.getvalue())
+    write_text(csv_path, text.getvalue())
     write_json(json_path, {"cells": table, "results": results})
     return csv_path, json_path
 
@@ -132,13 +132,6 @@ class SweepReport(Callback):
         overrides = list(config.hydra.overrides.task) if "hydra" in config else []
         report(config.out, config={**OmegaConf.to_container(OmegaConf.create(task), resolve=True),
                                    "overrides": overrides}, wandb_cfg=config.wandb, name=config.name)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}")
-    temp.write_text(text)
-    os.replace(temp, path)
 
 
 if __name__ == "__main__":

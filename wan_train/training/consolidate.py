@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import torch
 
 from wan_train.inference.loading import run_checkpoint
+from wan_train.training.callbacks import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +68,7 @@ def consolidate(run_dir: str | Path, step: int | None = None) -> Path:
         log.info("%s is one file already", path)
         return path
     out = run_dir / CONSOLIDATED / path.name  # where generate.py looks (wan_train.inference.loading)
-    checkpoint = load_full(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.")
-    os.close(handle)
-    try:
-        torch.save(checkpoint, temp)
-        os.replace(temp, out)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    AtomicCheckpointIO().save_checkpoint(load_full(path), out)
     log.info("%s (%s shards) -> %s", path, checkpoint_kind(path), out)
     return out
 
