@@ -15,6 +15,7 @@ ALLOWED_INTERNAL = {
     "inference": {"flow", "models", "lora"},
     "data": set(),
     "parallel": {"models"},  # the FSDP wrap unit is the DiT block
+    "memory": {"models"},  # fills the DiT's offload hook points
     "training": {"flow", "inference", "models", "lora", "data", "parallel", "config"},
     "config": {"models", "flow", "inference", "lora", "data", "parallel"},
 }

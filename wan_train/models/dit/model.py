@@ -17,12 +17,19 @@ self-attention goes through all-to-all over heads, and the head output is gather
 full output. Every rank must pass the same inputs. Parameter gradients are then partial per rank (each holds
 its own tokens' contribution) and SUM over the group to the full gradient: a data-parallel mean over all ranks
 must scale the loss by P. models never imports wan_train.parallel.
+
+Memory (wan_train.memory, which models never imports either): with ``dit.block_offload`` set (an object with
+``owns(index) -> bool``, ``run(index, block, x, e0, context, rope, attend=...)`` and a context manager
+``hidden()`` under which ``.to(...)`` skips the offloaded tensors) the blocks it owns run through it, which
+brings their weights onto the device for the call; with ``dit.activation_offload`` set (a
+factory of a context manager of saved-tensor hooks) the training forward saves activations through it.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -78,6 +85,8 @@ class WanDiT(nn.Module):
         self.activation_checkpointing = activation_checkpointing
         # None, or the group that shares each sample's tokens (module docstring; wan_train.parallel.sequence)
         self.sequence_parallel = None
+        self.block_offload = None  # (module docstring)
+        self.activation_offload = None
         d = cfg.dim
         self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -124,13 +133,16 @@ class WanDiT(nn.Module):
         e_BLD, e0_BL6D = self.time_embeddings(t)
         attend = attention if sp is None else sp.attention
 
-        for block in self.blocks:
-            if self.activation_checkpointing and torch.is_grad_enabled():
-                x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend, use_reentrant=False)
-            else:
-                x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope, attend=attend)
-
-        out_BLP = self.head(x_BLD, e_BLD).float()
+        training = torch.is_grad_enabled()
+        with self.activation_offload() if self.activation_offload is not None and training else nullcontext():
+            for index, block in enumerate(self.blocks):
+                if self.block_offload is not None and self.block_offload.owns(index):
+                    x_BLD = self.block_offload.run(index, block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend)
+                elif self.activation_checkpointing and training:
+                    x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend, use_reentrant=False)
+                else:
+                    x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope, attend=attend)
+            out_BLP = self.head(x_BLD, e_BLD).float()
         if sp is not None:
             out_BLP = sp.gather(out_BLP, dim=1)
         return self.unpatchify(out_BLP, grid)
@@ -207,6 +219,13 @@ class WanDiT(nn.Module):
         for name, p in self.named_parameters():
             p.data = p.data.to(torch.float32 if name in keep else dtype)
         return self
+
+    def _apply(self, fn, recurse=True):
+        # a whole-model .to(device) leaves offloaded blocks' weights in host memory (block_offload.hidden)
+        if self.block_offload is None:
+            return super()._apply(fn, recurse)
+        with self.block_offload.hidden():
+            return super()._apply(fn, recurse)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,10 @@
+"""Fitting big DiTs on small devices: float8 storage of frozen weights, block offload to host memory, activation
+offload, and how a LoRA run's base is placed (conf/memory/). models never imports this package; the DiT offers
+hook points (WanDiT.block_offload, WanDiT.activation_offload) that it fills."""
+
+from wan_train.memory.base import BASE_DTYPES, Placement, place_base
+from wan_train.memory.fp8 import FP8, Fp8Linear, dequantize, error_bound, quantize
+from wan_train.memory.offload import ActivationOffload, BlockOffload
+
+__all__ = ["BASE_DTYPES", "FP8", "ActivationOffload", "BlockOffload", "Fp8Linear", "Placement", "dequantize",
+           "error_bound", "place_base", "quantize"]
