@@ -16,8 +16,9 @@ ALLOWED_INTERNAL = {
     "data": set(),
     "parallel": {"models"},  # the FSDP wrap unit is the DiT block
     "memory": {"models"},  # fills the DiT's offload hook points
-    "training": {"flow", "inference", "models", "lora", "data", "parallel", "config"},
-    "config": {"models", "flow", "inference", "lora", "data", "parallel"},
+    "plan": {"models", "memory", "lora", "data", "config"},  # composes a run's config; counts a meta-device DiT
+    "training": {"flow", "inference", "models", "lora", "data", "parallel", "config", "memory", "plan"},
+    "config": {"models", "flow", "inference", "lora", "data", "parallel", "memory"},
 }
 TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "tokenizers", "ftfy"}
 NEVER = {"diffusers", "eval", "data_tools"}

@@ -5,6 +5,7 @@ hook points (WanDiT.block_offload, WanDiT.activation_offload) that it fills."""
 from wan_train.memory.base import BASE_DTYPES, Placement, place_base
 from wan_train.memory.fp8 import FP8, Fp8Linear, dequantize, error_bound, quantize
 from wan_train.memory.offload import ActivationOffload, BlockOffload
+from wan_train.memory.units import GIB, parse_memory
 
-__all__ = ["BASE_DTYPES", "FP8", "ActivationOffload", "BlockOffload", "Fp8Linear", "Placement", "dequantize",
-           "error_bound", "place_base", "quantize"]
+__all__ = ["BASE_DTYPES", "FP8", "GIB", "ActivationOffload", "BlockOffload", "Fp8Linear", "Placement", "dequantize",
+           "error_bound", "parse_memory", "place_base", "quantize"]
