@@ -118,6 +118,28 @@ class LoraConfig:
 
 
 @dataclass
+class MemoryConfig:
+    """Where a run keeps what on the device (conf/memory/; wan_train.memory): the storage dtype of a LoRA run's
+    frozen base, block offload, activation offload and the encoders. memory=24gb plans these at start for a
+    24 GB card (python -m wan_train.plan prints the same plan and its estimates)."""
+
+    name: str = "default"
+    # e.g. "24GB": at start, the planner picks base_dtype, offload_blocks, offload_activations and
+    # model.activation_checkpointing as the fastest setting whose estimated peak fits (replacing those values)
+    budget: str | None = None
+    # frozen base weights (LoRA runs): auto (bfloat16 under bf16 precision, else float32) | float32 | bfloat16 |
+    # float8_e4m3fn (block linears in float8 with scales, computed in bf16; the rest bf16)
+    base_dtype: str = "auto"
+    fp8_granularity: str = "channel"  # float8 scales: per output channel | per tensor
+    offload_blocks: int = 0  # the last K blocks' frozen weights wait in pinned host memory, copied in ahead of use
+    prefetch_blocks: int = 1  # offloaded blocks copied in while one runs
+    offload_activations: bool = False  # saved activations (with checkpointing: each block's input) in host memory
+    # the VAE and text encoder during DiT steps: device (stay there) | swap (to the device to encode, back to the
+    # host after) | cpu (encode on the host; slow for umT5-XXL). Cached latents need neither.
+    encoders: str = "device"
+
+
+@dataclass
 class LoggerConfig:
     csv: bool = True
     wandb: bool = True  # online when WANDB_API_KEY is set, offline files in the run folder otherwise
@@ -176,6 +198,7 @@ class TrainConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    memory: MemoryConfig = field(default_factory=MemoryConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)

@@ -13,12 +13,15 @@ from wan_train.inference.presets import fast, official, with_overrides
 from wan_train.inference.solvers import SOLVERS
 from wan_train.lora import TARGET_PRESETS
 from wan_train.lora.registry import NAME
+from wan_train.memory import BASE_DTYPES, parse_memory
+from wan_train.memory.fp8 import GRANULARITIES
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
 from wan_train.parallel.strategy import ENGINES, SHARDING, check_deepspeed_config, deepspeed_config
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
 CLUSTERS = ("local", "slurm")
+ENCODER_PLACEMENTS = ("device", "swap", "cpu")
 LORA_KINDS = ("style", "character")
 
 
@@ -62,6 +65,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"cluster.requeue_signal={cfg.cluster.requeue_signal!r}: not a signal name (e.g. SIGUSR1)")
     if cfg.lora.enabled:
         _validate_lora(cfg)
+    _validate_memory(cfg)
     for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
@@ -171,6 +175,35 @@ def _validate_lora(cfg: DictConfig) -> None:
     if cfg.model.trainable != "all":
         raise ConfigError(f"model.trainable={cfg.model.trainable!r} with lora.enabled=true: a LoRA run trains the "
                           "adapter only; choose its layers with lora.target")
+
+
+def _validate_memory(cfg: DictConfig) -> None:
+    memory = cfg.memory
+    _allowed("memory.base_dtype", memory.base_dtype, ("auto", *BASE_DTYPES))
+    _allowed("memory.fp8_granularity", memory.fp8_granularity, GRANULARITIES)
+    _allowed("memory.encoders", memory.encoders, ENCODER_PLACEMENTS)
+    layers = SIZES[cfg.model.size].dit.num_layers
+    if not 0 <= memory.offload_blocks <= layers:
+        raise ConfigError(f"memory.offload_blocks={memory.offload_blocks}: model.size={cfg.model.size!r} has {layers} "
+                          f"blocks; offload 0..{layers}")
+    if memory.prefetch_blocks < 1:
+        raise ConfigError(f"memory.prefetch_blocks={memory.prefetch_blocks}: must be >= 1")
+    frozen_only = {"memory.base_dtype=float8_e4m3fn": memory.base_dtype == "float8_e4m3fn",
+                   f"memory.offload_blocks={memory.offload_blocks}": memory.offload_blocks > 0}
+    for setting in (key for key, used in frozen_only.items() if used):
+        if not cfg.lora.enabled:
+            raise ConfigError(f"{setting} needs a frozen base: it applies to LoRA runs (lora=default)")
+    if (memory.offload_blocks or memory.offload_activations or memory.base_dtype == "float8_e4m3fn"
+            or memory.budget is not None):
+        if cfg.strategy.name in ("fsdp", "deepspeed"):
+            raise ConfigError(f"strategy.name={cfg.strategy.name!r} places the parameters itself: memory.base_dtype="
+                              "float8_e4m3fn, memory.offload_blocks, memory.offload_activations and memory.budget "
+                              "run with strategy=auto or ddp")
+    if memory.budget is not None:
+        try:
+            parse_memory(memory.budget)
+        except ValueError as error:
+            raise ConfigError(f"memory.budget={memory.budget!r}: {error}") from None
 
 
 def vae_stride(name: str) -> int:

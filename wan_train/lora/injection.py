@@ -30,8 +30,11 @@ def add_adapter(dit: nn.Module, *, target: str, rank: int, alpha: float, dropout
     config = lora_config(target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, dora=dora)
     inject_adapter_in_model(config, dit, adapter_name=ADAPTER)
     for name, parameter in dit.named_parameters():
-        parameter.requires_grad_(f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name
-                                 or f".lora_magnitude_vector.{ADAPTER}" in name)
+        trained = (f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name
+                   or f".lora_magnitude_vector.{ADAPTER}" in name)
+        parameter.requires_grad_(trained)
+        if trained:  # peft casts the factors to a bf16 base's dtype; they train in float32 (master weights)
+            parameter.data = parameter.data.float()
     return sum(p.numel() for p in dit.parameters() if p.requires_grad)
 
 

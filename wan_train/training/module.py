@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import lightning as L
 import numpy as np
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from wan_train.flow import (SigmaSampler, conditioning_frame_mask, expert_range, held_out_noise, held_out_sigmas,
                             interpolate, per_sample_loss, to_timestep, velocity_target)
@@ -32,6 +33,10 @@ class Inputs:
     y: torch.Tensor | None = None  # I2V/FLF2V: [B, 4 + C, T, h, w] mask + conditioning latent
     clip_fea: torch.Tensor | None = None  # models with a CLIP branch: [B, 257 (x2), 1280]
 
+    def to(self, device: torch.device) -> "Inputs":
+        return Inputs(*(None if t is None else t.to(device) for t in (self.latents, self.context, self.y,
+                                                                         self.clip_fea)))
+
 
 class FlowMatchingModule(L.LightningModule):
     def __init__(self, cfg, *, dit: WanDiT, encoders, boundary: float | None, held_out: list[dict],
@@ -47,6 +52,11 @@ class FlowMatchingModule(L.LightningModule):
         # Lightning must not ask for the base's keys; on_load_checkpoint checks the adapter's instead
         self.lora = has_adapter(dit)
         self.strict_loading = not self.lora
+        if self.lora:  # every rank loaded the same frozen base: DDP neither broadcasts it at start (14B, float8
+            # tensors, offloaded blocks' host copies) nor syncs its buffers; it reduces the adapter's gradients only
+            frozen = [f"dit.{n}" for n, p in dit.named_parameters() if not p.requires_grad]
+            DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+                self, frozen + [f"dit.{n}" for n, _ in dit.named_buffers()])
 
     # ---------------------------------------------------------------------------------------------- inputs
     @torch.no_grad()
@@ -55,8 +65,11 @@ class FlowMatchingModule(L.LightningModule):
         if "latents" in batch:
             return Inputs(batch["latents"].float(), batch["context"].float(), _float(batch.get("y")),
                           _float(batch.get("clip_fea")))
-        self.encoders.to(self.device)
-        video = batch["video"]
+        # memory.encoders: they stay on the device, visit it to encode (swap), or encode on the host (cpu)
+        placement = self.cfg.memory.encoders
+        device = torch.device("cpu") if placement == "cpu" else self.device
+        self.encoders.to(device)
+        video = batch["video"].to(device)
         latents = self.encoders.vae.encode(video).float()
         context, _ = self.encoders.text_encoder.encode(batch["prompt"])
         # the whole 512-token context (zero past each prompt, as the DiT pads it anyway): cutting it to the longest
@@ -68,7 +81,9 @@ class FlowMatchingModule(L.LightningModule):
             if self.dit.config.has_image_branch:
                 frames = [video[:, :, 0]] + ([video[:, :, -1]] if model_type == "flf2v" else [])
                 inputs.clip_fea = torch.cat([self.encoders.clip.encode(f) for f in frames], dim=1).float()
-        return inputs
+        if placement == "swap":
+            self.encoders.to("cpu")
+        return inputs.to(self.device)
 
     def frame_mask(self, inputs: Inputs, first_frame: torch.Tensor | None) -> torch.Tensor | None:
         """Latent frames in the loss ([T] or per sample [B, T]): the given frames are left out, i.e. frame 0 of

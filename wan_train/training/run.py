@@ -26,9 +26,11 @@ from wan_train.data.errors import SampleError
 from wan_train.data.shards import expand_urls, read_samples
 from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
+from wan_train.memory import Placement, place_base
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
+from wan_train.plan import plan_run
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
 from wan_train.training.adapters import export_adapter, register_run
 from wan_train.training.ema import EMA
@@ -60,6 +62,22 @@ def build_dit(cfg) -> WanDiT:
     else:
         apply_trainable(dit, cfg.model.trainable)
     return dit
+
+
+def placement(cfg) -> Placement:
+    """The memory group's placement of the frozen base, with base_dtype=auto resolved by the precision."""
+    memory = cfg.memory
+    base_dtype = memory.base_dtype
+    if base_dtype == "auto":
+        base_dtype = "bfloat16" if cfg.trainer.precision.startswith("bf16") else "float32"
+    return Placement(base_dtype=base_dtype, fp8_granularity=memory.fp8_granularity,
+                     offload_blocks=memory.offload_blocks, prefetch_blocks=memory.prefetch_blocks,
+                     offload_activations=memory.offload_activations)
+
+
+def compute_dtype(cfg) -> torch.dtype:
+    """What narrow-stored weights compute in: the precision's half type (bf16 unless 16-mixed)."""
+    return torch.float16 if cfg.trainer.precision.startswith("16") else torch.bfloat16
 
 
 def held_out_batches(data: DataConfig, count: int, shards: list[str]) -> list[dict]:
@@ -124,13 +142,14 @@ def prepare(cfg: DictConfig) -> Session:
     size = get_size(cfg.model.size)
     encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
     dit = build_dit(cfg)
+    base = base_identity(dit) if cfg.lora.enabled else None  # of the checkpoint's weights, before any narrowing
+    place_base(dit, placement(cfg), compute_dtype=compute_dtype(cfg))
     count = cfg.flow.held_out_samples
     module = FlowMatchingModule(cfg, dit=dit, encoders=encoders, boundary=size.boundary,
                                 held_out=held_out_batches(data, count, data.val_shards or data.shards),
                                 held_out_sets={name: held_out_batches(data, count, shards)
                                                for name, shards in data.val_sets.items()})
-    return Session(cfg, module, data, Path(cfg.run_dir), partner=frozen_partner(cfg),
-                   base=base_identity(dit) if cfg.lora.enabled else None)
+    return Session(cfg, module, data, Path(cfg.run_dir), partner=frozen_partner(cfg), base=base)
 
 
 def frozen_partner(cfg) -> WanDiT | None:
@@ -149,6 +168,8 @@ def run(cfg: DictConfig) -> dict:
         check_launch(cfg.trainer)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+    if cfg.memory.budget is not None:
+        cfg = planned(cfg)
     write_run_info(cfg, Path(cfg.run_dir))
     if cfg.expert.name == "both":
         metrics = run_both_experts(cfg)
@@ -158,6 +179,23 @@ def run(cfg: DictConfig) -> dict:
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
     return metrics
+
+
+def planned(cfg: DictConfig) -> DictConfig:
+    """memory.budget set: the planner's fastest setting that fits replaces the memory fields and activation
+    checkpointing (logged, and recorded in the run's config.yaml)."""
+    try:
+        plan = plan_run(cfg)
+    except ValueError as error:  # NoFit, or a strategy that places the parameters itself
+        raise ConfigError(f"memory.budget={cfg.memory.budget}: {error}") from None
+    cfg = copy.deepcopy(cfg)
+    setting = plan.setting
+    cfg.memory.base_dtype, cfg.memory.offload_blocks = setting.base_dtype, setting.offload_blocks
+    cfg.memory.prefetch_blocks, cfg.memory.offload_activations = setting.prefetch_blocks, setting.offload_activations
+    cfg.model.activation_checkpointing = setting.activation_checkpointing
+    log.info("memory.budget=%s: %s (estimated peak %.1f GiB)", cfg.memory.budget, setting,
+             plan.estimate.peak / 2**30)
+    return cfg
 
 
 def expert_config(cfg: DictConfig, expert: str) -> DictConfig:

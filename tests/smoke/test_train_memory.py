@@ -1,0 +1,63 @@
+"""A LoRA run's memory settings through train.py's run(cfg) on the CPU: block offload and host-side encoders
+change nothing in the losses; a float8 base trains, records the base it was trained on (not its float8 copy) and
+its adapter applies to the full-precision base; memory.budget plans the settings at start."""
+
+import json
+import math
+
+import pytest
+import yaml
+from safetensors import safe_open
+
+from tests.smoke.test_train_lora import config, demo, losses  # noqa: F401 (demo is a fixture)
+from wan_train.config import ConfigError, validate
+from wan_train.lora import base_identity
+from wan_train.models import load_dit
+from wan_train.training.run import run
+
+SHORT = {"trainer.max_steps": "3", "trainer.val_every_n_steps": "3", "trainer.checkpoint_every_n_steps": "3"}
+
+
+def test_block_offload_and_host_encoders_leave_the_losses_unchanged(demo, tmp_path):  # noqa: F811
+    plain = run(config(demo, tmp_path / "plain", **SHORT))
+    offloaded = run(config(demo, tmp_path / "offload", **SHORT, **{
+        "memory.offload_blocks": "2", "memory.prefetch_blocks": "1", "memory.encoders": "swap",
+        "model.activation_checkpointing": "true"}))
+    assert sorted(losses(tmp_path / "plain" / "run")) == [0, 1, 2]
+    assert losses(tmp_path / "offload" / "run") == losses(tmp_path / "plain" / "run")
+    assert offloaded["val/loss"] == plain["val/loss"]
+
+
+def test_float8_base_trains_and_records_the_full_precision_base(demo, tmp_path):  # noqa: F811
+    metrics = run(config(demo, tmp_path, **SHORT, **{"memory.base_dtype": "float8_e4m3fn",
+                                                     "memory.encoders": "cpu"}))
+    assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
+    assert math.isfinite(metrics["val/loss"])
+    meta = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    assert meta["r"] == 4
+    with safe_open(tmp_path / "run" / "adapter" / "adapter_model.safetensors", "pt") as file:
+        recorded = file.metadata()
+    assert base_identity(load_dit(demo / "base")) in json.dumps(recorded)
+
+
+def test_memory_settings_are_checked_at_start(demo, tmp_path):  # noqa: F811
+    full_finetune = {"lora.enabled": "false"}
+    with pytest.raises(ConfigError, match="memory.offload_blocks=3"):
+        validate(config(demo, tmp_path, **{"memory.offload_blocks": "3"}))
+    with pytest.raises(ConfigError, match="memory.base_dtype=float8_e4m3fn needs a frozen base"):
+        validate(config(demo, tmp_path, **full_finetune, **{"memory.base_dtype": "float8_e4m3fn"}))
+    with pytest.raises(ConfigError, match="memory.encoders='gpu'"):
+        validate(config(demo, tmp_path, **{"memory.encoders": "gpu"}))
+    with pytest.raises(ConfigError, match="memory.budget='lots'"):
+        validate(config(demo, tmp_path, **{"memory.budget": "lots"}))
+
+
+def test_memory_budget_plans_the_settings_at_start_and_records_them(demo, tmp_path):  # noqa: F811
+    metrics = run(config(demo, tmp_path, **SHORT, **{"memory": "24gb", "memory.encoders": "device"}))
+    assert math.isfinite(metrics["val/loss"])
+    recorded = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    # a tiny model fits 24 GB as it is: the planner's fastest setting offloads nothing
+    assert recorded["memory"]["budget"] == "24GB" and recorded["memory"]["offload_blocks"] == 0
+    assert recorded["memory"]["base_dtype"] in ("bfloat16", "float8_e4m3fn")
+    with pytest.raises(ConfigError, match="memory.budget=1MB: nothing fits"):
+        run(config(demo, tmp_path / "tiny_budget", **SHORT, **{"memory.budget": "1MB"}))
