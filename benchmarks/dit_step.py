@@ -103,10 +103,15 @@ def peak_bytes(step, device: str) -> int:
         torch.cuda.reset_peak_memory_stats()
         step(set_to_none=False)
         return torch.cuda.max_memory_allocated() - base
+    return cpu_peak_bytes(lambda: step(set_to_none=False))
+
+
+def cpu_peak_bytes(run) -> int:
+    """The largest sum of live CPU allocations made while ``run()`` runs (profiler memory events)."""
     from torch.profiler import ProfilerActivity, profile
 
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step(set_to_none=False)
+        run()
     events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
                     key=lambda e: e.start_ns())
     live = peak = 0

@@ -27,6 +27,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from dit_step import cpu_peak_bytes  # noqa: E402
+
 from wan_train.lora import add_adapter  # noqa: E402
 from wan_train.memory import place_base  # noqa: E402
 from wan_train.models import WanDiT, get_size  # noqa: E402
@@ -114,23 +117,13 @@ def cpu_peak(step, dit: WanDiT, optimizer) -> int:
     not offloaded, gradients, optimizer state) plus the largest sum of the step's live allocations (profiler
     memory events). CPU kernels save a little differently from CUDA's (e.g. rms_norm), so this checks the
     arithmetic, not a GPU's number."""
-    from torch.profiler import ProfilerActivity, profile
-
     offload = dit.block_offload
     hosted = {t.data_ptr() for ts in offload.host.values() for t in ts} if offload is not None else set()
     resident = sum(t.numel() * t.element_size() for t in dit.parameters() if t.data_ptr() not in hosted)
     resident += sum(p.grad.numel() * p.grad.element_size() for p in dit.parameters() if p.grad is not None)
     resident += sum(v.numel() * v.element_size() for state in optimizer.state.values() for v in state.values()
                     if isinstance(v, torch.Tensor) and v.ndim)
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        step()
-    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
-                    key=lambda e: e.start_ns())
-    live = peak = 0
-    for event in events:
-        live += event.nbytes()
-        peak = max(peak, live)
-    return resident + peak
+    return resident + cpu_peak_bytes(step)
 
 
 def describe(setting: Setting) -> str:
