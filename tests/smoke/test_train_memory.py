@@ -6,6 +6,7 @@ import json
 import math
 
 import pytest
+import torch
 import yaml
 from safetensors import safe_open
 
@@ -28,11 +29,15 @@ def test_block_offload_and_host_encoders_leave_the_losses_unchanged(demo, tmp_pa
     assert offloaded["val/loss"] == plain["val/loss"]
 
 
-def test_float8_base_trains_and_records_the_full_precision_base(demo, tmp_path):  # noqa: F811
-    metrics = run(config(demo, tmp_path, **SHORT, **{"memory.base_dtype": "float8_e4m3fn",
-                                                     "memory.encoders": "cpu"}))
+def test_float8_base_trains_samples_and_records_the_full_precision_base(demo, tmp_path):  # noqa: F811
+    videos = {"validation.every_n_steps": "3", "validation.prompts": "[zxq mascot]", "validation.steps": "2",
+              "validation.num_frames": "5"}
+    metrics = run(config(demo, tmp_path, **SHORT, **videos, **{
+        "memory.base_dtype": "float8_e4m3fn", "memory.offload_blocks": "1", "memory.encoders": "cpu"}))
     assert all(math.isfinite(v) for v in losses(tmp_path / "run").values())
     assert math.isfinite(metrics["val/loss"])
+    # validation videos sample through the shared loop with the float8, offloaded DiT
+    assert (tmp_path / "run" / "samples" / "step_0000003" / "prompt_00.mp4").is_file()
     meta = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
     assert meta["r"] == 4
     with safe_open(tmp_path / "run" / "adapter" / "adapter_model.safetensors", "pt") as file:
@@ -61,3 +66,15 @@ def test_memory_budget_plans_the_settings_at_start_and_records_them(demo, tmp_pa
     assert recorded["memory"]["base_dtype"] in ("bfloat16", "float8_e4m3fn")
     with pytest.raises(ConfigError, match="memory.budget=1MB: nothing fits"):
         run(config(demo, tmp_path / "tiny_budget", **SHORT, **{"memory.budget": "1MB"}))
+
+
+def test_bf16_precision_reads_the_base_in_bf16_and_trains_the_adapter_in_float32(demo, tmp_path):  # noqa: F811
+    from wan_train.training.run import prepare
+
+    cfg = config(demo, tmp_path, **SHORT, **{"trainer.precision": "bf16-mixed"})
+    dit = prepare(cfg).module.dit  # memory.base_dtype=auto: bf16 under bf16 precision
+    keep = dit.fp32_parameter_names()
+    assert all(p.dtype == torch.float32 for n, p in dit.named_parameters() if p.requires_grad or n in keep)
+    assert {p.dtype for n, p in dit.named_parameters() if not p.requires_grad and n not in keep} == {torch.bfloat16}
+    metrics = run(cfg)
+    assert math.isfinite(metrics["val/loss"]) and all(math.isfinite(v) for v in losses(tmp_path / "run").values())

@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 def build_dit(cfg) -> WanDiT:
     size = get_size(cfg.model.size)
     if cfg.model.checkpoint:
-        dit = load_dit(cfg.model.checkpoint, expert=cfg.expert.name, dtype=torch.float32)
+        dit = load_dit(cfg.model.checkpoint, expert=cfg.expert.name, dtype=load_dtype(cfg))
     else:
         torch.manual_seed(cfg.trainer.seed)
         dit = WanDiT(size.dit)
@@ -73,6 +73,14 @@ def placement(cfg) -> Placement:
     return Placement(base_dtype=base_dtype, fp8_granularity=memory.fp8_granularity,
                      offload_blocks=memory.offload_blocks, prefetch_blocks=memory.prefetch_blocks,
                      offload_activations=memory.offload_activations)
+
+
+def load_dtype(cfg) -> torch.dtype:
+    """A LoRA run's frozen base is read straight into its (narrower) storage dtype, tensor by tensor, so a 14B
+    expert never sits in host memory in float32 (56 GB); float8 is quantised from bf16. The base identity is the
+    same either way (wan_train.lora.identity rounds to bf16)."""
+    narrow = cfg.lora.enabled and placement(cfg).base_dtype != "float32"
+    return compute_dtype(cfg) if narrow else torch.float32
 
 
 def compute_dtype(cfg) -> torch.dtype:
@@ -157,7 +165,10 @@ def frozen_partner(cfg) -> WanDiT | None:
     if not (cfg.validation.every_n_steps and cfg.expert.name in EXPERTS and cfg.model.checkpoint):
         return None
     other = next(e for e in EXPERTS if e != cfg.expert.name)
-    return load_dit(cfg.model.checkpoint, expert=other, dtype=torch.float32).eval().requires_grad_(False)
+    partner = load_dit(cfg.model.checkpoint, expert=other, dtype=load_dtype(cfg)).eval().requires_grad_(False)
+    base = placement(cfg)  # stored like the trained expert's base (it waits in host memory between videos)
+    return place_base(partner, Placement(base_dtype=base.base_dtype, fp8_granularity=base.fp8_granularity),
+                      compute_dtype=compute_dtype(cfg))
 
 
 def run(cfg: DictConfig) -> dict:
