@@ -30,12 +30,12 @@ from wan_train.memory import Placement, place_base
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
-from wan_train.plan import plan_run
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
 from wan_train.training.adapters import export_adapter, register_run
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
+from wan_train.training.placement import compute_dtype, load_dtype, placement, planned
 from wan_train.training.requeue import RequeueOnSignal
 from wan_train.training.trainable import apply_trainable
 from wan_train.training.validation import ValidationVideos
@@ -62,30 +62,6 @@ def build_dit(cfg) -> WanDiT:
     else:
         apply_trainable(dit, cfg.model.trainable)
     return dit
-
-
-def placement(cfg) -> Placement:
-    """The memory group's placement of the frozen base, with base_dtype=auto resolved by the precision."""
-    memory = cfg.memory
-    base_dtype = memory.base_dtype
-    if base_dtype == "auto":
-        base_dtype = "bfloat16" if cfg.trainer.precision.startswith("bf16") else "float32"
-    return Placement(base_dtype=base_dtype, fp8_granularity=memory.fp8_granularity,
-                     offload_blocks=memory.offload_blocks, prefetch_blocks=memory.prefetch_blocks,
-                     offload_activations=memory.offload_activations)
-
-
-def load_dtype(cfg) -> torch.dtype:
-    """A LoRA run's frozen base is read straight into its (narrower) storage dtype, tensor by tensor, so a 14B
-    expert never sits in host memory in float32 (56 GB); float8 is quantised from bf16. The base identity is the
-    same either way (wan_train.lora.identity rounds to bf16)."""
-    narrow = cfg.lora.enabled and placement(cfg).base_dtype != "float32"
-    return compute_dtype(cfg) if narrow else torch.float32
-
-
-def compute_dtype(cfg) -> torch.dtype:
-    """What narrow-stored weights compute in: the precision's half type (bf16 unless 16-mixed)."""
-    return torch.float16 if cfg.trainer.precision.startswith("16") else torch.bfloat16
 
 
 def held_out_batches(data: DataConfig, count: int, shards: list[str]) -> list[dict]:
@@ -190,23 +166,6 @@ def run(cfg: DictConfig) -> dict:
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
     return metrics
-
-
-def planned(cfg: DictConfig) -> DictConfig:
-    """memory.budget set: the planner's fastest setting that fits replaces the memory fields and activation
-    checkpointing (logged, and recorded in the run's config.yaml)."""
-    try:
-        plan = plan_run(cfg)
-    except ValueError as error:  # NoFit, or a strategy that places the parameters itself
-        raise ConfigError(f"memory.budget={cfg.memory.budget}: {error}") from None
-    cfg = copy.deepcopy(cfg)
-    setting = plan.setting
-    cfg.memory.base_dtype, cfg.memory.offload_blocks = setting.base_dtype, setting.offload_blocks
-    cfg.memory.prefetch_blocks, cfg.memory.offload_activations = setting.prefetch_blocks, setting.offload_activations
-    cfg.model.activation_checkpointing = setting.activation_checkpointing
-    log.info("memory.budget=%s: %s (estimated peak %.1f GiB)", cfg.memory.budget, setting,
-             plan.estimate.peak / 2**30)
-    return cfg
 
 
 def expert_config(cfg: DictConfig, expert: str) -> DictConfig:
