@@ -168,6 +168,7 @@ class SamplingOverrides:
     shift: float | None = None
     guidance_scale: float | None = None  # the high-noise expert's (or the only) CFG scale
     guidance_scale_2: float | None = None  # the low-noise expert's
+    reference_guidance_scale: float | None = None  # task=r2v: weight of the references (Phantom's g_img)
     negative_prompt: str | None = None  # None: the official Chinese negative prompt
     width: int | None = None
     height: int | None = None
@@ -216,7 +217,10 @@ class GenerateConfig(SamplingOverrides):
     prompt: Any = None  # one prompt, or a list: prompt='[a cat, a dog]'
     prompts_file: str | None = None  # one prompt per line (instead of prompt)
     out: str = "outputs/video.mp4"  # several videos: FILE_000.mp4, FILE_001.mp4, ...
-    task: str = "t2v"  # t2v | i2v | flf2v | ti2v, as the model allows
+    task: str = "t2v"  # t2v | i2v | flf2v | ti2v | r2v, as the model allows
+    # task=r2v: one image or clip per subject, the prompt's @Video1, @Video2, @Video3 (refs='[a.png,b.mp4]')
+    refs: Any = None
+    reference_frames: int = 1  # frames taken from each clip reference (1 + 4k); images are one frame
     image: str | None = None  # the first frame (i2v / ti2v / flf2v)
     last_image: str | None = None  # the last frame (flf2v)
     seed: int = 0  # video i gets seed + i

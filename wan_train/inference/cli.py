@@ -19,6 +19,7 @@ from wan_train.inference.loading import load
 from wan_train.inference.outputs import SavedVideo, save_video
 from wan_train.inference.pipeline import Adapter, WanModels, check_request, generate
 from wan_train.inference.presets import Sampling, official, with_overrides
+from wan_train.inference.references import check_tags, read_reference
 from wan_train.inference.solvers import SOLVERS
 from wan_train.lora.resolve import resolve_adapter
 
@@ -47,6 +48,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
                          f"{', '.join(models.tasks)}")
     settings, first, last = fit_images(models, task, settings, cfg)
     check_request(models, task, settings)
+    references = read_references(cfg, task, settings)
+    check_tags(prompts, len(references))
     adapters = parse_adapters(cfg.lora, root=cfg.lora_root)
     offload = cfg.offload_model if cfg.offload_model is not None else needs_offload(models, device)
 
@@ -60,7 +63,7 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
             videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
                               images=first, last_images=last, adapters=adapters, device=device, offload=offload,
                               fuse_lora=cfg.fuse_lora, allow_base_mismatch=cfg.allow_base_mismatch,
-                              on_step=lambda done, total, expert: progress.update(
+                              references=references, on_step=lambda done, total, expert: progress.update(
                                   bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
             seconds = (time.perf_counter() - began) / len(batch)
             for (prompt, seed), video in zip(batch, videos, strict=True):
@@ -98,9 +101,10 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def fit_images(models: WanModels, task: str, settings: Sampling, cfg: DictConfig):
     """The output size follows the image at the settings' area (the official rules, inference.images), and the
     images are resized to it: (settings, first [1, 3, H, W] or None, last or None)."""
-    if task == "t2v":
+    if task in ("t2v", "r2v"):
         if cfg.image is not None:
-            raise ValueError(f"image={cfg.image} was given for task=t2v; pass task=i2v (or the model's image task)")
+            raise ValueError(f"image={cfg.image} was given for task={task}; pass task=i2v (or the model's image "
+                             "task)")
         return settings, None, None
     if cfg.image is None:
         raise ValueError(f"task={task} needs image=FILE (the first frame)")
@@ -148,8 +152,22 @@ def needs_offload(models: WanModels, device: torch.device) -> bool:
     return need > 0.8 * free
 
 
+def read_references(cfg: DictConfig, task: str, settings: Sampling) -> list[torch.Tensor]:
+    """task=r2v: refs=[FILE, ...] (images, or clips giving reference_frames frames each) fitted to the output size."""
+    refs = [] if cfg.refs is None else [cfg.refs] if isinstance(cfg.refs, str) else list(cfg.refs)
+    if task != "r2v":
+        if refs:
+            raise ValueError(f"refs={refs} were given for task={task}; pass task=r2v")
+        return []
+    if not refs:
+        raise ValueError("task=r2v needs refs=[FILE, ...]: one image or clip per subject the prompt tags @Video1..")
+    return [read_reference(path, width=settings.width, height=settings.height, frames=cfg.reference_frames)
+            for path in refs]
+
+
 def metadata(cfg, source: dict, prompt: str, seed: int, task: str, settings: Sampling, adapters, seconds: float):
     return {"prompt": prompt, "seed": seed, "task": task, "image": cfg.image, "last_image": cfg.last_image,
+            "refs": None if cfg.refs is None else OmegaConf.to_container(cfg, resolve=True)["refs"],
             "settings": dataclasses.asdict(settings), "checkpoint": source,
             "lora": [dataclasses.asdict(a) for a in adapters], "seconds_per_video": round(seconds, 3),
             "command": OmegaConf.to_container(cfg, resolve=True)}

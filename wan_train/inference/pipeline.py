@@ -18,6 +18,7 @@ from torch import nn
 from wan_train.flow import expert_for_sigma, to_timestep
 from wan_train.inference.conditioning import i2v_mask
 from wan_train.inference.presets import Sampling
+from wan_train.inference.references import check_tags
 from wan_train.inference.schedules import sampling_sigmas
 from wan_train.inference.solvers import get_solver
 from wan_train.lora import applied, check_base, load_lora, merged
@@ -56,7 +57,7 @@ class WanModels:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return TASKS[self.config.model_type]
+        return TASKS[self.config.model_type] + (("r2v",) if self.config.references else ())
 
     @property
     def stride(self) -> tuple[int, int]:
@@ -79,11 +80,13 @@ class Adapter:
 @dataclass
 class Conditioning:
     """The task inputs of a batch, besides text: y (I2V/FLF2V: mask + image latent, [B, 4 + Z, T, h, w]),
-    clip_fea (Wan2.1 I2V: [B, 257 (x2), 1280]), first (TI2V: the clean first latent frame [B, Z, 1, h, w])."""
+    clip_fea (Wan2.1 I2V: [B, 257 (x2), 1280]), first (TI2V: the clean first latent frame [B, Z, 1, h, w]), refs
+    (reference-to-video)."""
 
     y: torch.Tensor | None = None
     clip_fea: torch.Tensor | None = None
     first: torch.Tensor | None = None
+    refs: list[torch.Tensor] | None = None  # R2V: clean reference latents [B, Z, f_j, h, w], @Video{j+1}
 
 
 def check_request(models: WanModels, task: str, settings: Sampling) -> None:
@@ -134,9 +137,13 @@ def encode_text(models: WanModels, prompts: Sequence[str], negative_prompt: str 
 
 @torch.no_grad()
 def condition(models: WanModels, task: str, images: torch.Tensor | None, last_images: torch.Tensor | None,
-              settings: Sampling, *, device: torch.device) -> Conditioning:
-    """images / last_images: [B, 3, H, W] in [-1, 1] at the output size (inference.images prepares them)."""
+              settings: Sampling, *, device: torch.device, references: Sequence[torch.Tensor] = (),
+              batch: int = 1) -> Conditioning:
+    """images / last_images: [B, 3, H, W] in [-1, 1] at the output size (inference.images prepares them);
+    references (task r2v): each [3, f, H, W] in [-1, 1] at the output size (inference.references reads them)."""
     cfg, vae = models.config, models.vae
+    if task == "r2v" or references:
+        return reference_condition(models, task, references, settings, device=device, batch=batch)
     if task == "t2v":
         if images is not None:
             raise ValueError("images were given for task='t2v'; pass the model's image task (i2v / flf2v)")
@@ -165,6 +172,23 @@ def condition(models: WanModels, task: str, images: torch.Tensor | None, last_im
     return Conditioning(y=y, clip_fea=clip_fea)
 
 
+def reference_condition(models: WanModels, task: str, references: Sequence[torch.Tensor], settings: Sampling, *,
+                        device: torch.device, batch: int) -> Conditioning:
+    """Each reference VAE-encoded on its own (a clip of f frames -> 1 + (f - 1) / 4 latent frames, an image -> 1)."""
+    if task != "r2v":
+        raise ValueError(f"references were given for task={task!r}; pass task=r2v")
+    if not references:
+        raise ValueError("task=r2v needs references (generate.py refs=[a.png,b.mp4])")
+    expected = (3, settings.height, settings.width)
+    for j, ref in enumerate(references):
+        if ref.ndim != 4 or (ref.shape[0], *ref.shape[2:]) != expected:
+            raise ValueError(f"reference {j + 1} (@Video{j + 1}) has shape {tuple(ref.shape)}; expected [3, f, "
+                             f"{settings.height}, {settings.width}] (fit it with wan_train.inference.references)")
+    vae = models.vae
+    latents = [vae.encode(ref[None].to(_device_of(vae), torch.float32)).float().to(device) for ref in references]
+    return Conditioning(refs=[z.expand(batch, -1, -1, -1, -1) for z in latents])
+
+
 class ExpertSwitch:
     """The DiT of each step: the high-noise expert for sigma >= boundary, the low-noise one below (the official
     rule, flow.expert_for_sigma); with `offload`, the idle expert waits on the CPU."""
@@ -191,9 +215,14 @@ class ExpertSwitch:
 
 
 def guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
-                    negative: torch.Tensor | None, cond: Conditioning, scale: float) -> torch.Tensor:
+                    negative: torch.Tensor | None, cond: Conditioning, scale: float,
+                    reference_scale: float = 1.0) -> torch.Tensor:
     """v = v_u + scale * (v_c - v_u) (Ho & Salimans 2022), both branches in one batch of 2B sharing y and
-    clip_fea; scale 1 (or no negative) runs the conditional branch only."""
+    clip_fea; scale 1 (or no negative) runs the conditional branch only. With references, the three branches of
+    Phantom (wan_arch.md §5.4) in one batch of 3B: v = v_0 + g_ref (v_r - v_0) + g_text (v_rt - v_r), where v_0 has
+    zero references and the negative prompt, v_r the references and the negative prompt, v_rt both."""
+    if cond.refs:
+        return _reference_guided_velocity(dit, x, t, context, negative, cond.refs, scale, reference_scale)
     if scale == 1.0 or negative is None:
         return dit(x, t, context, y=cond.y, clip_fea=cond.clip_fea).float()
     b = x.shape[0]
@@ -208,6 +237,21 @@ def guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torc
                clip_fea=twice(cond.clip_fea)).float()
     v_c, v_u = both[:b], both[b:]
     return v_u + scale * (v_c - v_u)
+
+
+def _reference_guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                               negative: torch.Tensor | None, refs: list[torch.Tensor], scale: float,
+                               reference_scale: float) -> torch.Tensor:
+    if negative is None or (scale == 1.0 and reference_scale == 1.0):
+        return dit(x, t, context, refs=refs).float()
+    b = x.shape[0]
+    length = max(context.shape[1], negative.shape[1])
+    context, negative = (F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (context, negative))
+    negative = negative.expand(b, -1, -1)
+    three = dit(torch.cat([x, x, x]), torch.cat([t, t, t]), torch.cat([negative, negative, context]),
+                refs=[torch.cat([torch.zeros_like(r), r, r]) for r in refs]).float()
+    v_0, v_r, v_rt = three[:b], three[b:2 * b], three[2 * b:]
+    return v_0 + reference_scale * (v_r - v_0) + scale * (v_rt - v_r)
 
 
 def first_frame_timesteps(t: torch.Tensor, latent_shape: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
@@ -246,7 +290,8 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
         t = torch.full((b,), float(timesteps[i]), device=device)
         if first is not None:
             t = first_frame_timesteps(t, x.shape[1:], dit.config.patch_size)
-        return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert))
+        return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert),
+                               settings.reference_guidance_scale)
 
     def after_step(x: torch.Tensor, i: int) -> torch.Tensor:
         x = paste(x)
@@ -267,24 +312,28 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
              task: str = "t2v", images: torch.Tensor | None = None, last_images: torch.Tensor | None = None,
              adapters: Sequence[Adapter] = (), device: torch.device | str | None = None, offload: bool = False,
              decode: bool = True, on_step: Callable[[int, int, str | None], None] | None = None,
-             fuse_lora: bool = False, allow_base_mismatch: bool = False) -> torch.Tensor:
+             fuse_lora: bool = False, allow_base_mismatch: bool = False,
+             references: Sequence[torch.Tensor] = ()) -> torch.Tensor:
     """Videos [B, 3, F, H, W] float32 in [-1, 1] on the CPU (decode=False: the latents [B, Z, T, h, w]) for a
     batch of prompts; prompt i gets seed + i. images (image tasks): [B or 1, 3, H, W] in [-1, 1] at
     settings.height x settings.width (inference.images fits a picture to the model's rule).
     adapters: applied for this call only (a weighted blend when several); fuse_lora merges them into the weights
-    for the call (no per-step extra matmuls) and restores the weights bit for bit afterwards."""
+    for the call (no per-step extra matmuls) and restores the weights bit for bit afterwards. references (task
+    r2v): up to 3, each [3, f, H, W] in [-1, 1] at the output size, the j-th being the prompts' @Video{j+1}."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
+    check_tags(prompts, len(references))
     check_request(models, task, settings)
     device = torch.device(device) if device is not None else _device_of(next(iter(models.dits.values())))
     b = len(prompts)
     images, last_images = (_batch(im, b, settings, name) for im, name in ((images, "images"),
                                                                          (last_images, "last_images")))
-    use_negative = settings.guidance_scale != 1.0 or settings.guidance_for("low_noise") != 1.0
+    use_negative = settings.guidance_scale != 1.0 or settings.guidance_for("low_noise") != 1.0 or (
+        bool(references) and settings.reference_guidance_scale != 1.0)
     context, negative = encode_text(models, prompts, settings.negative_prompt if use_negative else None,
                                     device=device)
-    cond = condition(models, task, images, last_images, settings, device=device)
+    cond = condition(models, task, images, last_images, settings, device=device, references=references, batch=b)
     noise = initial_noise(latent_shape(models, settings), [seed + i for i in range(b)])
     with ExitStack() as stack:
         for dit, blend in _blends(models, adapters, allow_base_mismatch=allow_base_mismatch).items():

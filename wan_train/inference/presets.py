@@ -28,6 +28,9 @@ class Sampling:
     shift: float = 5.0
     guidance_scale: float = 5.0
     guidance_scale_2: float | None = None
+    # reference-to-video: the weight of the references against no references (Phantom's g_img; guidance_scale is
+    # then the text's weight given the references, its g_text)
+    reference_guidance_scale: float = 5.0
     negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
     width: int = 832
     height: int = 480
@@ -38,7 +41,7 @@ class Sampling:
         problems = []
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             problems.append(f"steps={self.steps!r} must be an integer >= 1")
-        for name in ("shift", "guidance_scale", "fps"):
+        for name in ("shift", "guidance_scale", "reference_guidance_scale", "fps"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 problems.append(f"{name}={value!r} must be a number > 0")
@@ -99,8 +102,9 @@ def fast(settings: Sampling) -> Sampling:
 
 def size_name(config: DiTConfig, *, moe: bool) -> str | None:
     """The named size whose DiT architecture (and expert count) a loaded checkpoint has, or None."""
+    plain = config.replace(references=0)  # a reference-extended DiT samples like its base
     for name, size in SIZES.items():
-        if size.dit == config and size.is_moe == moe:
+        if size.dit == plain and size.is_moe == moe:
             return name
     return None
 

@@ -102,10 +102,12 @@ _UNSUPPORTED_HINTS = {"vace_layers": "VACE", "vace_in_dim": "VACE", "vace_in_cha
 def config_to_json(cfg: DiTConfig, layout: str) -> dict:
     if cfg.rope_theta != 10000.0:
         raise ValueError(f"rope_theta={cfg.rope_theta} cannot be written in the {layout} config.json")
+    # the reference extension (wan_train's) is recorded beside the official fields, only when present
+    extension = {"references": cfg.references} if cfg.references else {}
     if layout == OFFICIAL:
         return {"_class_name": _OFFICIAL_CLASS, "_diffusers_version": "0.30.0",
-                **{k: getattr(cfg, k) for k in _OFFICIAL_FIELDS}}
-    return {
+                **{k: getattr(cfg, k) for k in _OFFICIAL_FIELDS}, **extension}
+    return {**extension, 
         "_class_name": _DIFFUSERS_CLASS, "_diffusers_version": "0.33.0",
         "patch_size": list(cfg.patch_size), "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim,
         "in_channels": cfg.in_dim, "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim,
@@ -120,6 +122,17 @@ def config_from_json(d: dict, layout: str, shapes: dict[str, tuple[int, ...]], *
     """A DiTConfig from a config.json of either layout. Fields the file does not carry (the official format
     omits patch size, text width and the CLIP branch) are read from the official-named tensor ``shapes``."""
     fields = {k: v for k, v in d.items() if not k.startswith("_")}
+    declared = fields.pop("references", 0)
+    cfg = _config_fields_from_json(fields, layout, shapes, source=source)
+    found = shapes["reference_embedding"][0] if "reference_embedding" in shapes else 0
+    if declared != found:
+        raise CheckpointError(f"{source}: references={declared}, but the weights hold {found} reference slot "
+                              "embeddings (reference_embedding)")
+    return cfg.replace(references=found)
+
+
+def _config_fields_from_json(fields: dict, layout: str, shapes: dict[str, tuple[int, ...]], *,
+                             source: str) -> DiTConfig:
     unsupported = sorted({_UNSUPPORTED_HINTS[k] for k in fields if k in _UNSUPPORTED_HINTS})
     if unsupported:
         raise CheckpointError(f"{source}: {', '.join(unsupported)} checkpoints are not supported by load_dit")
@@ -203,6 +216,7 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], *, source: str, head_
         dim=dim, in_dim=in_dim, num_heads=dim // head_dim, ffn_dim=shapes["blocks.0.ffn.0.weight"][0],
         num_layers=1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")),
         out_dim=shapes["head.head.weight"][0] // math.prod(fields["patch_size"]),
-        freq_dim=shapes["time_embedding.0.weight"][1], **fields,
+        freq_dim=shapes["time_embedding.0.weight"][1],
+        references=shapes["reference_embedding"][0] if "reference_embedding" in shapes else 0, **fields,
     )
     return cfg.replace(model_type=_model_type(cfg))

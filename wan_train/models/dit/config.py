@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 
 MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
+MAX_REFERENCES = 3  # reference-to-video slots, tagged @Video1..@Video3 in prompts
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,6 +31,9 @@ class DiTConfig:
     image_pos_len: int | None = None  # flf2v: learned position embedding over 2 x 257 CLIP tokens
     rope_theta: float = 10000.0
     rope_max_len: int = 1024  # positions per axis in the RoPE tables
+    # the reference-to-video extension (wan_train's, not an official field): this many reference slots, each with
+    # a learned embedding added to its reference's tokens; 0: a plain Wan DiT
+    references: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
@@ -40,6 +44,11 @@ class DiTConfig:
             problems.append(f"dim={self.dim} is not divisible by num_heads={self.num_heads}")
         elif self.head_dim % 2 or self.head_dim < 6:
             problems.append(f"head_dim={self.head_dim} must be even and >= 6 for the 3-axis RoPE")
+        if not 0 <= self.references <= MAX_REFERENCES:
+            problems.append(f"references={self.references} must be in 0..{MAX_REFERENCES} (@Video1..@Video3)")
+        if self.references and self.model_type in ("i2v", "flf2v"):
+            problems.append(f"references={self.references}: the reference extension builds on T2V / TI2V models, "
+                            f"not {self.model_type}")
         if self.image_pos_len is not None and self.image_dim is None:
             problems.append("image_pos_len needs image_dim (the CLIP branch)")
         if len(self.patch_size) != 3:

@@ -3,12 +3,19 @@
 Legend: B batch, C channels, F/H/W latent frames/height/width, L video tokens (post-patch F*H*W), S context
 tokens, D model width, P = prod(patch_size) * out_dim patch pixels per token.
 
-    velocity = model(x, t, context, y=None, clip_fea=None)
+    velocity = model(x, t, context, y=None, clip_fea=None, refs=None)
 
 x [B, C, F, H, W] noisy latents; t [B] or per-token [B, L] on the 0-1000 scale; context [B, S <= 512, 4096]
 umT5 embeddings, zero-padded here to 512 tokens and attended unmasked (the checkpoints were trained that
 way); y [B, C_y, F, H, W] extra input channels (i2v: mask + image latent), concatenated after x; clip_fea
 [B, 257, 1280] CLIP ViT-H/14 penultimate tokens (Wan2.1 i2v), or [B, 514, 1280] first + last (flf2v).
+
+Reference-to-video (``config.references`` > 0): refs is a list of up to that many clean reference latents
+[B, C, f_j, H, W] (a few frames of a clip, or one image: f_j = 1), reference j being the subject the prompt tags
+@Video{j+1}. They are appended to x along the frame axis, so their RoPE time positions follow the video's (outside
+its range), their tokens get timestep 0 (clean, as in training), and ``reference_embedding[j]`` (zero at init) is
+added to reference j's tokens after the patch embedding. The output is the video's frames only: references have
+no prediction, so no loss. An absent reference is a zero latent (the guidance branch without references).
 
 Sequence parallelism (Ulysses): with ``dit.sequence_parallel`` set (``wan_train.parallel.SequenceParallel``; any
 object with ``size``, ``split(x, *, dim)``, ``gather(x, *, dim)`` and ``attention(q, k, v)``), each rank of the
@@ -28,7 +35,7 @@ factory of a context manager of saved-tensor hooks) the training forward saves a
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -96,6 +103,8 @@ class WanDiT(nn.Module):
         self.head = Head(d, math.prod(cfg.patch_size) * cfg.out_dim, cfg.eps)
         if cfg.has_image_branch:
             self.img_emb = MLPProj(cfg.image_dim, d, pos_len=cfg.image_pos_len)
+        if cfg.references:  # zero: a base checkpoint behaves exactly as before until trained
+            self.reference_embedding = nn.Parameter(torch.zeros(cfg.references, d))
         self.rope = Rope3D(split=cfg.rope_split, theta=cfg.rope_theta, max_len=cfg.rope_max_len)
         self.init_weights()
 
@@ -116,13 +125,18 @@ class WanDiT(nn.Module):
         return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size, strict=True))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, y: torch.Tensor | None = None,
-                clip_fea: torch.Tensor | None = None) -> torch.Tensor:
+                clip_fea: torch.Tensor | None = None, refs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
         if y is not None:
             x = torch.cat([x, y], dim=1)
         self._check_inputs(x, t, context, clip_fea)
+        video_frames = x.shape[2]
+        if refs:
+            x, t = self._with_references(x, t, refs)
         grid = self.grid(x)
 
         x_BLD = self.patch_embedding(to_dtype_of(x, self.patch_embedding)).flatten(2).transpose(1, 2).float()
+        if refs:
+            x_BLD = self._mark_references(x_BLD, refs)
         context_BSD = self.embed_text(context)
         if clip_fea is not None:
             context_BSD = torch.cat([self.img_emb(clip_fea).to(context_BSD.dtype), context_BSD], dim=1)
@@ -145,7 +159,38 @@ class WanDiT(nn.Module):
             out_BLP = self.head(x_BLD, e_BLD).float()
         if sp is not None:
             out_BLP = sp.gather(out_BLP, dim=1)
-        return self.unpatchify(out_BLP, grid)
+        return self.unpatchify(out_BLP, grid)[:, :, :video_frames]
+
+    def _with_references(self, x: torch.Tensor, t: torch.Tensor, refs: Sequence[torch.Tensor],
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x with the references appended along frames, and per-token timesteps [B, L_video + L_refs] that are 0 on
+        the reference tokens."""
+        cfg = self.config
+        if len(refs) > cfg.references:
+            raise ValueError(f"WanDiT input: {len(refs)} references given; this model has "
+                             + (f"{cfg.references} reference slots (@Video1..@Video{cfg.references})" if cfg.references
+                                else "no reference extension (DiTConfig.references=0)"))
+        b, c, _, h, w = x.shape
+        for j, ref in enumerate(refs):
+            if ref.ndim != 5 or (ref.shape[0], ref.shape[1], *ref.shape[3:]) != (b, c, h, w) \
+                    or ref.shape[2] % cfg.patch_size[0]:
+                raise ValueError(f"WanDiT input: refs[{j}] (@Video{j + 1}) has shape {tuple(ref.shape)}; expected "
+                                 f"[{b}, {c}, f, {h}, {w}] like x, f a multiple of {cfg.patch_size[0]}")
+        per_frame = (h // cfg.patch_size[1]) * (w // cfg.patch_size[2])
+        video_tokens = x.shape[2] // cfg.patch_size[0] * per_frame
+        ref_tokens = sum(r.shape[2] for r in refs) // cfg.patch_size[0] * per_frame
+        t_BL = t[:, None].expand(b, video_tokens) if t.ndim == 1 else t
+        t_BL = torch.cat([t_BL, t_BL.new_zeros(b, ref_tokens)], dim=1)
+        return torch.cat([x, *(r.to(x.dtype) for r in refs)], dim=2), t_BL
+
+    def _mark_references(self, x_BLD: torch.Tensor, refs: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Add reference j's slot embedding to its tokens (the last tokens of x_BLD, in refs order)."""
+        cfg = self.config
+        per_frame = math.prod(refs[0].shape[-2:]) // (cfg.patch_size[1] * cfg.patch_size[2])
+        counts = torch.tensor([r.shape[2] // cfg.patch_size[0] * per_frame for r in refs], device=x_BLD.device)
+        slots = torch.repeat_interleave(torch.arange(len(refs), device=x_BLD.device), counts)
+        video = x_BLD.shape[1] - slots.numel()
+        return torch.cat([x_BLD[:, :video], x_BLD[:, video:] + self.reference_embedding.float()[slots]], dim=1)
 
     def _local_tokens(self, x_BLD: torch.Tensor, *, t: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
                       grid: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
@@ -206,8 +251,9 @@ class WanDiT(nn.Module):
 
     def fp32_parameter_names(self) -> set[str]:
         """Parameters that stay float32 when the model is cast to a narrower dtype, because the official model
-        computes with them in float32: time embedding and projection, modulation tables, norm weights."""
-        names = {n for n, _ in self.named_parameters() if n.endswith("modulation")}
+        computes with them in float32: time embedding and projection, modulation tables, norm weights (and the
+        reference slot embeddings, added to the float32 residual stream)."""
+        names = {n for n, _ in self.named_parameters() if n.endswith(("modulation", "reference_embedding"))}
         for module_name, module in self.named_modules():
             if isinstance(module, (RMSNorm, FP32LayerNorm)) or module_name in ("time_embedding", "time_projection"):
                 names |= {f"{module_name}.{n}" for n, _ in module.named_parameters()}
@@ -218,6 +264,18 @@ class WanDiT(nn.Module):
         keep = self.fp32_parameter_names() if dtype.itemsize < 4 else set()
         for name, p in self.named_parameters():
             p.data = p.data.to(torch.float32 if name in keep else dtype)
+        return self
+
+    def extend_references(self, count: int) -> WanDiT:
+        """Add the reference-to-video extension to a plain DiT in place: ``count`` slot embeddings, zero, so the
+        model computes exactly what it did until they train. A DiT that has it must already have ``count``."""
+        if self.config.references:
+            if self.config.references != count:
+                raise ValueError(f"this DiT has {self.config.references} reference slots; {count} were asked for")
+            return self
+        self.config = self.config.replace(references=count)
+        anchor = self.patch_embedding.weight
+        self.reference_embedding = nn.Parameter(torch.zeros(count, self.config.dim, device=anchor.device))
         return self
 
     def _apply(self, fn, recurse=True):

@@ -1,0 +1,69 @@
+"""Reference-to-video inputs: the @VideoN tags of prompts, and reference files (an image, or a few frames of a
+clip) fitted to the video's size. Reference j (0-based) is the subject the prompts tag @Video{j+1}; the DiT adds
+slot j's embedding to its tokens (wan_train.models.dit.model, module docstring).
+
+A reference is fitted inside the output size keeping its aspect (no part of the subject is cut away) and padded
+with black to exactly that size, as the training data pads its subject crops (wan_train.data.references)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from wan_train.inference.images import read_image, to_tensor
+from wan_train.models.dit.config import MAX_REFERENCES
+
+TAG = re.compile(r"@Video(\d+)")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+
+
+def prompt_tags(prompt: str) -> list[int]:
+    """The reference numbers a prompt names (@Video2 -> 2), sorted, each once."""
+    return sorted({int(n) for n in TAG.findall(prompt)})
+
+
+def check_tags(prompts: Sequence[str], count: int) -> None:
+    """Refuse more than MAX_REFERENCES references, and a tag with no reference (@Video3 with two given)."""
+    if count > MAX_REFERENCES:
+        raise ValueError(f"{count} references given: at most {MAX_REFERENCES} (@Video1..@Video{MAX_REFERENCES})")
+    for prompt in prompts:
+        missing = [n for n in prompt_tags(prompt) if not 1 <= n <= count]
+        if missing:
+            given = f"{count} reference{'s' if count != 1 else ''} given" + (
+                f" (@Video1..@Video{count})" if count else ": pass refs=[...] with task=r2v")
+            raise ValueError(f"prompt {prompt!r} tags {', '.join(f'@Video{n}' for n in missing)} with no matching "
+                             f"reference; {given}")
+
+
+def fit_reference(image: Image.Image, width: int, height: int) -> torch.Tensor:
+    """The picture scaled (LANCZOS) to fit inside width x height, centred on black: [3, height, width] in [-1, 1]."""
+    scale = min(width / image.width, height / image.height)
+    w, h = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+    canvas = Image.new("RGB", (width, height))
+    canvas.paste(image.convert("RGB").resize((w, h), Image.LANCZOS), ((width - w) // 2, (height - h) // 2))
+    return to_tensor(canvas)
+
+
+def read_reference(path: str | Path, *, width: int, height: int, frames: int = 1) -> torch.Tensor:
+    """A reference file as [3, f, height, width] in [-1, 1]: an image is one frame; a video gives `frames` frames
+    spread evenly over it (first to last)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"refs: {path}: no such file")
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return fit_reference(read_image(path), width, height)[:, None]
+    try:
+        import decord
+
+        reader = decord.VideoReader(str(path))
+        count = len(reader)
+        indices = np.linspace(0, count - 1, frames).round().astype(int).tolist()
+        pixels = reader.get_batch(indices).asnumpy()
+    except Exception as error:  # decord raises its own DECORDError for unreadable files
+        raise ValueError(f"refs: {path}: not a readable image or video ({error})") from None
+    return torch.stack([fit_reference(Image.fromarray(frame), width, height) for frame in pixels], dim=1)
