@@ -8,10 +8,18 @@ anything. Every 4th clip is portrait (width and height swapped) so aspect-ratio 
 Output is a pure function of the arguments: the same seed gives byte-identical shards (given the same PyAV build,
 whose bundled x264 writes the bytes; encoded with encode_mp4(..., reproducible=True)).
 
+Reference-to-video data (wan_train.data.references): --subjects writes each clip's `subjects` (the caption's phrase
+for each shape and its true bounding box at every frame); --multi draws two shapes per clip, different in colour
+and shape, each in its own half of the frame, moving in opposite directions ("a large red circle moves from left to
+right and a small yellow square moves from right to left on a black background"), so references have two subjects
+to tell apart.
+
     python -m data_tools.make_demo --output data/demo
+    python -m data_tools.make_demo --output data/demo_r2v --multi --subjects
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 import tarfile
@@ -23,7 +31,7 @@ import numpy as np
 
 from data_tools.common import add_tar_member, atomic_path, console, progress, summary
 from data_tools.make_shards import shard_name
-from wan_train.data.metadata import ClipMeta
+from wan_train.data.metadata import ClipMeta, Subject
 from wan_train.inference.outputs import encode_mp4
 
 SHAPES = ("circle", "square", "triangle")
@@ -47,6 +55,7 @@ SIZES = {"small": 0.13, "large": 0.2}  # radius of the equal-area circle, as a f
 MIN_CONTRAST = 150.0  # least RGB distance between a shape's colour and its background
 MIN_SIDE = 32  # px; below this the shapes have no room to move
 PORTRAIT_EVERY = 4  # clip i is portrait when i % 4 == 3
+BOX_DECIMALS = 5  # subject box coordinates in the .json (1e-5 of the side: sub-pixel up to 100k px)
 
 
 @dataclass(frozen=True)
@@ -61,16 +70,33 @@ class DemoClip:
     width: int
     height: int
     character: str | None = None  # the trigger words naming the subject (--character)
+    # the band across the motion the path runs in, as fractions of the frame (--multi: one half per shape)
+    lane: tuple[float, float] = (0.0, 1.0)
+    partner: "DemoClip | None" = None  # --multi: the second shape (same background and frame size)
+
+    @property
+    def subject(self) -> str:
+        """The caption's phrase for this shape (the subject's name in --subjects metadata)."""
+        return self.character or f"a {self.size} {self.colour} {self.shape}"
 
     @property
     def caption(self) -> str:
-        subject = self.character or f"a {self.size} {self.colour} {self.shape}"
-        return f"{subject} moves {self.direction} on a {self.background} background"
+        if self.partner is None:
+            return f"{self.subject} moves {self.direction} on a {self.background} background"
+        return (f"{self.subject} moves {self.direction} and {self.partner.subject} moves {self.partner.direction} "
+                f"on a {self.background} background")
+
+    @property
+    def shapes(self) -> tuple["DemoClip", ...]:
+        """Every shape of the clip, in drawing order (the partner over the first)."""
+        return (self,) if self.partner is None else (self, self.partner)
 
 
-def demo_clip(*, seed: int, index: int, width: int, height: int, character: str | None = None) -> DemoClip:
+def demo_clip(*, seed: int, index: int, width: int, height: int, character: str | None = None,
+              multi: bool = False) -> DemoClip:
     """The parameters of clip `index` (independent of how many clips are made). `width` x `height` is the
-    landscape size; portrait clips swap them. With `character`, the subject is always the CHARACTER."""
+    landscape size; portrait clips swap them. With `character`, the subject is always the CHARACTER. With `multi`,
+    the first shape keeps the plain clip's look, direction and size, in one half of the frame (_partner)."""
     rng = np.random.default_rng([seed, index])
     colour = str(rng.choice(list(COLOURS)))
     shape = str(rng.choice(SHAPES))
@@ -81,8 +107,28 @@ def demo_clip(*, seed: int, index: int, width: int, height: int, character: str 
         width, height = height, width
     background, direction = str(rng.choice(backgrounds)), str(rng.choice(list(DIRECTIONS)))
     size = CHARACTER["size"] if character else str(rng.choice(list(SIZES)))
-    return DemoClip(shape=shape, colour=colour, background=background, direction=direction, size=size,
+    clip = DemoClip(shape=shape, colour=colour, background=background, direction=direction, size=size,
                     offset=float(rng.uniform(0.0, 1.0)), width=width, height=height, character=character or None)
+    return _partner(clip, rng) if multi else clip
+
+
+def _partner(first: DemoClip, rng: np.random.Generator) -> DemoClip:
+    """The first shape moved into one half of the frame (across its motion) and a second shape in the other half,
+    unlike it in shape and colour (both far from the background and from each other), moving the opposite way:
+    the two never overlap, so a crop around one shows that one."""
+    background = BACKGROUNDS[first.background]
+    colours = [c for c, rgb in COLOURS.items() if c != first.colour and _distance(rgb, background) >= MIN_CONTRAST
+               and _distance(rgb, _rgb(first.colour)) >= MIN_CONTRAST]
+    shapes = [s for s in SHAPES if s != first.shape]
+    ux, uy = DIRECTIONS[first.direction]
+    opposite = next(d for d, v in DIRECTIONS.items() if v == (-ux, -uy))
+    colour, shape, size = str(rng.choice(colours)), str(rng.choice(shapes)), str(rng.choice(list(SIZES)))
+    halves = [(0.0, 0.5), (0.5, 1.0)]
+    mine = int(rng.integers(2))
+    partner = DemoClip(shape=shape, colour=colour, background=first.background, direction=opposite, size=size,
+                       offset=float(rng.uniform(0.0, 1.0)), width=first.width, height=first.height,
+                       lane=halves[1 - mine])
+    return dataclasses.replace(first, lane=halves[mine], partner=partner)
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -100,30 +146,74 @@ def _distance(a: tuple[int, ...], b: tuple[int, ...]) -> float:
 # ----------------------------------------------------------------------------------------------- drawing
 
 def render(clip: DemoClip, *, frames: int) -> np.ndarray:
-    """uint8 [F, H, W, 3]: the shape moving at constant speed along a straight line, fully inside the frame
-    from the first frame to the last, edges anti-aliased (1 px ramp) so sub-pixel motion stays smooth."""
+    """uint8 [F, H, W, 3]: the shape (--multi: each shape) moving at constant speed along a straight line, fully
+    inside the frame from the first frame to the last, edges anti-aliased (1 px ramp) so sub-pixel motion stays
+    smooth."""
+    background = np.array(BACKGROUNDS[clip.background], dtype=np.float32)
+    if clip.partner is not None:  # float blending, each shape over what is below it
+        out = np.broadcast_to(background, (frames, clip.height, clip.width, 3))
+        for shape in clip.shapes:
+            alpha = _coverage(shape, frames=frames)[..., None]
+            out = out + alpha * (np.array(_rgb(shape.colour), dtype=np.float32) - out)
+        return np.rint(out).astype(np.uint8)
+    # blend through a 256-entry palette: one gather per pixel instead of float RGB arithmetic
+    colour = np.array(_rgb(clip.colour), dtype=np.float32)
+    palette = np.rint(background + np.linspace(0, 1, 256, dtype=np.float32)[:, None] * (colour - background))
+    return np.take(palette.astype(np.uint8), np.rint(_coverage(clip, frames=frames) * 255).astype(np.uint8), axis=0)
+
+
+def _coverage(clip: DemoClip, *, frames: int) -> np.ndarray:
+    """float32 [F, H, W] in [0, 1]: how much of each pixel the shape covers."""
     cx, cy = trajectory(clip, frames=frames)
     # offsets (px) of pixel centres from the shape's centre, kept separable: dx [F, 1, W], dy [F, H, 1]
     dx = np.arange(clip.width, dtype=np.float32)[None, None, :] + 0.5 - cx[:, None, None]
     dy = np.arange(clip.height, dtype=np.float32)[None, :, None] + 0.5 - cy[:, None, None]
-    coverage = np.clip(0.5 - _signed_distance(clip.shape, dx, dy, radius=_radius(clip)), 0.0, 1.0)
-    # blend through a 256-entry palette: one gather per pixel instead of float RGB arithmetic
-    background = np.array(BACKGROUNDS[clip.background], dtype=np.float32)
-    colour = np.array(_rgb(clip.colour), dtype=np.float32)
-    palette = np.rint(background + np.linspace(0, 1, 256, dtype=np.float32)[:, None] * (colour - background))
-    return np.take(palette.astype(np.uint8), np.rint(coverage * 255).astype(np.uint8), axis=0)
+    return np.clip(0.5 - _signed_distance(clip.shape, dx, dy, radius=_radius(clip)), 0.0, 1.0)
+
+
+def boxes(clip: DemoClip, *, frames: int, fps: float) -> list[list[float]]:
+    """The shape's bounding box at every frame: [t, x0, y0, x1, y1], t = i / fps seconds (when frame i is shown),
+    corners as fractions of the width and height, clamped to the frame."""
+    cx, cy = trajectory(clip, frames=frames)
+    left, top, right, bottom = _bounds(clip.shape, _radius(clip))
+    out = []
+    for i in range(frames):
+        corners = ((cx[i] - left) / clip.width, (cy[i] - top) / clip.height, (cx[i] + right) / clip.width,
+                   (cy[i] + bottom) / clip.height)
+        out.append([round(i / fps, BOX_DECIMALS), *(round(min(1.0, max(0.0, float(v))), BOX_DECIMALS)
+                                                     for v in corners)])
+    return out
+
+
+def _bounds(shape: str, radius: float) -> tuple[float, float, float, float]:
+    """How far the shape reaches (px) left, up, right and down of its centre; the triangle points up, its
+    centroid 2/3 of the way from the apex (circumradius R above, R / 2 below, sqrt(3) R / 2 to each side)."""
+    if shape == "triangle":
+        r = _CIRCUMRADIUS * radius
+        return np.sqrt(3) / 2 * r, r, np.sqrt(3) / 2 * r, r / 2
+    reach = _extent(shape, radius)
+    return reach, reach, reach, reach
 
 
 def trajectory(clip: DemoClip, *, frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """float32 [F] x and y of the shape's centre (px): from one side's margin to the other's."""
+    """float32 [F] x and y of the shape's centre (px): from one side's margin to the other's, `offset` of the way
+    across its lane (a lane too narrow for the shape and margins holds it at the lane's middle)."""
     margin = _extent(clip.shape, _radius(clip)) + 2.0
     lo_x, hi_x, lo_y, hi_y = margin, clip.width - margin, margin, clip.height - margin
     ux, uy = DIRECTIONS[clip.direction]
     t = np.linspace(0.0, 1.0, frames, dtype=np.float32) if frames > 1 else np.zeros(1, np.float32)
-    across_x, across_y = lo_x + clip.offset * (hi_x - lo_x), lo_y + clip.offset * (hi_y - lo_y)
+    across_x, across_y = (_across(clip, side, margin) for side in (clip.width, clip.height))
     cx = np.full(frames, across_x, np.float32) if ux == 0 else (lo_x + (hi_x - lo_x) * (t if ux > 0 else 1 - t))
     cy = np.full(frames, across_y, np.float32) if uy == 0 else (lo_y + (hi_y - lo_y) * (t if uy > 0 else 1 - t))
     return cx.astype(np.float32), cy.astype(np.float32)
+
+
+def _across(clip: DemoClip, side: int, margin: float) -> float:
+    """Where (px) along `side` a path across it runs: `offset` of the way through the lane's room."""
+    lo, hi = clip.lane[0] * side + margin, clip.lane[1] * side - margin
+    if hi < lo:
+        lo = hi = (clip.lane[0] + clip.lane[1]) / 2 * side
+    return lo + clip.offset * (hi - lo)
 
 
 def _radius(clip: DemoClip) -> float:
@@ -161,12 +251,15 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
 # ----------------------------------------------------------------------------------------------- shards
 
 def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
-                   character: str | None = None) -> dict[str, bytes]:
+                   character: str | None = None, subjects: bool = False, multi: bool = False) -> dict[str, bytes]:
     """The tar members of sample `index`, as make_shards writes them: {"<key>.mp4": ..., "<key>.json": ...}."""
-    clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character)
+    clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character, multi=multi)
     video = encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True)
+    named = tuple(Subject(name=shape.subject, boxes=tuple(tuple(b) for b in boxes(shape, frames=frames, fps=fps)))
+                  for shape in clip.shapes) if subjects else ()
     meta = ClipMeta(captions=(clip.caption,), fps=float(fps), num_frames=frames, width=clip.width,
-                    height=clip.height, duration=frames / fps, source=f"make_demo:seed={seed}:index={index}")
+                    height=clip.height, duration=frames / fps, source=f"make_demo:seed={seed}:index={index}",
+                    subjects=named)
     key = f"{index:09d}"
     return {f"{key}.mp4": video, f"{key}.json": json.dumps(meta.to_json(), ensure_ascii=False).encode()}
 
@@ -196,7 +289,7 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
 
 
 def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, height: int, frames: int, fps: float,
-              shard_size: int, character: str | None = None) -> dict:
+              shard_size: int, character: str | None = None, subjects: bool = False, multi: bool = False) -> dict:
     """Write ceil(num_clips / shard_size) shards into `output`; returns the summary."""
     check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size)
     output, began, written = Path(output), time.perf_counter(), []
@@ -206,12 +299,13 @@ def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, heig
             members = {}
             for index in range(first, min(first + shard_size, num_clips)):
                 members |= sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
-                                          character=character)
+                                          character=character, subjects=subjects, multi=multi)
                 bar.advance(task)
             written.append(output / shard_name(len(written)))
             write_shard(written[-1], members)
     portrait = sum(_portrait(i) for i in range(num_clips)) if width != height else 0
     return {"clips": num_clips, "shards": len(written), "landscape": num_clips - portrait, "portrait": portrait,
+            "subjects": num_clips * (2 if multi else 1) if subjects else 0,
             "bytes": sum(p.stat().st_size for p in written), "seconds": time.perf_counter() - began,
             "output": str(output), "stale": sorted(p.name for p in output.glob("*.tar") if p not in written)}
 
@@ -231,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--character", default=None, metavar="TRIGGER",
                         help="every clip shows one subject (a large pink diamond) captioned only by these trigger "
                              "words, e.g. 'zxq mascot': data for a character LoRA")
+    parser.add_argument("--subjects", action="store_true",
+                        help="write each clip's subjects (the caption's phrase for each shape and its bounding box at "
+                             "every frame) into its .json: data for reference-to-video training (data.references)")
+    parser.add_argument("--multi", action="store_true",
+                        help="two shapes per clip, different in colour and shape, each in its own half of the frame, "
+                             "moving opposite ways; with --subjects, two subjects per clip")
     return parser
 
 
@@ -243,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     output = args.pop("output")
     try:
-        check_args(**{k: v for k, v in args.items() if k not in ("seed", "character")})
+        check_args(**{k: v for k, v in args.items() if k not in ("seed", "character", "subjects", "multi")})
     except ValueError as error:
         parser.error(str(error))  # exits with status 2
     result = make_demo(output, **args)
@@ -252,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
                       "remove them before training on this folder (a folder of shards means all its *.tar)")
     summary(f"make_demo -> {output}", {
         "clips": result["clips"], "shards": result["shards"], "landscape": result["landscape"],
-        "portrait": result["portrait"], "size": f"{result['bytes'] / 2**20:.1f} MiB",
+        "portrait": result["portrait"], "subjects": result["subjects"], "size": f"{result['bytes'] / 2**20:.1f} MiB",
         "time": f"{result['seconds']:.1f} s",
     })
     return 0

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_tools.make_demo import demo_clip, main, make_demo
+from data_tools.make_demo import COLOURS, demo_clip, main, make_demo
 from wan_train.data.metadata import parse_meta
 from wan_train.data.probe import probe_video
 
@@ -135,3 +135,59 @@ def test_character_clips_show_one_subject_named_by_its_trigger(tmp_path):
         ys, xs = np.nonzero(mask)
         fill = mask.sum() / ((np.ptp(ys) + 1) * (np.ptp(xs) + 1))
         assert 0.4 < fill < 0.6, fill  # a diamond fills half its bounding box
+
+
+def _frames(sample, indices):
+    return decord.VideoReader(io.BytesIO(sample["mp4"])).get_batch(list(indices)).asnumpy()
+
+
+def _box_px(box, width, height):
+    _, x0, y0, x1, y1 = box
+    return x0 * width, y0 * height, x1 * width, y1 * height
+
+
+def test_plain_clips_have_no_subjects(samples):
+    assert all("subjects" not in json.loads(s["json"]) for s in samples)
+
+
+def test_subjects_name_the_caption_phrase_and_box_the_shape_in_every_frame(tmp_path):
+    """--subjects: the subject is the caption's phrase for the shape, and its box at frame i (t = i / fps) is the
+    shape's bounding box in the decoded frame, to a pixel."""
+    make_demo(tmp_path, **(ARGS | {"num_clips": 4, "subjects": True}))
+    for sample in wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False):
+        meta = parse_meta(sample["json"], key=sample["__key__"])
+        clip = demo_clip(seed=3, index=int(sample["__key__"]), width=96, height=64)
+        (subject,) = meta.subjects
+        assert subject.name == f"a {clip.size} {clip.colour} {clip.shape}" and subject.name in meta.captions[0]
+        assert [b[0] for b in subject.boxes] == pytest.approx([i / 8.0 for i in range(17)])
+        for i, frame in zip((0, 8, 16), _frames(sample, (0, 8, 16)), strict=True):
+            ys, xs = np.nonzero(shape_mask(frame))
+            x0, y0, x1, y1 = _box_px(subject.boxes[i], meta.width, meta.height)
+            assert abs(xs.min() - x0) < 1.5 and abs(xs.max() + 1 - x1) < 1.5, (i, xs.min(), xs.max(), x0, x1)
+            assert abs(ys.min() - y0) < 1.5 and abs(ys.max() + 1 - y1) < 1.5, (i, ys.min(), ys.max(), y0, y1)
+            centre = frame[round((y0 + y1) / 2), round((x0 + x1) / 2)]
+            assert colour_name(centre.astype(np.float64)) == clip.colour
+
+
+def test_multi_clips_show_two_unlike_shapes_each_in_its_box(tmp_path):
+    """--multi --subjects: two shapes of different colour and shape moving opposite ways, both named verbatim in
+    the caption; each subject's box holds its own colour and the boxes never overlap."""
+    assert main(["--output", str(tmp_path), "--num-clips", "4", "--seed", "3", "--width", "96", "--height", "64",
+                 "--frames", "17", "--fps", "8", "--multi", "--subjects"]) == 0
+    for sample in wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False):
+        meta = parse_meta(sample["json"], key=sample["__key__"])
+        clip = demo_clip(seed=3, index=int(sample["__key__"]), width=96, height=64, multi=True)
+        first, second = clip.shapes
+        assert first.colour != second.colour and first.shape != second.shape
+        assert {first.direction, second.direction} in ({"from left to right", "from right to left"},
+                                                        {"from top to bottom", "from bottom to top"})
+        assert [s.name for s in meta.subjects] == [first.subject, second.subject]
+        assert meta.captions[0] == clip.caption and all(s.name in clip.caption for s in meta.subjects)
+        for i, frame in zip((0, 8, 16), _frames(sample, (0, 8, 16)), strict=True):
+            boxes = [_box_px(s.boxes[i], meta.width, meta.height) for s in meta.subjects]
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes
+            assert ax1 <= bx0 + 1 or bx1 <= ax0 + 1 or ay1 <= by0 + 1 or by1 <= ay0 + 1  # apart
+            for shape, (x0, y0, x1, y1) in zip(clip.shapes, boxes, strict=True):
+                centre = frame[round((y0 + y1) / 2), round((x0 + x1) / 2)].astype(np.float64)
+                mine, other = (np.linalg.norm(centre - COLOURS[s.colour]) for s in (shape, *set(clip.shapes) - {shape}))
+                assert mine < 40 and mine < other, (shape, centre)

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
 from wan_train.data.decode import video_to_model
 from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
+from wan_train.data.references import ReferenceSource, check_reference_options
 from wan_train.data.shards import expand_urls, opener_url
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
@@ -54,8 +55,27 @@ class DataConfig:
     crop: str = "centre"
     span: str = "shot"
     decode_timeout: float = 60.0
+    # raw video only: reference-to-video (R2V, wan_train.data.references). Each sample also gets up to `references`
+    # crops of the subjects its metadata names (0: off, at most 3: @Video1..@Video3), each `reference_frames` frames
+    # (1: an image, else 1 + 4k) from a moment of the source at least `reference_gap` seconds from the clip
+    # (or another shot), cropped to the subject ("subject") or the whole frame ("frame"); with probability
+    # `reference_dropout` all of a sample's references are marked absent (guidance over references)
+    references: int = 0
+    reference_frames: int = 1
+    reference_gap: float = 0.5
+    reference_crop: str = "subject"
+    reference_dropout: float = 0.1
     # cached latents only: the empty prompt's context; None = empty_prompt.safetensors beside the first shard
     empty_prompt: str | None = None
+
+    def __post_init__(self):
+        check_reference_options(references=self.references, frames=self.reference_frames, gap=self.reference_gap,
+                                crop=self.reference_crop, dropout=self.reference_dropout,
+                                temporal_stride=BucketTable.temporal_stride)
+        if self.references and self.kind != "video":
+            raise ValueError(f"data.references={self.references} with data.kind={self.kind!r}: reference-to-video "
+                             "trains from raw video (kind: video), which references are cropped from; cached latents "
+                             "hold the target clip only")
 
     def table(self) -> BucketTable:
         return BucketTable(resolutions=tuple(self.resolutions), aspect_ratios=tuple(self.aspect_ratios),
@@ -79,12 +99,30 @@ def load_empty_prompt(config: DataConfig, urls: list[str]) -> torch.Tensor | Non
 
 
 def make_source(config: DataConfig, urls: list[str]):
+    if config.kind == "video" and config.references:
+        return ReferenceSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
+                               crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
+                               references=config.references, reference_frames=config.reference_frames,
+                               reference_gap=config.reference_gap, reference_crop=config.reference_crop,
+                               reference_dropout=config.reference_dropout)
     if config.kind == "video":
         return VideoSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
                            crop=config.crop, span=config.span, decode_timeout=config.decode_timeout)
     if config.kind == "latents":
         return LatentSource(load_empty_prompt(config, urls), caption_dropout=config.caption_dropout)
     raise ValueError(f"data.kind={config.kind!r}: expected one of {list(KINDS)}")
+
+
+def batch_to_model(batch: dict) -> dict:
+    """A raw-video batch's pixels as the VAE takes them, in place (on the device: uint8 crosses the bus):
+    video uint8 [B, F, H, W, 3] -> float32 [B, 3, F, H, W] and R2V refs uint8 [B, R, f, H, W, 3] -> float32
+    [B, R, 3, f, H, W], both in [-1, 1]; already converted or latent batches pass unchanged."""
+    if "video" in batch and batch["video"].dtype == torch.uint8:
+        batch["video"] = video_to_model(batch["video"])
+    if "refs" in batch and batch["refs"].dtype == torch.uint8:
+        refs = batch["refs"]
+        batch["refs"] = video_to_model(refs.flatten(0, 1)).unflatten(0, refs.shape[:2])
+    return batch
 
 
 def _rank_and_world(trainer) -> tuple[int, int]:
@@ -133,9 +171,7 @@ class WanDataModule(L.LightningDataModule):
         return batch
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
-        if isinstance(batch, dict) and "video" in batch and batch["video"].dtype == torch.uint8:
-            batch["video"] = video_to_model(batch["video"])
-        return batch
+        return batch_to_model(batch) if isinstance(batch, dict) else batch
 
     @property
     def skipped(self) -> Counter:

@@ -54,7 +54,7 @@ def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], ke
         if error.reason != "undecodable":
             raise
         # decord's scaler rejects a few small widths (16, 24, 48, 72 px): decode unscaled, resize here
-        batch = _resize(_read(video, unique, size=(-1, -1), key=key), size)
+        batch = resize_frames(_read(video, unique, size=(-1, -1), key=key), size)
     if unique == indices:  # the usual case (source fps >= target fps): no 100 MB gather
         return batch
     position = {index: i for i, index in enumerate(unique)}
@@ -71,7 +71,8 @@ def _read(video: bytes, unique: list[int], *, size: tuple[int, int], key: str) -
         raise SampleError("undecodable", f"{key}: decoding frames {unique[0]}..{unique[-1]} failed ({error})") from None
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 [N, H, W, 3] -> [N, size[1], size[0], 3], bilinear with antialiasing."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
     x = torch.nn.functional.interpolate(x, size=(size[1], size[0]), mode="bilinear", antialias=True)
     return x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
