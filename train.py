@@ -1,6 +1,6 @@
 """Train a Wan DiT with rectified flow matching:  python train.py recipe=NAME key=value ...
 
-Recipes are in recipes/ (quickstart, lora_character, lora_style, full_high_noise, full_low_noise, full_1_3b);
+Recipes are in recipes/ (quickstart, lora_character, lora_style, r2v, full_high_noise, full_low_noise, ...);
 config groups in conf/. All the work is in wan_train.training.run; this file composes the config and, for the
 demo data the quickstart uses, generates it on first use."""
 
@@ -13,9 +13,12 @@ from omegaconf import DictConfig
 from wan_train.config.compose import CONF_DIR, register
 from wan_train.training.run import run
 
-# folder -> (make_demo seed, clips, --character): held-out clips use another seed; data=mascot is a character's
-DEMO = {"data/demo": (0, 64, None), "data/demo_val": (1, 8, None),
-        "data/mascot": (0, 32, "zxq mascot"), "data/mascot_val": (1, 8, "zxq mascot")}
+# folder -> (make_demo seed, clips, options): held-out clips use another seed; data=mascot is a character's,
+# data=shapes names its subjects (reference-to-video), one or two shapes per clip
+DEMO = {"data/demo": (0, 64, {}), "data/demo_val": (1, 8, {}),
+        "data/mascot": (0, 32, {"character": "zxq mascot"}), "data/mascot_val": (1, 8, {"character": "zxq mascot"}),
+        "data/shapes": (0, 64, {"subjects": True}), "data/shapes_multi": (2, 32, {"subjects": True, "multi": True}),
+        "data/shapes_val": (1, 8, {"subjects": True})}
 
 
 def ensure_demo_data(cfg: DictConfig) -> None:
@@ -23,9 +26,9 @@ def ensure_demo_data(cfg: DictConfig) -> None:
         if shards in DEMO and not any(Path(shards).glob("*.tar")):
             from data_tools.make_demo import make_demo
 
-            seed, count, character = DEMO[shards]
+            seed, count, options = DEMO[shards]
             make_demo(shards, num_clips=count, seed=seed, width=256, height=144, frames=49, fps=16.0,
-                      shard_size=16, character=character)
+                      shard_size=16, **options)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)

@@ -94,7 +94,8 @@ def run_cell(cfg: DictConfig) -> dict:
         log.info("cell %s finished earlier (%s); skipped", folder.name, folder / RESULT)
         return {**done, "skipped": True}
     began = time.time()
-    scorers = build_scorers(cfg.metrics)
+    refs = [] if cfg.refs is None else [cfg.refs] if isinstance(cfg.refs, str) else [str(r) for r in cfg.refs]
+    scorers = build_scorers(cfg.metrics, refs=refs if cfg.task == "r2v" else [])
     fvd = build_fvd(cfg.metrics)
     videos = []
     for saved, video in generate_videos(generate_config(cfg, folder)):

@@ -12,10 +12,12 @@ import functools
 from pathlib import Path
 
 import torch
+from PIL import Image
 
 from eval.clip_score import ClipScorer
 from eval.identity import ImageEmbedder, identity_similarity, subject_consistency, temporal_flickering
 from wan_train.inference.images import read_image, to_tensor
+from wan_train.inference.references import IMAGE_SUFFIXES
 
 
 def resolve_device(name: str) -> str:
@@ -72,7 +74,7 @@ class Identity:
         self.embedder, self.frames = image_embedder(str(model), resolve_device(device)), frames
         self.name = "clip_i" if self.embedder.kind == "clip" else "dino_i"
         self.references = [str(Path(r)) for r in references]
-        self.images = [to_tensor(read_image(r))[None] for r in self.references]
+        self.images = [reference_picture(r) for r in self.references]
 
     def __call__(self, videos: torch.Tensor, prompts: list[str]) -> dict[str, torch.Tensor]:
         scores = [identity_similarity(videos, image, embedder=self.embedder, frames=self.frames)
@@ -81,6 +83,16 @@ class Identity:
 
     def describe(self) -> dict:
         return {self.name: {**self.embedder.describe(), "frames": self.frames, "references": self.references}}
+
+
+def reference_picture(path: str) -> torch.Tensor:
+    """[1, 3, H, W] in [-1, 1]: an image as it is, or the middle frame of a clip (an R2V reference clip)."""
+    if Path(path).suffix.lower() in IMAGE_SUFFIXES:
+        return to_tensor(read_image(path))[None]
+    import decord
+
+    reader = decord.VideoReader(path)
+    return to_tensor(Image.fromarray(reader[len(reader) // 2].asnumpy()))[None]
 
 
 class Flickering:
@@ -93,16 +105,18 @@ class Flickering:
         return {"temporal_flickering": {}}
 
 
-def build_scorers(metrics) -> list:
-    """The scorers a sweep's `metrics` config asks for (eval.config.MetricsConfig)."""
+def build_scorers(metrics, *, refs: list[str] = ()) -> list:
+    """The scorers a sweep's `metrics` config asks for (eval.config.MetricsConfig). refs: a reference-to-video
+    cell's references, the identity metric's pictures unless metrics.references names others."""
     scorers: list = [Flickering()]
+    references = list(metrics.references) or list(refs)
     if metrics.clip is not None:
         scorers.append(ClipScore(metrics.clip, frames=metrics.frames, device=metrics.device))
     if metrics.image_model is not None:
         scorers.append(Consistency(metrics.image_model, device=metrics.device))
-        if metrics.references:
-            scorers.append(Identity(metrics.image_model, references=list(metrics.references),
-                                    frames=metrics.frames, device=metrics.device))
+        if references:
+            scorers.append(Identity(metrics.image_model, references=references, frames=metrics.frames,
+                                    device=metrics.device))
     elif metrics.references:
         raise ValueError("metrics.references needs metrics.image_model (a DINOv2 / DINO / CLIP folder) to embed "
                          "the reference images and the frames with")

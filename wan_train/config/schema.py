@@ -18,6 +18,9 @@ class ModelConfig:
     encoders: str | None = None
     activation_checkpointing: bool = False
     trainable: str = "all"  # full fine-tune parameter preset (wan_train.training.trainable.TRAINABLE)
+    # reference-to-video: reference slots (@Video1..) added to the base, zero-initialised and trained with the rest
+    # (a LoRA run trains them beside the adapter); 0: none. The data's references fill them (data.references)
+    references: int = 0
 
 
 @dataclass

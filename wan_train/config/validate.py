@@ -16,6 +16,7 @@ from wan_train.lora.registry import NAME
 from wan_train.memory import BASE_DTYPES, parse_memory
 from wan_train.memory.fp8 import GRANULARITIES
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
+from wan_train.models.dit.config import MAX_REFERENCES
 from wan_train.parallel.strategy import ENGINES, SHARDING, check_deepspeed_config, deepspeed_config
 
 SCHEDULES = ("constant", "cosine")
@@ -66,6 +67,7 @@ def validate(cfg: DictConfig) -> None:
     if cfg.lora.enabled:
         _validate_lora(cfg)
     _validate_memory(cfg)
+    _validate_references(cfg)
     for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
@@ -204,6 +206,23 @@ def _validate_memory(cfg: DictConfig) -> None:
             parse_memory(memory.budget)
         except ValueError as error:
             raise ConfigError(f"memory.budget={memory.budget!r}: {error}") from None
+
+
+def _validate_references(cfg: DictConfig) -> None:
+    """Reference-to-video: the data's references fill the model's slots."""
+    slots, refs = cfg.model.references, cfg.data.references
+    if not 0 <= slots <= MAX_REFERENCES:
+        raise ConfigError(f"model.references={slots}: must be in 0..{MAX_REFERENCES} (@Video1..@Video{MAX_REFERENCES})")
+    if refs > slots:
+        raise ConfigError(f"data.references={refs}: the model has model.references={slots} reference slots; set "
+                          f"model.references={min(max(refs, 1), MAX_REFERENCES)} (recipe=r2v does)")
+    if slots and SIZES[cfg.model.size].dit.model_type in ("i2v", "flf2v"):
+        raise ConfigError(f"model.references={slots}: reference-to-video builds on T2V / TI2V models, not "
+                          f"{SIZES[cfg.model.size].dit.model_type} ({cfg.model.size})")
+    if slots and cfg.lora.enabled and cfg.lora.client:
+        raise ConfigError("model.references with lora.client: the registry's LoRA formats cannot carry the reference "
+                          "slots trained beside the adapter; drop lora.client/name and load the run folder "
+                          "(generate.py ckpt=RUN_DIR task=r2v refs=[...])")
 
 
 def vae_stride(name: str) -> int:

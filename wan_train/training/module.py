@@ -32,10 +32,12 @@ class Inputs:
     context: torch.Tensor  # [B, L, D] float32 (the DiT zero-pads to 512)
     y: torch.Tensor | None = None  # I2V/FLF2V: [B, 4 + C, T, h, w] mask + conditioning latent
     clip_fea: torch.Tensor | None = None  # models with a CLIP branch: [B, 257 (x2), 1280]
+    refs: list[torch.Tensor] | None = None  # R2V: clean reference latents [B, C, f_j, h, w], zero where absent
 
     def to(self, device: torch.device) -> "Inputs":
         return Inputs(*(None if t is None else t.to(device) for t in (self.latents, self.context, self.y,
-                                                                         self.clip_fea)))
+                                                                         self.clip_fea)),
+                      refs=None if self.refs is None else [r.to(device) for r in self.refs])
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -81,9 +83,21 @@ class FlowMatchingModule(L.LightningModule):
             if self.dit.config.has_image_branch:
                 frames = [video[:, :, 0]] + ([video[:, :, -1]] if model_type == "flf2v" else [])
                 inputs.clip_fea = torch.cat([self.encoders.clip.encode(f) for f in frames], dim=1).float()
+        if "refs" in batch:
+            inputs.refs = self.encode_references(batch["refs"].to(device), batch["ref_mask"].to(device))
         if placement == "swap":
             self.encoders.to("cpu")
         return inputs.to(self.device)
+
+    def encode_references(self, refs: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+        """refs [B, R, 3, f, H, W] in [-1, 1] -> R latents [B, C, f', h, w], each reference encoded on its own (a
+        clip is causal in the VAE: 1 + (f - 1) / 4 latent frames); an absent (dropped or padding) reference is a
+        zero latent, the references-free branch of the guidance."""
+        latents = []
+        for slot in range(refs.shape[1]):
+            z = self.encoders.vae.encode(refs[:, slot]).float()
+            latents.append(torch.where(present[:, slot, None, None, None, None], z, torch.zeros_like(z)))
+        return latents
 
     def frame_mask(self, inputs: Inputs, first_frame: torch.Tensor | None) -> torch.Tensor | None:
         """Latent frames in the loss ([T] or per sample [B, T]): the given frames are left out, i.e. frame 0 of
@@ -120,7 +134,7 @@ class FlowMatchingModule(L.LightningModule):
             per_frame = (h // p_h) * (w // p_w)  # tokens of latent frame 0 come first
             t = t[:, None].repeat(1, (frames // p_t) * per_frame)
             t[:, :per_frame] = torch.where(first_frame[:, None], 0.0, t[:, :per_frame])
-        pred = self.dit(x_t, t, inputs.context, y=inputs.y, clip_fea=inputs.clip_fea)
+        pred = self.dit(x_t, t, inputs.context, y=inputs.y, clip_fea=inputs.clip_fea, refs=inputs.refs)
         return per_sample_loss(pred, velocity_target(latents, noise), sigma, weighting=self.cfg.flow.weighting,
                                frame_mask=self.frame_mask(inputs, first_frame))
 

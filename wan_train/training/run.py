@@ -20,8 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from wan_train.config import ConfigError, validate
 from wan_train.data import DataConfig, DataMetrics, WanDataModule
-from wan_train.data.datamodule import make_source
-from wan_train.data.decode import video_to_model
+from wan_train.data.datamodule import batch_to_model, make_source
 from wan_train.data.errors import SampleError
 from wan_train.data.shards import expand_urls, read_samples
 from wan_train.inference.loading import newest_checkpoint
@@ -68,7 +67,8 @@ def held_out_batches(data: DataConfig, count: int, shards: list[str]) -> list[di
     """The first `count` usable clips of `shards` (data.val_shards, else the training shards; or a named set of
     data.val_sets), centre-cropped, no caption dropout: one-sample batches (video as model input), fixed for the
     whole run."""
-    fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "clip_start": "centre", "crop": "centre"})
+    fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "reference_dropout": 0.0, "clip_start": "centre",
+                          "crop": "centre"})
     source, out = make_source(fixed, expand_urls(data.shards)), []
     for sample in read_samples(expand_urls(shards), on_error=lambda error: None):
         try:
@@ -77,9 +77,7 @@ def held_out_batches(data: DataConfig, count: int, shards: list[str]) -> list[di
         except SampleError as error:  # a bad held-out sample is skipped like any other
             log.warning("held-out: skipping %s", error)
             continue
-        if "video" in batch:
-            batch["video"] = video_to_model(batch["video"])
-        out.append(batch)
+        out.append(batch_to_model(batch))
         if len(out) == count:
             break
     return out
@@ -127,6 +125,8 @@ def prepare(cfg: DictConfig) -> Session:
     encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
     dit = build_dit(cfg)
     base = base_identity(dit) if cfg.lora.enabled else None  # of the checkpoint's weights, before any narrowing
+    if cfg.model.references:  # new, zero, trained (with the adapter too): the base's identity stays its own
+        dit.extend_references(cfg.model.references)
     place_base(dit, placement(cfg), compute_dtype=compute_dtype(cfg))
     count = cfg.flow.held_out_samples
     module = FlowMatchingModule(cfg, dit=dit, encoders=encoders, boundary=size.boundary,
