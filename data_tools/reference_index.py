@@ -5,7 +5,8 @@
 A sample serves when its metadata names `subjects`, every caption contains every subject's name (the phrase its
 @VideoN tag replaces), and its video has room for a `--frames`-frame clip plus a `--reference-frames`-frame
 reference at least `--gap` seconds from it, or in another shot. The decisions are the loader's own
-(wan_train.data.references, as ReferenceSource plans a sample); only metadata is read, nothing is decoded.
+(wan_train.data.references, as ReferenceSource plans a sample); only metadata is read, nothing is decoded, unless
+`--crops DIR` asks for each usable sample's reference crops as PNGs (what the model sees) and its tagged caption.
 
 The output JSON holds the settings, the counts per reason and one entry per sample: shard (the url's file name),
 key, ok, reason and message (null when ok), the subjects, the captions that tag every subject, the target clip's
@@ -42,7 +43,7 @@ def reference_source(*, frames: int, fps: float, reference_frames: int, gap: flo
     return ReferenceSource(table, span=span, references=3, reference_frames=reference_frames, reference_gap=gap)
 
 
-def index_sample(sample: dict, *, source: ReferenceSource) -> dict:
+def index_sample(sample: dict, *, source: ReferenceSource, crops: Path | None = None) -> dict:
     url, key = sample.get("__url__", ""), sample["__key__"]
     entry = {"shard": Path(url).name, "key": key, "ok": False, "reason": None, "message": None, "subjects": [],
              "tagged_captions": [], "bucket": None, "target_spans": [], "reference_spans": []}
@@ -56,7 +57,23 @@ def index_sample(sample: dict, *, source: ReferenceSource) -> dict:
     entry.update(bucket=planned.bucket.key, target_spans=[list(s) for s in planned.choice["meta"].shots])
     _describe(entry, planned.choice["source_meta"], source=source)
     entry.update(ok=entry["reason"] is None)
+    if crops is not None and entry["ok"]:
+        entry.update(write_crops(source.load(planned, rng=random.Random(0)), crops / f"{Path(url).stem}_{key}"))
     return entry
+
+
+def write_crops(item: dict, stem: Path) -> dict:
+    """The loaded sample's references as PNGs (the first frame of each: what the model sees, letterboxed) beside
+    its tagged caption: {"crops": [STEM_ref1.png, ...], "prompt": "@Video1 moves ..."}."""
+    from PIL import Image
+
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for slot, frames in enumerate(item["refs"]):
+        path = stem.with_name(f"{stem.name}_ref{slot + 1}.png")
+        Image.fromarray(frames[0].numpy() if hasattr(frames[0], "numpy") else frames[0]).save(path)
+        paths.append(str(path))
+    return {"crops": paths, "prompt": item["prompt"]}
 
 
 def _describe(entry: dict, meta: ClipMeta, *, source: ReferenceSource) -> None:
@@ -79,7 +96,7 @@ def _describe(entry: dict, meta: ClipMeta, *, source: ReferenceSource) -> None:
                      f"{len(meta.captions)} captions do not name every subject {names}, e.g. {missing[0]!r}")
 
 
-def index_shards(urls: Sequence[str], *, source: ReferenceSource) -> dict:
+def index_shards(urls: Sequence[str], *, source: ReferenceSource, crops: Path | None = None) -> dict:
     entries, counts = [], Counter()
     with progress() as bar:
         task = bar.add_task("shards", total=len(urls))
@@ -95,7 +112,7 @@ def index_shards(urls: Sequence[str], *, source: ReferenceSource) -> dict:
                                     "message": f"{url}: {type(error).__name__}: {error}"})
                     counts["unreadable_shard"] += 1
                     break
-                entry = index_sample(sample, source=source)
+                entry = index_sample(sample, source=source, crops=crops)
                 entries.append(entry)
                 counts[OK if entry["ok"] else entry["reason"]] += 1
             bar.advance(task)
@@ -117,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--reference-frames", type=int, default=1,
                         help="frames per reference, 1 = an image (data.reference_frames)")
     parser.add_argument("--span", choices=CLIP_SPANS, default="shot", help="where a clip may come from (data.span)")
+    parser.add_argument("--crops", type=Path, default=None, metavar="DIR",
+                        help="also decode each usable sample and write its reference crops (PNG) and tagged caption")
     return parser
 
 
@@ -131,7 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                   gap=args.gap, span=args.span)
     except ValueError as error:
         parser.error(str(error))
-    index = index_shards(urls, source=source)
+    index = index_shards(urls, source=source, crops=args.crops)
     write_atomic(args.output, json.dumps(index, indent=1).encode())
     usable = index["counts"].get(OK, 0)
     summary(f"reference_index -> {args.output}", {

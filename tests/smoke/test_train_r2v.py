@@ -57,19 +57,24 @@ def trained_slots(run_dir) -> torch.Tensor:
     return state["dit.reference_embedding"]
 
 
-def test_r2v_run_trains_the_reference_slots_and_generates_with_references(shapes, tmp_path):
-    metrics = run(config(shapes, tmp_path / "run"))
+@pytest.fixture(scope="module")
+def trained(shapes, tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("r2v_run") / "run"
+    metrics = run(config(shapes, run_dir))
     assert metrics["step"] == 3 and torch.isfinite(torch.tensor(metrics["val/loss"]))
-    slots = trained_slots(tmp_path / "run")
+    return run_dir
+
+
+def test_r2v_run_trains_the_reference_slots_and_generates_with_references(shapes, trained, tmp_path):
+    slots = trained_slots(trained)
     assert slots.shape == (3, 256) and slots[:2].abs().sum() > 0  # the data's two slots trained away from zero
-    saved = generate(generate_config(tmp_path / "run", shapes, tmp_path / "video.mp4"))
+    saved = generate(generate_config(trained, shapes, tmp_path / "video.mp4"))
     meta = json.loads(saved[0].metadata.read_text())
     assert saved[0].video.is_file() and meta["task"] == "r2v" and meta["refs"] == [str(shapes / "red_circle.png")]
     with pytest.raises(ValueError, match="tags @Video2 with no matching reference; 1 reference given"):
-        generate(generate_config(tmp_path / "run", shapes, tmp_path / "bad.mp4",
-                                 prompt="'@Video1 meets @Video2'"))
+        generate(generate_config(trained, shapes, tmp_path / "bad.mp4", prompt="'@Video1 meets @Video2'"))
     with pytest.raises(ValueError, match="refs=.* were given for task=t2v"):
-        generate(generate_config(tmp_path / "run", shapes, tmp_path / "bad.mp4", task="t2v"))
+        generate(generate_config(trained, shapes, tmp_path / "bad.mp4", task="t2v"))
 
 
 def test_r2v_with_lora_trains_the_slots_beside_the_adapter(shapes, tmp_path):
@@ -91,3 +96,28 @@ def test_r2v_settings_are_checked_at_start(shapes, tmp_path):
         validate(config(shapes, tmp_path, lora="default", **{"lora.client": "acme", "lora.name": "cloner"}))
     with pytest.raises(ConfigError, match="model.references=4"):
         validate(config(shapes, tmp_path, **{"model.references": "4"}))
+
+
+def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp_path):
+    from data_tools import reference_index
+    from data_tools.make_demo import COLOURS
+    from data_tools.make_eval_models import write_dinov2
+    from eval import r2v_identity
+
+    index = tmp_path / "refs.json"
+    assert reference_index.main([str(shapes / "val"), "--frames", "9", "--output", str(index),
+                                 "--crops", str(tmp_path / "crops")]) == 0
+    entry = json.loads(index.read_text())["entries"][0]
+    assert entry["prompt"].startswith("@Video1 moves") and len(entry["crops"]) == 1
+    crop = torch.tensor(list(Image.open(entry["crops"][0]).getdata()), dtype=torch.float32)
+    colour = torch.tensor(COLOURS[entry["subjects"][0].split()[2]], dtype=torch.float32)
+    assert (crop - colour).norm(dim=1).lt(40).float().mean() > 0.3  # the crop is mostly the subject
+    assert r2v_identity.new_motion("@Video1 moves from left to right and @Video2 moves from top to bottom") == \
+        "@Video1 moves from right to left and @Video2 moves from bottom to top"
+    out = tmp_path / "identity.json"
+    assert r2v_identity.main([str(trained), "--index", str(index), "--image-model", str(write_dinov2(tmp_path / "d")),
+                              "--steps", "2", "--frames", "5", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["task"] == "r2v" and result["metric"] == "dino_i" and len(result["samples"]) == 1
+    assert result["samples"][0]["prompt"] == r2v_identity.new_motion(entry["prompt"]) != entry["prompt"]
+    assert -1 <= result["mean_identity"] <= 1

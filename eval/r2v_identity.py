@@ -1,0 +1,97 @@
+"""Identity of reference-to-video outputs on a reference index: for every usable sample of
+`python -m data_tools.reference_index SHARDS --crops DIR --output refs.json`, generate its tagged caption with the
+motion reversed (the subject must appear in a motion its reference never showed) from its reference crops, and
+score the frames against each reference with CLIP-I / DINO-I (eval.identity.identity_similarity).
+
+    python -m eval.r2v_identity runs/r2v --index refs.json --image-model models/random/dinov2 --out r2v.json
+    python -m eval.r2v_identity runs/quickstart_1k --index refs.json --image-model models/random/dinov2
+
+A checkpoint without the reference extension (the base) generates the same prompts as text-to-video, each tag
+replaced by --untagged (it cannot know the subject): the floor that the references must lift. Prints the mean and
+writes one row per sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+from eval.identity import identity_similarity
+from eval.scorers import image_embedder, reference_picture, resolve_device
+from wan_train.inference.loading import load
+from wan_train.inference.pipeline import generate
+from wan_train.inference.presets import official, with_overrides
+from wan_train.inference.references import TAG, read_reference
+
+REVERSED = {"from left to right": "from right to left", "from right to left": "from left to right",
+            "from top to bottom": "from bottom to top", "from bottom to top": "from top to bottom"}
+
+
+def new_motion(prompt: str) -> str:
+    """The prompt with every motion phrase reversed (at once, so two subjects swap theirs)."""
+    marks = {phrase: f"\0{i}\0" for i, phrase in enumerate(REVERSED)}
+    for phrase, mark in marks.items():
+        prompt = prompt.replace(phrase, mark)
+    for phrase, mark in marks.items():
+        prompt = prompt.replace(mark, REVERSED[phrase])
+    return prompt
+
+
+def samples(index: dict) -> list[dict]:
+    usable = [e for e in index["entries"] if e.get("ok") and e.get("crops")]
+    if not usable:
+        raise ValueError("the index has no usable sample with reference crops: build it with --crops DIR")
+    return usable
+
+
+def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, frames: int, seed: int,
+             untagged: str = "a subject", device: str = "auto") -> dict:
+    device = resolve_device(device)
+    models = load(ckpt, device=device).models
+    r2v = "r2v" in models.tasks
+    settings = with_overrides(official(models.size), {"steps": steps, "num_frames": frames})
+    embedder = image_embedder(image_model, device)
+    rows = []
+    for i, entry in enumerate(samples(index)):
+        prompt = new_motion(entry["prompt"]) if r2v else TAG.sub(untagged, new_motion(entry["prompt"]))
+        references = [read_reference(p, width=settings.width, height=settings.height) for p in entry["crops"]]
+        video = generate(models, [prompt], settings=settings, seed=seed + i, task="r2v" if r2v else "t2v",
+                         references=references if r2v else (), device=device)
+        scores = [float(identity_similarity(video, reference_picture(p), embedder=embedder)[0])
+                  for p in entry["crops"]]
+        rows.append({"key": entry["key"], "shard": entry["shard"], "prompt": prompt, "refs": entry["crops"],
+                     "identity": sum(scores) / len(scores), "per_reference": scores})
+    mean = sum(r["identity"] for r in rows) / len(rows)
+    metric = "clip_i" if embedder.kind == "clip" else "dino_i"
+    return {"ckpt": ckpt, "task": "r2v" if r2v else "t2v", "untagged": None if r2v else untagged, "metric": metric,
+            "image_model": image_model,
+            "settings": {"steps": settings.steps, "num_frames": settings.num_frames, "seed": seed},
+            "mean_identity": mean, "samples": rows}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.r2v_identity", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("ckpt", help="a training run folder, a Wan model folder or a DiT file")
+    parser.add_argument("--index", required=True, type=Path, help="data_tools.reference_index output, with --crops")
+    parser.add_argument("--image-model", required=True, help="a DINOv2 / DINO / CLIP folder (dino_i / clip_i)")
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's official)")
+    parser.add_argument("--frames", type=int, default=17, help="frames per video (1 + 4k)")
+    parser.add_argument("--seed", type=int, default=0, help="sample i gets seed + i")
+    parser.add_argument("--untagged", default="a subject",
+                        help="what a checkpoint without references reads in place of each @VideoN tag")
+    parser.add_argument("--out", type=Path, default=None, help="also write the rows here (JSON)")
+    args = parser.parse_args(argv)
+    result = evaluate(args.ckpt, json.loads(args.index.read_text()), image_model=args.image_model,
+                      steps=args.steps, frames=args.frames, seed=args.seed, untagged=args.untagged)
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=1))
+    print(f"{args.ckpt} ({result['task']}): mean {result['metric']} {result['mean_identity']:.4f} over "
+          f"{len(result['samples'])} samples")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
