@@ -17,7 +17,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from eval.identity import identity_similarity
 from eval.scorers import image_embedder, reference_picture, resolve_device
 from wan_train.inference.loading import load
