@@ -70,3 +70,30 @@ def write_atomic(final: str | Path, data: bytes) -> Path:
     with atomic_path(final) as tmp:
         tmp.write_bytes(data)
     return Path(final)
+
+
+def shard_urls(parser, patterns: list[str], *, option: str = "") -> list[str]:
+    """The shard URLs the CLI's patterns name (wan_train.data.shards.expand_urls); a usage error when none."""
+    from wan_train.data.shards import expand_urls
+
+    urls = expand_urls(patterns)
+    if not urls:
+        parser.error(f"{option + ' ' if option else ''}{' '.join(patterns)} matched no shards")
+    return urls
+
+
+def shard_samples_until_damaged(url: str, on_damage) -> Iterator[dict]:
+    """The samples of one shard in order; where the shard cannot be read (from the start or part-way: a tarfile
+    ReadError, an OSError, a failing pipe) on_damage(error) is called once and the shard ends there."""
+    from wan_train.data.shards import shard_samples
+
+    samples = shard_samples(url)
+    while True:
+        try:
+            sample = next(samples)
+        except StopIteration:
+            return
+        except Exception as error:  # every way a shard can be unreadable
+            on_damage(error)
+            return
+        yield sample

@@ -24,13 +24,13 @@ from typing import NamedTuple
 
 from rich.table import Table
 
-from data_tools.common import console, progress, summary, write_atomic
+from data_tools.common import console, progress, shard_samples_until_damaged, shard_urls, summary, write_atomic
 from wan_train.data.buckets import BucketTable
 from wan_train.data.clips import longest_span
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
 from wan_train.data.probe import open_video
-from wan_train.data.shards import expand_urls, shard_samples
+from wan_train.data.shards import expand_urls  # noqa: F401 (tests import it from here)
 
 HISTOGRAMS = ("duration", "resolution", "orientation", "fps", "bucket")
 DURATION_EDGES = (1, 2, 3, 5, 10, 20, 30, 60)  # seconds; bins [a, b) between consecutive edges
@@ -167,15 +167,11 @@ def inspect_shard(url: str, *, table: BucketTable, decode: bool, on_sample: Call
     """Tally one shard. A shard that cannot be read (from the start or part-way) adds an `unreadable_shard` entry;
     the samples read before the damage still count (all but the one being read)."""
     tally = Tally(shards=1)
-    samples = shard_samples(url)
-    while True:
-        try:
-            sample = next(samples)
-        except StopIteration:
-            break
-        except Exception as error:  # tarfile.ReadError, OSError, a failing pipe: every way a shard can be unreadable
-            tally.bad.append(_bad(url, None, "unreadable_shard", f"{url}: {type(error).__name__}: {error}"))
-            break
+
+    def damaged(error: Exception) -> None:
+        tally.bad.append(_bad(url, None, "unreadable_shard", f"{url}: {type(error).__name__}: {error}"))
+
+    for sample in shard_samples_until_damaged(url, damaged):
         tally.samples += 1
         meta, problem = check_sample(sample, decode=decode)
         if meta is not None:
@@ -309,9 +305,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    urls = expand_urls(args.shards)
-    if not urls:
-        parser.error(f"--shards {' '.join(args.shards)} matched no shards")
+    urls = shard_urls(parser, args.shards, option="--shards")
     options = {"resolutions": args.resolutions, "durations": args.durations, "fps": args.fps}
     try:
         table = BucketTable(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v is not None})

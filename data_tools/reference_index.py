@@ -23,13 +23,12 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from data_tools.common import console, progress, summary, write_atomic
+from data_tools.common import console, progress, shard_samples_until_damaged, shard_urls, summary, write_atomic
 from wan_train.data.buckets import BucketTable
 from wan_train.data.clips import CLIP_SPANS, usable_spans
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import ClipMeta, parse_meta
 from wan_train.data.references import ReferenceSource, reference_length, tag_caption
-from wan_train.data.shards import expand_urls, shard_samples
 
 OK = "ok"
 
@@ -101,17 +100,12 @@ def index_shards(urls: Sequence[str], *, source: ReferenceSource, crops: Path | 
     with progress() as bar:
         task = bar.add_task("shards", total=len(urls))
         for url in urls:
-            samples = shard_samples(url)
-            while True:
-                try:
-                    sample = next(samples)
-                except StopIteration:
-                    break
-                except Exception as error:  # tarfile.ReadError, OSError: the rest of this shard is unreadable
-                    entries.append({"shard": Path(url).name, "key": None, "ok": False, "reason": "unreadable_shard",
-                                    "message": f"{url}: {type(error).__name__}: {error}"})
-                    counts["unreadable_shard"] += 1
-                    break
+            def damaged(error: Exception, url: str = url) -> None:
+                entries.append({"shard": Path(url).name, "key": None, "ok": False, "reason": "unreadable_shard",
+                                "message": f"{url}: {type(error).__name__}: {error}"})
+                counts["unreadable_shard"] += 1
+
+            for sample in shard_samples_until_damaged(url, damaged):
                 entry = index_sample(sample, source=source, crops=crops)
                 entries.append(entry)
                 counts[OK if entry["ok"] else entry["reason"]] += 1
@@ -142,9 +136,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
-    urls = expand_urls(args.shards)
-    if not urls:
-        parser.error(f"{' '.join(args.shards)} matched no shards")
+    urls = shard_urls(parser, args.shards)
     try:
         source = reference_source(frames=args.frames, fps=args.fps, reference_frames=args.reference_frames,
                                   gap=args.gap, span=args.span)
