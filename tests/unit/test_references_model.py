@@ -140,3 +140,21 @@ def test_guidance_over_text_and_references_is_the_three_branch_formula():
         v_r = model(x, t, padded, refs=references)
         v_rt = model(x, t, context, refs=references)
     torch.testing.assert_close(v, v_0 + 2.0 * (v_r - v_0) + 3.0 * (v_rt - v_r), rtol=1e-5, atol=1e-5)
+
+
+def test_an_expert_without_reference_slots_runs_text_to_video_beside_one_with_them():
+    """An A14B run that trained one expert with references: the other expert ignores them."""
+    from wan_train.inference.pipeline import WanModels
+    from wan_train.models import builtin_text_encoder, builtin_vae
+
+    plain, with_slots = base(), extended(base())
+    models = WanModels({"high_noise": plain, "low_noise": with_slots}, builtin_vae(), builtin_text_encoder(),
+                       boundary=0.875)
+    assert "r2v" in models.tasks
+    inputs = dit_inputs(plain.config)
+    x, t, context = inputs["x"], inputs["t"], inputs["context"]
+    negative = torch.zeros(1, 4, 4096)
+    with torch.no_grad():
+        ignored = guided_velocity(plain, x, t, context, negative, Conditioning(refs=refs()), 3.0, 2.0)
+        text_only = guided_velocity(plain, x, t, context, negative, Conditioning(), 3.0)
+    assert torch.equal(ignored, text_only)

@@ -57,7 +57,8 @@ class WanModels:
 
     @property
     def tasks(self) -> tuple[str, ...]:
-        return TASKS[self.config.model_type] + (("r2v",) if self.config.references else ())
+        references = any(dit.config.references for dit in self.dits.values())
+        return TASKS[self.config.model_type] + (("r2v",) if references else ())
 
     @property
     def stride(self) -> tuple[int, int]:
@@ -221,7 +222,7 @@ def guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torc
     clip_fea; scale 1 (or no negative) runs the conditional branch only. With references, the three branches of
     Phantom (wan_arch.md §5.4) in one batch of 3B: v = v_0 + g_ref (v_r - v_0) + g_text (v_rt - v_r), where v_0 has
     zero references and the negative prompt, v_r the references and the negative prompt, v_rt both."""
-    if cond.refs:
+    if cond.refs and dit.config.references:  # an A14B expert trained without references runs as text-to-video
         return _reference_guided_velocity(dit, x, t, context, negative, cond.refs, scale, reference_scale)
     if scale == 1.0 or negative is None:
         return dit(x, t, context, y=cond.y, clip_fea=cond.clip_fea).float()
