@@ -148,7 +148,7 @@ def test_an_expert_without_reference_slots_runs_text_to_video_beside_one_with_th
     from wan_train.models import builtin_text_encoder, builtin_vae
 
     plain, with_slots = base(), extended(base())
-    models = WanModels({"high_noise": plain, "low_noise": with_slots}, builtin_vae(), builtin_text_encoder(),
+    models = WanModels({"high_noise": plain, "low_noise": with_slots}, builtin_vae(), builtin_text_encoder(text_dim=4096),
                        boundary=0.875)
     assert "r2v" in models.tasks
     inputs = dit_inputs(plain.config)
