@@ -121,3 +121,21 @@ def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp
     assert result["task"] == "r2v" and result["metric"] == "dino_i" and len(result["samples"]) == 1
     assert result["samples"][0]["prompt"] == r2v_identity.new_motion(entry["prompt"]) != entry["prompt"]
     assert -1 <= result["mean_identity"] <= 1
+
+
+def test_r2v_on_one_a14b_expert_trains_its_slots_and_generates_with_both_experts(shapes, tmp_path):
+    from tests.helpers import write_official_folder
+
+    encoders, base = tmp_path / "Wan-tiny", tmp_path / "Wan-tiny-moe"
+    encoders.mkdir()
+    write_official_folder(encoders)  # the tiny Wan VAE and umT5 the raw-video batches are encoded with
+    for seed, expert in enumerate(("high_noise", "low_noise")):
+        save_dit(randomize_(WanDiT(get_size("tiny-moe").dit), seed=seed), base / f"{expert}_model")
+    run(config(shapes, tmp_path / "run", lora="default", expert="low_noise", **{
+        "model": "tiny", "model.size": "tiny-moe", "model.checkpoint": str(base), "model.encoders": str(encoders),
+        "lora.rank": "4", "lora.alpha": "4"}))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "step=0000003.ckpt", weights_only=True)["state_dict"]
+    assert state["dit.reference_embedding"].abs().sum() > 0
+    # the high-noise expert comes from the base without slots and runs text-to-video; the low-noise one uses them
+    saved = generate(generate_config(tmp_path / "run", shapes, tmp_path / "video.mp4", height="144", width="256"))
+    assert saved[0].video.is_file()
