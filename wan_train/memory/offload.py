@@ -120,18 +120,19 @@ class BlockOffload:
 
     # ------------------------------------------------------------------------------------------------ run
     def run(self, index: int, block: nn.Module, x_BLD: torch.Tensor, e0: torch.Tensor, context: torch.Tensor,
-            rope: tuple[torch.Tensor, torch.Tensor], *, attend: Callable[..., torch.Tensor]) -> torch.Tensor:
+            rope: tuple[torch.Tensor, torch.Tensor], *, attend: Callable[..., torch.Tensor],
+            cross_mask: torch.Tensor | None = None) -> torch.Tensor:
         """block(x, e0, context, rope) with the block's weights copied in for the call (and its backward)."""
         if not torch.is_grad_enabled():
             self.ensure(index)
             self.fetch(index + 1)
             try:
-                return block(x_BLD, e0, context, rope, attend=attend)
+                return block(x_BLD, e0, context, rope, attend=attend, cross_mask=cross_mask)
             finally:
                 self.release(index)
         # a tensor that requires grad among the inputs, so backward runs even when no input does (LoRA in block 0)
         anchor = torch.empty(0, device=x_BLD.device, requires_grad=True)
-        return _OffloadedBlock.apply(self, index, block, attend, anchor, x_BLD, e0, context, *rope)
+        return _OffloadedBlock.apply(self, index, block, (attend, cross_mask), anchor, x_BLD, e0, context, *rope)
 
 
 class _OffloadedBlock(torch.autograd.Function):
@@ -139,15 +140,16 @@ class _OffloadedBlock(torch.autograd.Function):
     and autocast state of the forward are restored for the recompute (peft's LoRA dropout draws again the same)."""
 
     @staticmethod
-    def forward(ctx, offload: BlockOffload, index: int, block: nn.Module, attend, anchor, x, e0, context, *rope):
-        ctx.offload, ctx.index, ctx.block, ctx.attend = offload, index, block, attend
+    def forward(ctx, offload: BlockOffload, index: int, block: nn.Module, extra, anchor, x, e0, context, *rope):
+        # extra: (attend, cross_mask), passed through to the block untouched
+        ctx.offload, ctx.index, ctx.block, ctx.extra = offload, index, block, extra
         ctx.rng = _rng_state(x.device)
         ctx.autocast = _autocast_state(x.device)
         ctx.save_for_backward(x, e0, context, *rope)
         offload.ensure(index)
         for ahead in range(index + 1, index + 1 + offload.prefetch):
             offload.fetch(ahead)
-        out = block(x, e0, context, tuple(rope), attend=attend)
+        out = block(x, e0, context, tuple(rope), attend=extra[0], cross_mask=extra[1])
         if index != offload.num_blocks - 1:  # the last block is the first one backward needs: it stays
             offload.release(index)
         return out
@@ -164,7 +166,7 @@ class _OffloadedBlock(torch.autograd.Function):
         with torch.random.fork_rng(devices=[x.device] if device_type == "cuda" else [], device_type=device_type):
             _set_rng_state(x.device, ctx.rng)
             with torch.enable_grad(), torch.autocast(device_type, **ctx.autocast):
-                out = ctx.block(*inputs, tuple(rope), attend=ctx.attend)
+                out = ctx.block(*inputs, tuple(rope), attend=ctx.extra[0], cross_mask=ctx.extra[1])
             if out.requires_grad:  # False only if nothing in or before the block trains
                 torch.autograd.backward(out, grad_out)
         offload.release(index)

@@ -4,7 +4,7 @@ counting."""
 from wan_train.models.checkpoint import (
     CheckpointError, WanComponents, WanFiles, find_wan_files, load_dit, load_vae, load_wan, save_dit,
 )
-from wan_train.models.dit import DiTConfig, WanBlock, WanDiT
+from wan_train.models.dit import DiTConfig, ShotLayout, WanBlock, WanDiT
 from wan_train.models.dit.flops import DiTFlops, dit_flops
 from wan_train.models.encoders import (
     ClipVisionConfig, ClipVisionEncoder, WanTextEncoder, load_clip_vision, load_text_encoder,
@@ -15,7 +15,7 @@ from wan_train.models.vae import VAE_CONFIGS, Tiling, VAEConfig, WanVAE
 
 __all__ = [
     "EXPERTS", "SIZES", "VAE_CONFIGS", "CheckpointError", "ClipVisionConfig", "ClipVisionEncoder", "DiTConfig",
-    "DiTFlops", "ModelSize", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles",
+    "DiTFlops", "ModelSize", "ShotLayout", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles",
     "WanTextEncoder", "WanVAE", "builtin_text_encoder", "builtin_vae", "dit_flops", "find_wan_files", "get_size",
     "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "load_wan", "save_dit",
 ]

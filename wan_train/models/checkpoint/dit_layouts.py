@@ -96,39 +96,47 @@ _OFFICIAL_FIXED = {"window_size": [-1, -1], "qk_norm": True, "cross_attn_norm": 
 _DIFFUSERS_FIELDS = ("patch_size", "num_attention_heads", "attention_head_dim", "in_channels", "out_channels",
                      "text_dim", "freq_dim", "ffn_dim", "num_layers", "cross_attn_norm", "qk_norm", "eps", "image_dim",
                      "added_kv_proj_dim", "rope_max_seq_len", "pos_embed_seq_len")
+# wan_train's extensions of the architecture: config field -> the embedding whose rows it counts
+EXTENSIONS = {"references": "reference_embedding", "shots": "shot_embedding"}
 _UNSUPPORTED_HINTS = {"vace_layers": "VACE", "vace_in_dim": "VACE", "vace_in_channels": "VACE"}
 
 
 def config_to_json(cfg: DiTConfig, layout: str) -> dict:
     if cfg.rope_theta != 10000.0:
         raise ValueError(f"rope_theta={cfg.rope_theta} cannot be written in the {layout} config.json")
-    # the reference extension (wan_train's) is recorded beside the official fields, only when present
-    extension = {"references": cfg.references} if cfg.references else {}
+    # wan_train's extensions are recorded beside the official fields, only when present
+    extensions = {field: getattr(cfg, field) for field in EXTENSIONS if getattr(cfg, field)}
     if layout == OFFICIAL:
         return {"_class_name": _OFFICIAL_CLASS, "_diffusers_version": "0.30.0",
-                **{k: getattr(cfg, k) for k in _OFFICIAL_FIELDS}, **extension}
-    return {**extension, 
+                **{k: getattr(cfg, k) for k in _OFFICIAL_FIELDS}, **extensions}
+    return {
         "_class_name": _DIFFUSERS_CLASS, "_diffusers_version": "0.33.0",
         "patch_size": list(cfg.patch_size), "num_attention_heads": cfg.num_heads, "attention_head_dim": cfg.head_dim,
         "in_channels": cfg.in_dim, "out_channels": cfg.out_dim, "text_dim": cfg.text_dim, "freq_dim": cfg.freq_dim,
         "ffn_dim": cfg.ffn_dim, "num_layers": cfg.num_layers, "cross_attn_norm": True,
         "qk_norm": "rms_norm_across_heads", "eps": cfg.eps, "image_dim": cfg.image_dim,
         "added_kv_proj_dim": cfg.dim if cfg.has_image_branch else None, "rope_max_seq_len": cfg.rope_max_len,
-        "pos_embed_seq_len": cfg.image_pos_len,
+        "pos_embed_seq_len": cfg.image_pos_len, **extensions,
     }
+
+
+def extension_fields(shapes: dict[str, tuple[int, ...]]) -> dict[str, int]:
+    """wan_train's extensions present in a checkpoint, read from its tensors' shapes (rows of each embedding)."""
+    return {field: shapes[tensor][0] if tensor in shapes else 0 for field, tensor in EXTENSIONS.items()}
 
 
 def config_from_json(d: dict, layout: str, shapes: dict[str, tuple[int, ...]], *, source: str) -> DiTConfig:
     """A DiTConfig from a config.json of either layout. Fields the file does not carry (the official format
     omits patch size, text width and the CLIP branch) are read from the official-named tensor ``shapes``."""
     fields = {k: v for k, v in d.items() if not k.startswith("_")}
-    declared = fields.pop("references", 0)
+    declared = {field: fields.pop(field, 0) for field in EXTENSIONS}
     cfg = _config_fields_from_json(fields, layout, shapes, source=source)
-    found = shapes["reference_embedding"][0] if "reference_embedding" in shapes else 0
-    if declared != found:
-        raise CheckpointError(f"{source}: references={declared}, but the weights hold {found} reference slot "
-                              "embeddings (reference_embedding)")
-    return cfg.replace(references=found)
+    found = extension_fields(shapes)
+    for field, tensor in EXTENSIONS.items():
+        if declared[field] != found[field]:
+            raise CheckpointError(f"{source}: {field}={declared[field]}, but the weights hold {found[field]} rows "
+                                  f"of {tensor}")
+    return cfg.replace(**found)
 
 
 def _config_fields_from_json(fields: dict, layout: str, shapes: dict[str, tuple[int, ...]], *,
@@ -217,6 +225,6 @@ def config_from_shapes(shapes: dict[str, tuple[int, ...]], *, source: str, head_
         num_layers=1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks.")),
         out_dim=shapes["head.head.weight"][0] // math.prod(fields["patch_size"]),
         freq_dim=shapes["time_embedding.0.weight"][1],
-        references=shapes["reference_embedding"][0] if "reference_embedding" in shapes else 0, **fields,
+        **extension_fields(shapes), **fields,
     )
     return cfg.replace(model_type=_model_type(cfg))

@@ -1,4 +1,4 @@
 from wan_train.models.dit.config import DiTConfig
-from wan_train.models.dit.model import WanBlock, WanDiT
+from wan_train.models.dit.model import ShotLayout, WanBlock, WanDiT
 
-__all__ = ["DiTConfig", "WanBlock", "WanDiT"]
+__all__ = ["DiTConfig", "ShotLayout", "WanBlock", "WanDiT"]

@@ -34,6 +34,9 @@ class DiTConfig:
     # the reference-to-video extension (wan_train's, not an official field): this many reference slots, each with
     # a learned embedding added to its reference's tokens; 0: a plain Wan DiT
     references: int = 0
+    # the multi-shot extension (wan_train's): a learned shot-index embedding for up to this many shots, and each
+    # shot's tokens cross-attend to their own caption and the global one; 0: a plain Wan DiT
+    shots: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
@@ -49,6 +52,10 @@ class DiTConfig:
         if self.references and self.model_type in ("i2v", "flf2v"):
             problems.append(f"references={self.references}: the reference extension builds on T2V / TI2V models, "
                             f"not {self.model_type}")
+        if self.shots < 0:
+            problems.append(f"shots={self.shots} must be >= 0")
+        if self.shots and self.has_image_branch:
+            problems.append(f"shots={self.shots}: the multi-shot extension builds on models without the CLIP branch")
         if self.image_pos_len is not None and self.image_dim is None:
             problems.append("image_pos_len needs image_dim (the CLIP branch)")
         if len(self.patch_size) != 3:

@@ -44,9 +44,12 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
-def attention(q_BLNK: torch.Tensor, k_BSNK: torch.Tensor, v_BSNK: torch.Tensor) -> torch.Tensor:
-    """Unmasked softmax(q k^T / sqrt(K)) v through SDPA (flash / cuDNN kernels on GPU); returns [B, L, N*K]."""
-    out_BNLK = F.scaled_dot_product_attention(q_BLNK.transpose(1, 2), k_BSNK.transpose(1, 2), v_BSNK.transpose(1, 2))
+def attention(q_BLNK: torch.Tensor, k_BSNK: torch.Tensor, v_BSNK: torch.Tensor,
+              mask_B1LS: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T / sqrt(K)) v through SDPA (flash / cuDNN kernels on GPU when unmasked); mask: bool, True where
+    a query may attend; returns [B, L, N*K]."""
+    out_BNLK = F.scaled_dot_product_attention(q_BLNK.transpose(1, 2), k_BSNK.transpose(1, 2), v_BSNK.transpose(1, 2),
+                                              attn_mask=mask_B1LS)
     return out_BNLK.transpose(1, 2).flatten(2)
 
 
@@ -88,14 +91,16 @@ class CrossAttention(nn.Module):
     def _heads(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         return x.to(dtype).unflatten(-1, (self.num_heads, -1))
 
-    def forward(self, x_BLD: torch.Tensor, context_BSD: torch.Tensor) -> torch.Tensor:
+    def forward(self, x_BLD: torch.Tensor, context_BSD: torch.Tensor, *,
+                mask_B1LT: torch.Tensor | None = None) -> torch.Tensor:
+        # mask (multi-shot): which text tokens each video token sees, bool [B, 1, L, text_len]
         x_BLD = to_dtype_of(x_BLD, self.q)
         context_BSD = to_dtype_of(context_BSD, self.k)
         dtype = x_BLD.dtype
         image_BID, text_BTD = context_BSD[:, : -self.text_len], context_BSD[:, -self.text_len :]
         q_BLNK = self._heads(self.norm_q(self.q(x_BLD)), dtype)
         k_BTNK = self._heads(self.norm_k(self.k(text_BTD)), dtype)
-        out_BLD = attention(q_BLNK, k_BTNK, self._heads(self.v(text_BTD), dtype))
+        out_BLD = attention(q_BLNK, k_BTNK, self._heads(self.v(text_BTD), dtype), mask_B1LT)
         if hasattr(self, "k_img"):
             k_BINK = self._heads(self.norm_k_img(self.k_img(image_BID)), dtype)
             out_BLD = out_BLD + attention(q_BLNK, k_BINK, self._heads(self.v_img(image_BID), dtype))

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -76,13 +77,23 @@ class WanBlock(nn.Module):
 
     def forward(self, x_BLD: torch.Tensor, e0_BL6D: torch.Tensor, context_BSD: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor], *, attend: Callable[..., torch.Tensor] = attention,
-                ) -> torch.Tensor:
+                cross_mask: torch.Tensor | None = None) -> torch.Tensor:
         # e0_BL6D: [B, 1 or L, 6, D] float32 -> six [B, 1 or L, D] (shift, scale, gate) x (attention, FFN)
         sh1, sc1, g1, sh2, sc2, g2 = (self.modulation.float()[:, None] + e0_BL6D).unbind(2)
         x_BLD = x_BLD + self.self_attn(self.norm1(x_BLD) * (1 + sc1) + sh1, rope, attend=attend).float() * g1
-        x_BLD = x_BLD + self.cross_attn(self.norm3(x_BLD), context_BSD).float()
+        x_BLD = x_BLD + self.cross_attn(self.norm3(x_BLD), context_BSD, mask_B1LT=cross_mask).float()
         ffn_in = to_dtype_of(self.norm2(x_BLD) * (1 + sc2) + sh2, self.ffn[0])
         return x_BLD + self.ffn(ffn_in).float() * g2
+
+
+@dataclass(frozen=True)
+class ShotLayout:
+    """Multi-shot inputs (``config.shots`` > 0): frame_shots [B, F] the shot (0..n-1) of each latent frame, in
+    order; text_shots [B, S] which caption each context token belongs to: -1 the global caption (seen by every
+    shot), i shot i's own. Context padded past S up to text_len counts as global, as the base attends its padding."""
+
+    frame_shots: torch.Tensor
+    text_shots: torch.Tensor
 
 
 class WanDiT(nn.Module):
@@ -105,6 +116,8 @@ class WanDiT(nn.Module):
             self.img_emb = MLPProj(cfg.image_dim, d, pos_len=cfg.image_pos_len)
         if cfg.references:  # zero: a base checkpoint behaves exactly as before until trained
             self.reference_embedding = nn.Parameter(torch.zeros(cfg.references, d))
+        if cfg.shots:  # zero, likewise
+            self.shot_embedding = nn.Parameter(torch.zeros(cfg.shots, d))
         self.rope = Rope3D(split=cfg.rope_split, theta=cfg.rope_theta, max_len=cfg.rope_max_len)
         self.init_weights()
 
@@ -125,11 +138,14 @@ class WanDiT(nn.Module):
         return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size, strict=True))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor, *, y: torch.Tensor | None = None,
-                clip_fea: torch.Tensor | None = None, refs: Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+                clip_fea: torch.Tensor | None = None, refs: Sequence[torch.Tensor] | None = None,
+                shots: ShotLayout | None = None) -> torch.Tensor:
         if y is not None:
             x = torch.cat([x, y], dim=1)
         self._check_inputs(x, t, context, clip_fea)
         video_frames = x.shape[2]
+        if shots is not None:
+            self._check_shots(shots, x, context, refs)
         if refs:
             x, t = self._with_references(x, t, refs)
         grid = self.grid(x)
@@ -137,6 +153,10 @@ class WanDiT(nn.Module):
         x_BLD = self.patch_embedding(to_dtype_of(x, self.patch_embedding)).flatten(2).transpose(1, 2).float()
         if refs:
             x_BLD = self._mark_references(x_BLD, refs)
+        token_shots = None
+        if shots is not None:  # [B, L]: each token's shot, from its latent frame (frames come first in the order)
+            token_shots = shots.frame_shots.repeat_interleave(grid[1] * grid[2], dim=1)
+            x_BLD = x_BLD + self.shot_embedding.float()[token_shots]
         context_BSD = self.embed_text(context)
         if clip_fea is not None:
             context_BSD = torch.cat([self.img_emb(clip_fea).to(context_BSD.dtype), context_BSD], dim=1)
@@ -144,22 +164,52 @@ class WanDiT(nn.Module):
         sp = self.sequence_parallel
         if sp is not None:  # from here on L is this rank's L/P tokens
             x_BLD, t, rope = self._local_tokens(x_BLD, t=t, rope=rope, grid=grid)
+            token_shots = None if token_shots is None else sp.split(token_shots, dim=1)
         e_BLD, e0_BL6D = self.time_embeddings(t)
         attend = attention if sp is None else sp.attention
+        cross_mask = None if shots is None else self.shot_cross_mask(token_shots, shots.text_shots)
 
         training = torch.is_grad_enabled()
         with self.activation_offload() if self.activation_offload is not None and training else nullcontext():
             for index, block in enumerate(self.blocks):
                 if self.block_offload is not None and self.block_offload.owns(index):
-                    x_BLD = self.block_offload.run(index, block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend)
+                    x_BLD = self.block_offload.run(index, block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend,
+                                                   cross_mask=cross_mask)
                 elif self.activation_checkpointing and training:
-                    x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend, use_reentrant=False)
+                    x_BLD = checkpoint(block, x_BLD, e0_BL6D, context_BSD, rope, attend=attend, cross_mask=cross_mask,
+                                       use_reentrant=False)
                 else:
-                    x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope, attend=attend)
+                    x_BLD = block(x_BLD, e0_BL6D, context_BSD, rope, attend=attend, cross_mask=cross_mask)
             out_BLP = self.head(x_BLD, e_BLD).float()
         if sp is not None:
             out_BLP = sp.gather(out_BLP, dim=1)
         return self.unpatchify(out_BLP, grid)[:, :, :video_frames]
+
+    def shot_cross_mask(self, token_shots_BL: torch.Tensor, text_shots_BS: torch.Tensor) -> torch.Tensor:
+        """bool [B, 1, L, text_len]: a token of shot i sees the global caption (and the padding) and caption i."""
+        text_BT = F.pad(text_shots_BS, (0, self.config.text_len - text_shots_BS.shape[1]), value=-1)
+        return ((text_BT[:, None, :] == -1) | (text_BT[:, None, :] == token_shots_BL[:, :, None]))[:, None]
+
+    def _check_shots(self, shots: ShotLayout, x: torch.Tensor, context: torch.Tensor,
+                     refs: Sequence[torch.Tensor] | None) -> None:
+        cfg, problems = self.config, []
+        b, frames = x.shape[0], x.shape[2]
+        if not cfg.shots:
+            problems.append("shots were given but this model has no multi-shot extension (DiTConfig.shots=0)")
+        elif refs:
+            problems.append("shots and refs together are not supported yet")
+        elif cfg.patch_size[0] != 1:
+            problems.append(f"shots need a temporal patch of 1, not {cfg.patch_size[0]}")
+        elif tuple(shots.frame_shots.shape) != (b, frames) or tuple(shots.text_shots.shape) != tuple(context.shape[:2]):
+            problems.append(f"shots.frame_shots {tuple(shots.frame_shots.shape)} must be [{b}, {frames}] (latent "
+                            f"frames) and shots.text_shots {tuple(shots.text_shots.shape)} [{b}, {context.shape[1]}] "
+                            "(context tokens)")
+        elif int(shots.frame_shots.min()) < 0 or int(shots.frame_shots.max()) >= cfg.shots:
+            problems.append(f"shots.frame_shots must hold shot indices 0..{cfg.shots - 1}")
+        elif bool((shots.frame_shots.diff(dim=1) < 0).any()):
+            problems.append("shots.frame_shots must not decrease along the frames (each shot is one run of frames)")
+        if problems:
+            raise ValueError("WanDiT input: " + "; ".join(problems))
 
     def _with_references(self, x: torch.Tensor, t: torch.Tensor, refs: Sequence[torch.Tensor],
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,7 +303,8 @@ class WanDiT(nn.Module):
         """Parameters that stay float32 when the model is cast to a narrower dtype, because the official model
         computes with them in float32: time embedding and projection, modulation tables, norm weights (and the
         reference slot embeddings, added to the float32 residual stream)."""
-        names = {n for n, _ in self.named_parameters() if n.endswith(("modulation", "reference_embedding"))}
+        names = {n for n, _ in self.named_parameters()
+                 if n.endswith(("modulation", "reference_embedding", "shot_embedding"))}
         for module_name, module in self.named_modules():
             if isinstance(module, (RMSNorm, FP32LayerNorm)) or module_name in ("time_embedding", "time_projection"):
                 names |= {f"{module_name}.{n}" for n, _ in module.named_parameters()}
@@ -264,6 +315,18 @@ class WanDiT(nn.Module):
         keep = self.fp32_parameter_names() if dtype.itemsize < 4 else set()
         for name, p in self.named_parameters():
             p.data = p.data.to(torch.float32 if name in keep else dtype)
+        return self
+
+    def extend_shots(self, count: int) -> WanDiT:
+        """Add the multi-shot extension in place: ``count`` shot embeddings, zero (the base's output until trained;
+        the cross-attention mask only matters once captions are split into shots)."""
+        if self.config.shots:
+            if self.config.shots != count:
+                raise ValueError(f"this DiT has {self.config.shots} shot embeddings; {count} were asked for")
+            return self
+        self.config = self.config.replace(shots=count)
+        anchor = self.patch_embedding.weight
+        self.shot_embedding = nn.Parameter(torch.zeros(count, self.config.dim, device=anchor.device))
         return self
 
     def extend_references(self, count: int) -> WanDiT:
