@@ -104,3 +104,37 @@ def test_shot_inputs_are_checked():
         model(**inputs, shots=layout(inputs, frame_shots=(1, 0, 1)))
     with pytest.raises(ValueError, match="no multi-shot extension"):
         base()(**inputs, shots=layout(inputs))
+
+
+def test_generate_denoises_the_shots_jointly_and_decodes_each_on_its_own():
+    from wan_train.inference.pipeline import WanModels, generate
+    from wan_train.inference.presets import official
+    from wan_train.models import builtin_text_encoder, builtin_vae
+
+    torch.manual_seed(0)
+    dit = randomize_(WanDiT(get_size("quickstart").dit)).extend_shots(2).eval()
+    models = WanModels({None: dit}, builtin_vae(), builtin_text_encoder(text_dim=4096), size="quickstart")
+    settings = official("quickstart").replace(steps=2, num_frames=17)
+    prompt = "A park at noon. Shot 1: wide — a red ball rolls. Shot 2: close-up — the ball stops."
+    video = generate(models, [prompt], settings=settings, multishot=True)
+    assert video.shape[2] == sum(shot_frames(parse_shots(prompt), num_frames=17, fps=settings.fps)) == 14
+    latents = generate(models, [prompt], settings=settings, multishot=True, decode=False)
+    assert latents.shape[2] == 3 + 2  # shots of 9 and 5 frames: 1 + 8 / 4 and 1 + 4 / 4 latent frames
+    plain = generate(models, ["a red ball rolls"], settings=settings)  # the same model, one shot, text-to-video
+    assert plain.shape[2] == 17
+    with pytest.raises(ValueError, match="plan different shot lengths"):
+        generate(models, [prompt, "Shot 1 (0.3s): a. Shot 2: b."], settings=settings, multishot=True)
+    with pytest.raises(ValueError, match="no multi-shot extension"):
+        generate(WanModels({None: base()}, builtin_vae(), builtin_text_encoder(text_dim=4096)), [prompt],
+                 settings=settings.replace(width=80, height=48), multishot=True)
+
+
+def test_cut_detection_finds_a_hard_cut():
+    from eval.cuts import cuts_at, detected_cuts, frame_differences, requested_cuts
+
+    video = torch.zeros(3, 14, 8, 8)
+    video[:, 9:] = 1.0  # shot 2 starts at frame 9
+    video += 0.01 * torch.randn_like(video)
+    assert frame_differences(video).argmax() == 8 and detected_cuts(video, 1) == [9]
+    assert requested_cuts([9, 5]) == [9] and cuts_at(video, [9]) and not cuts_at(video, [7])
+    assert cuts_at(video, [8], tolerance=1)

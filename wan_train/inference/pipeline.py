@@ -19,10 +19,12 @@ from wan_train.flow import expert_for_sigma, to_timestep
 from wan_train.inference.conditioning import i2v_mask
 from wan_train.inference.presets import Sampling
 from wan_train.inference.references import check_tags
+from wan_train.inference.shot_inputs import decode_shots, latent_frames, shot_context, shot_layout
+from wan_train.inference.shots import prompt_shots, shot_frames
 from wan_train.inference.schedules import sampling_sigmas
 from wan_train.inference.solvers import get_solver
 from wan_train.lora import applied, check_base, load_lora, merged
-from wan_train.models import DiTConfig, WanDiT
+from wan_train.models import DiTConfig, ShotLayout, WanDiT
 
 # the tasks each DiT model_type can do; "ti2v" is the TI2V-5B name of its image-to-video mode
 TASKS = {"t2v": ("t2v",), "i2v": ("i2v",), "flf2v": ("flf2v",), "ti2v": ("t2v", "i2v", "ti2v")}
@@ -88,6 +90,7 @@ class Conditioning:
     clip_fea: torch.Tensor | None = None
     first: torch.Tensor | None = None
     refs: list[torch.Tensor] | None = None  # R2V: clean reference latents [B, Z, f_j, h, w], @Video{j+1}
+    shots: ShotLayout | None = None  # multi-shot: the shots' frames and captions (context is shot_context's)
 
 
 def check_request(models: WanModels, task: str, settings: Sampling) -> None:
@@ -224,6 +227,8 @@ def guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torc
     zero references and the negative prompt, v_r the references and the negative prompt, v_rt both."""
     if cond.refs and dit.config.references:  # an A14B expert trained without references runs as text-to-video
         return _reference_guided_velocity(dit, x, t, context, negative, cond.refs, scale, reference_scale)
+    if cond.shots is not None and dit.config.shots:
+        return _shot_guided_velocity(dit, x, t, context, negative, cond.shots, scale)
     if scale == 1.0 or negative is None:
         return dit(x, t, context, y=cond.y, clip_fea=cond.clip_fea).float()
     b = x.shape[0]
@@ -253,6 +258,23 @@ def _reference_guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, co
                 refs=[torch.cat([torch.zeros_like(r), r, r]) for r in refs]).float()
     v_0, v_r, v_rt = three[:b], three[b:2 * b], three[2 * b:]
     return v_0 + reference_scale * (v_r - v_0) + scale * (v_rt - v_r)
+
+
+def _shot_guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torch.Tensor,
+                          negative: torch.Tensor | None, shots: ShotLayout, scale: float) -> torch.Tensor:
+    """CFG for a multi-shot batch: the conditional branch reads the shots' captions through the layout, the
+    unconditional one the negative prompt as a global caption that every shot sees."""
+    if scale == 1.0 or negative is None:
+        return dit(x, t, context, shots=shots).float()
+    b = x.shape[0]
+    length = max(context.shape[1], negative.shape[1])
+    context, negative = (F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (context, negative))
+    text = F.pad(shots.text_shots, (0, length - shots.text_shots.shape[1]), value=-1)
+    layout = ShotLayout(torch.cat([shots.frame_shots, shots.frame_shots]), torch.cat([text, torch.full_like(text, -1)]))
+    both = dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, negative.expand(b, -1, -1)]),
+               shots=layout).float()
+    v_c, v_u = both[:b], both[b:]
+    return v_u + scale * (v_c - v_u)
 
 
 def first_frame_timesteps(t: torch.Tensor, latent_shape: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
@@ -314,13 +336,17 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
              adapters: Sequence[Adapter] = (), device: torch.device | str | None = None, offload: bool = False,
              decode: bool = True, on_step: Callable[[int, int, str | None], None] | None = None,
              fuse_lora: bool = False, allow_base_mismatch: bool = False,
-             references: Sequence[torch.Tensor] = ()) -> torch.Tensor:
+             references: Sequence[torch.Tensor] = (), multishot: bool = False,
+             shot_count: int | None = None) -> torch.Tensor:
     """Videos [B, 3, F, H, W] float32 in [-1, 1] on the CPU (decode=False: the latents [B, Z, T, h, w]) for a
     batch of prompts; prompt i gets seed + i. images (image tasks): [B or 1, 3, H, W] in [-1, 1] at
     settings.height x settings.width (inference.images fits a picture to the model's rule).
     adapters: applied for this call only (a weighted blend when several); fuse_lora merges them into the weights
     for the call (no per-step extra matmuls) and restores the weights bit for bit afterwards. references (task
-    r2v): up to 3, each [3, f, H, W] in [-1, 1] at the output size, the j-th being the prompts' @Video{j+1}."""
+    r2v): up to 3, each [3, f, H, W] in [-1, 1] at the output size, the j-th being the prompts' @Video{j+1}.
+    multishot (models with the shot extension): each prompt is parsed into shots ("Shot 1: ... Shot 2: ...") or
+    planned into `shot_count` shots (wan_train.inference.shots), all shots are denoised jointly, and each shot
+    is decoded on its own; the video has sum of the shots' frames (at most settings.num_frames)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
@@ -335,7 +361,11 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
     context, negative = encode_text(models, prompts, settings.negative_prompt if use_negative else None,
                                     device=device)
     cond = condition(models, task, images, last_images, settings, device=device, references=references, batch=b)
-    noise = initial_noise(latent_shape(models, settings), [seed + i for i in range(b)])
+    shape, per_shot = latent_shape(models, settings), None
+    if multishot:
+        context, cond, per_shot = shot_condition(models, prompts, task, settings, shot_count, device=device)
+        shape = (shape[0], sum(per_shot), *shape[2:])
+    noise = initial_noise(shape, [seed + i for i in range(b)])
     with ExitStack() as stack:
         for dit, blend in _blends(models, adapters, allow_base_mismatch=allow_base_mismatch).items():
             stack.enter_context(merged(dit, blend) if fuse_lora else applied(dit, blend))
@@ -344,7 +374,31 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
     if not decode:
         return latents.cpu()
     vae_device = _device_of(models.vae)
+    if per_shot is not None:
+        return torch.cat([decode_shots(models.vae, latents[i:i + 1].to(vae_device), per_shot).float().cpu()
+                          for i in range(b)])
     return torch.cat([models.vae.decode(latents[i:i + 1].to(vae_device)).float().cpu() for i in range(b)])
+
+
+def shot_condition(models: WanModels, prompts: Sequence[str], task: str, settings: Sampling,
+                   shot_count: int | None, *, device: torch.device) -> tuple[torch.Tensor, Conditioning, list[int]]:
+    """(context of the shots' captions, their Conditioning, latent frames per shot) for a multi-shot batch."""
+    if task != "t2v":
+        raise ValueError(f"multi-shot generation is text-to-video (task=t2v), not task={task!r}")
+    if not any(dit.config.shots for dit in models.dits.values()):
+        raise ValueError("this model has no multi-shot extension (DiTConfig.shots=0): train recipe=multishot")
+    plans = [prompt_shots(p, shots=shot_count) for p in prompts]
+    stride = models.vae.temporal_compression
+    frames = [shot_frames(plan, num_frames=settings.num_frames, fps=settings.fps, temporal_stride=stride)
+              for plan in plans]
+    if any(f != frames[0] for f in frames):
+        raise ValueError(f"the prompts of one batch plan different shot lengths {frames}: generate them one at a time")
+    most = max(dit.config.shots for dit in models.dits.values())
+    if len(frames[0]) > most:
+        raise ValueError(f"{len(frames[0])} shots asked for; this model knows {most}")
+    context, text_shots = shot_context(models.text_encoder, plans, text_len=models.config.text_len, device=device)
+    per_shot = latent_frames(frames[0], temporal_compression=stride)
+    return context, Conditioning(shots=shot_layout(per_shot, text_shots)), per_shot
 
 
 def _blends(models: WanModels, adapters: Sequence[Adapter], *, allow_base_mismatch: bool) -> dict:
