@@ -92,7 +92,7 @@ def test_r2v_settings_are_checked_at_start(shapes, tmp_path):
 
     with pytest.raises(ConfigError, match="data.references=3: the model has model.references=1"):
         validate(config(shapes, tmp_path, **{"model.references": "1"}))
-    with pytest.raises(ConfigError, match="registry's LoRA formats cannot carry the reference slots"):
+    with pytest.raises(ConfigError, match="registry's LoRA formats cannot carry the embeddings"):
         validate(config(shapes, tmp_path, lora="default", **{"lora.client": "acme", "lora.name": "cloner"}))
     with pytest.raises(ConfigError, match="model.references=4"):
         validate(config(shapes, tmp_path, **{"model.references": "4"}))

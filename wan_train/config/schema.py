@@ -21,6 +21,9 @@ class ModelConfig:
     # reference-to-video: reference slots (@Video1..) added to the base, zero-initialised and trained with the rest
     # (a LoRA run trains them beside the adapter); 0: none. The data's references fill them (data.references)
     references: int = 0
+    # multi-shot: shot-index embeddings (and per-shot captions) for up to this many shots, added to the base like
+    # references; 0: none
+    shots: int = 0
 
 
 @dataclass
@@ -224,6 +227,10 @@ class GenerateConfig(SamplingOverrides):
     # task=r2v: one image or clip per subject, the prompt's @Video1, @Video2, @Video3 (refs='[a.png,b.mp4]')
     refs: Any = None
     reference_frames: int = 1  # frames taken from each clip reference (1 + 4k); images are one frame
+    # models with the multi-shot extension: "Shot 1: ... Shot 2 (2s): close-up — ..." prompts, or plain ones planned
+    # into `shots` shots (None: by their cut cues), all shots generated jointly (wan_train.inference.shots)
+    multishot: bool = False
+    shots: int | None = None
     image: str | None = None  # the first frame (i2v / ti2v / flf2v)
     last_image: str | None = None  # the last frame (flf2v)
     seed: int = 0  # video i gets seed + i

@@ -219,10 +219,15 @@ def _validate_references(cfg: DictConfig) -> None:
     if slots and SIZES[cfg.model.size].dit.model_type in ("i2v", "flf2v"):
         raise ConfigError(f"model.references={slots}: reference-to-video builds on T2V / TI2V models, not "
                           f"{SIZES[cfg.model.size].dit.model_type} ({cfg.model.size})")
-    if slots and cfg.lora.enabled and cfg.lora.client:
-        raise ConfigError("model.references with lora.client: the registry's LoRA formats cannot carry the reference "
-                          "slots trained beside the adapter; drop lora.client/name and load the run folder "
-                          "(generate.py ckpt=RUN_DIR task=r2v refs=[...])")
+    if cfg.model.shots < 0:
+        raise ConfigError(f"model.shots={cfg.model.shots}: must be >= 0 (0: no multi-shot extension)")
+    if cfg.model.shots and SIZES[cfg.model.size].dit.has_image_branch:
+        raise ConfigError(f"model.shots={cfg.model.shots}: the multi-shot extension builds on models without the "
+                          f"CLIP image branch, not {cfg.model.size}")
+    if (slots or cfg.model.shots) and cfg.lora.enabled and cfg.lora.client:
+        raise ConfigError("model.references / model.shots with lora.client: the registry's LoRA formats cannot carry "
+                          "the embeddings trained beside the adapter; drop lora.client/name and load the run folder "
+                          "(generate.py ckpt=RUN_DIR ...)")
 
 
 def vae_stride(name: str) -> int:

@@ -135,7 +135,7 @@ def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool,
     what = f"{path} (step {step}{', EMA' if ema else ''})"
     if cfg.lora.enabled:
         return _lora_dit(cfg, expert, weights, path=path).to_dtype(dtype), f"{what}, LoRA on {cfg.model.checkpoint}"
-    config = get_size(cfg.model.size).dit.replace(references=_references(cfg))
+    config = get_size(cfg.model.size).dit.replace(**_extensions(cfg))
     dit = WanDiT(config)
     missing, unexpected = dit.load_state_dict(weights, strict=False)
     if missing or unexpected:
@@ -152,8 +152,11 @@ def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
                               "which is not there")
     dit = load_dit(cfg.model.checkpoint, expert=expert, dtype=torch.float32)
     add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, rslora=lora.rslora, dora=lora.dora)
-    if _references(cfg):  # trained beside the adapter (wan_train.training.run.prepare)
-        dit.extend_references(_references(cfg))
+    extensions = _extensions(cfg)  # trained beside the adapter (wan_train.training.run.prepare)
+    if extensions["references"]:
+        dit.extend_references(extensions["references"])
+    if extensions["shots"]:
+        dit.extend_shots(extensions["shots"])
     trained = {n for n, p in dit.named_parameters() if p.requires_grad}
     if set(weights) != trained:
         raise CheckpointError(f"{path}: the adapter in the checkpoint does not match the run's lora settings: "
@@ -163,9 +166,9 @@ def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
     return merge_adapter(dit)
 
 
-def _references(cfg) -> int:
-    """The run's reference slots; run folders from before the reference-to-video extension record none."""
-    return OmegaConf.select(cfg, "model.references", default=0)
+def _extensions(cfg) -> dict[str, int]:
+    """The run's reference slots and shot embeddings; run folders from before these extensions record none."""
+    return {key: OmegaConf.select(cfg, f"model.{key}", default=0) for key in ("references", "shots")}
 
 
 def _encoders(source: str | None, text_dim: int, *, seed: int, image_branch: bool, where: Path):

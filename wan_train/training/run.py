@@ -127,6 +127,8 @@ def prepare(cfg: DictConfig) -> Session:
     base = base_identity(dit) if cfg.lora.enabled else None  # of the checkpoint's weights, before any narrowing
     if cfg.model.references:  # new, zero, trained (with the adapter too): the base's identity stays its own
         dit.extend_references(cfg.model.references)
+    if cfg.model.shots:
+        dit.extend_shots(cfg.model.shots)
     place_base(dit, placement(cfg), compute_dtype=compute_dtype(cfg))
     count = cfg.flow.held_out_samples
     module = FlowMatchingModule(cfg, dit=dit, encoders=encoders, boundary=size.boundary,
