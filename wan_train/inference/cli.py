@@ -63,7 +63,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
             videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
                               images=first, last_images=last, adapters=adapters, device=device, offload=offload,
                               fuse_lora=cfg.fuse_lora, allow_base_mismatch=cfg.allow_base_mismatch,
-                              references=references, multishot=cfg.multishot, shot_count=cfg.shots, on_step=lambda done, total, expert: progress.update(
+                              references=references, multishot=cfg.multishot, shot_count=cfg.shots,
+                              on_step=lambda done, total, expert: progress.update(
                                   bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
             seconds = (time.perf_counter() - began) / len(batch)
             for (prompt, seed), video in zip(batch, videos, strict=True):
