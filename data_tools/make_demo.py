@@ -14,8 +14,14 @@ and shape, each in its own half of the frame, moving in opposite directions ("a 
 right and a small yellow square moves from right to left on a black background"), so references have two subjects
 to tell apart.
 
+Multi-shot data (wan_train.data.multishot): --shots cuts each clip into two shots of the same shape and colour, a hard
+cut at frame frames // 2: a "wide" shot (the shape small) then a "close-up" (large) moving another way on another
+background. The .json records both `shots` (seconds) and a `shot_captions` entry for each ("wide — a small red
+circle moves from left to right on a black background"); the global caption names the shape ("a red circle").
+
     python -m data_tools.make_demo --output data/demo
     python -m data_tools.make_demo --output data/demo_r2v --multi --subjects
+    python -m data_tools.make_demo --output data/stories --shots
 """
 
 import argparse
@@ -56,6 +62,7 @@ MIN_CONTRAST = 150.0  # least RGB distance between a shape's colour and its back
 MIN_SIDE = 32  # px; below this the shapes have no room to move
 PORTRAIT_EVERY = 4  # clip i is portrait when i % 4 == 3
 BOX_DECIMALS = 5  # subject box coordinates in the .json (1e-5 of the side: sub-pixel up to 100k px)
+SHOT_VIEWS = {"wide": "small", "close-up": "large"}  # --shots: each shot's view (its caption's prefix) and size
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,27 @@ def _partner(first: DemoClip, rng: np.random.Generator) -> DemoClip:
                        offset=float(rng.uniform(0.0, 1.0)), width=first.width, height=first.height,
                        lane=halves[1 - mine])
     return dataclasses.replace(first, lane=halves[mine], partner=partner)
+
+
+def shot_clips(*, seed: int, index: int, width: int, height: int,
+               character: str | None = None) -> tuple[DemoClip, DemoClip]:
+    """--shots: the two shots of clip `index`, one per SHOT_VIEWS entry: the plain clip's shape, colour, background,
+    direction and path, small; then the same shape and colour, large, moving another way on another background
+    that also contrasts with it (drawn from their own generator, so the plain clip's draws are untouched)."""
+    (wide, small), (close, large) = SHOT_VIEWS.items()
+    first = dataclasses.replace(demo_clip(seed=seed, index=index, width=width, height=height, character=character),
+                                size=small)
+    rng = np.random.default_rng([seed, index, 1])
+    backgrounds = [name for name, rgb in BACKGROUNDS.items()
+                   if name != first.background and _distance(rgb, _rgb(first.colour)) >= MIN_CONTRAST]
+    directions = [d for d in DIRECTIONS if d != first.direction]
+    second = dataclasses.replace(first, size=large, background=str(rng.choice(backgrounds)),
+                                 direction=str(rng.choice(directions)), offset=float(rng.uniform(0.0, 1.0)))
+    return first, second
+
+
+def shot_caption(view: str, clip: DemoClip) -> str:
+    return f"{view} — {clip.caption}"
 
 
 def _rgb(colour: str) -> tuple[int, int, int]:
@@ -251,8 +279,12 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
 # ----------------------------------------------------------------------------------------------- shards
 
 def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
-                   character: str | None = None, subjects: bool = False, multi: bool = False) -> dict[str, bytes]:
+                   character: str | None = None, subjects: bool = False, multi: bool = False,
+                   shots: bool = False) -> dict[str, bytes]:
     """The tar members of sample `index`, as make_shards writes them: {"<key>.mp4": ..., "<key>.json": ...}."""
+    if shots:
+        return _shot_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
+                             character=character)
     clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character, multi=multi)
     video = encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True)
     named = tuple(Subject(name=shape.subject, boxes=tuple(tuple(b) for b in boxes(shape, frames=frames, fps=fps)))
@@ -260,6 +292,27 @@ def sample_members(index: int, *, seed: int, width: int, height: int, frames: in
     meta = ClipMeta(captions=(clip.caption,), fps=float(fps), num_frames=frames, width=clip.width,
                     height=clip.height, duration=frames / fps, source=f"make_demo:seed={seed}:index={index}",
                     subjects=named)
+    return _members(index, video, meta)
+
+
+def _shot_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
+                  character: str | None) -> dict[str, bytes]:
+    """--shots: the two shot_clips cut at frame frames // 2 (the first frame of the close-up), shown from
+    cut / fps seconds."""
+    first, second = shot_clips(seed=seed, index=index, width=width, height=height, character=character)
+    cut = frames // 2
+    video = encode_mp4(np.concatenate([render(first, frames=cut), render(second, frames=frames - cut)]), fps=fps,
+                       reproducible=True)
+    cut_time, duration = cut / fps, frames / fps
+    meta = ClipMeta(captions=(character or f"a {first.colour} {first.shape}",), fps=float(fps), num_frames=frames,
+                    width=first.width, height=first.height, duration=duration,
+                    source=f"make_demo:seed={seed}:index={index}", shots=((0.0, cut_time), (cut_time, duration)),
+                    shot_captions=tuple(shot_caption(view, clip) for view, clip in zip(SHOT_VIEWS, (first, second),
+                                                                                        strict=True)))
+    return _members(index, video, meta)
+
+
+def _members(index: int, video: bytes, meta: ClipMeta) -> dict[str, bytes]:
     key = f"{index:09d}"
     return {f"{key}.mp4": video, f"{key}.json": json.dumps(meta.to_json(), ensure_ascii=False).encode()}
 
@@ -271,8 +324,13 @@ def write_shard(path: Path, members: dict[str, bytes]) -> None:
             add_tar_member(tar, name, data)
 
 
-def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: float, shard_size: int) -> None:
+def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: float, shard_size: int,
+               subjects: bool = False, multi: bool = False, shots: bool = False) -> None:
     problems = []
+    if shots and (subjects or multi):
+        problems.append("--shots cannot be combined with --subjects or --multi")
+    if shots and frames < 2:
+        problems.append(f"--shots needs --frames >= 2 (a frame per shot at least), got {frames}")
     if num_clips < 1:
         problems.append(f"--num-clips must be >= 1, got {num_clips}")
     for flag, value in (("--width", width), ("--height", height)):
@@ -289,9 +347,11 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
 
 
 def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, height: int, frames: int, fps: float,
-              shard_size: int, character: str | None = None, subjects: bool = False, multi: bool = False) -> dict:
+              shard_size: int, character: str | None = None, subjects: bool = False, multi: bool = False,
+              shots: bool = False) -> dict:
     """Write ceil(num_clips / shard_size) shards into `output`; returns the summary."""
-    check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size)
+    check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size,
+               subjects=subjects, multi=multi, shots=shots)
     output, began, written = Path(output), time.perf_counter(), []
     with progress() as bar:
         task = bar.add_task("clips", total=num_clips)
@@ -299,7 +359,7 @@ def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, heig
             members = {}
             for index in range(first, min(first + shard_size, num_clips)):
                 members |= sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
-                                          character=character, subjects=subjects, multi=multi)
+                                          character=character, subjects=subjects, multi=multi, shots=shots)
                 bar.advance(task)
             written.append(output / shard_name(len(written)))
             write_shard(written[-1], members)
@@ -331,6 +391,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multi", action="store_true",
                         help="two shapes per clip, different in colour and shape, each in its own half of the frame, "
                              "moving opposite ways; with --subjects, two subjects per clip")
+    parser.add_argument("--shots", action="store_true",
+                        help="two shots per clip, cut at frame FRAMES // 2: the shape small ('wide'), then large "
+                             "('close-up') moving another way on another background; writes each shot's time range "
+                             "and caption: data for multi-shot training (data.shots)")
     return parser
 
 
@@ -343,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     args = vars(parser.parse_args(argv))
     output = args.pop("output")
     try:
-        check_args(**{k: v for k, v in args.items() if k not in ("seed", "character", "subjects", "multi")})
+        check_args(**{k: v for k, v in args.items() if k not in ("seed", "character")})
     except ValueError as error:
         parser.error(str(error))  # exits with status 2
     result = make_demo(output, **args)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_tools.make_demo import COLOURS, demo_clip, main, make_demo
+from data_tools.make_demo import BACKGROUNDS, COLOURS, demo_clip, main, make_demo, shot_clips
 from wan_train.data.metadata import parse_meta
 from wan_train.data.probe import probe_video
 
@@ -191,3 +191,38 @@ def test_multi_clips_show_two_unlike_shapes_each_in_its_box(tmp_path):
                 centre = frame[round((y0 + y1) / 2), round((x0 + x1) / 2)].astype(np.float64)
                 mine, other = (np.linalg.norm(centre - COLOURS[s.colour]) for s in (shape, *set(clip.shapes) - {shape}))
                 assert mine < 40 and mine < other, (shape, centre)
+
+
+def test_shots_clips_cut_from_a_wide_shot_to_a_close_up(tmp_path):
+    """--shots: two shots of one shape and colour, hard cut at frame frames // 2: small on one background, then
+    large on another moving another way; the .json records the shots, a caption for each and a global one."""
+    assert main(["--output", str(tmp_path), "--num-clips", "4", "--seed", "3", "--width", "96", "--height", "64",
+                 "--frames", "17", "--fps", "8", "--shots"]) == 0
+    samples = list(wds.WebDataset(sorted(str(p) for p in tmp_path.glob("*.tar")), shardshuffle=False))
+    assert len(samples) == 4
+    for index, sample in enumerate(samples):
+        meta = parse_meta(sample["json"], key=sample["__key__"])
+        first, second = shot_clips(seed=3, index=index, width=96, height=64)
+        plain = demo_clip(seed=3, index=index, width=96, height=64)
+        assert (first.shape, first.colour, first.background, first.direction) == (
+            plain.shape, plain.colour, plain.background, plain.direction)
+        assert (second.shape, second.colour) == (first.shape, first.colour)
+        assert second.background != first.background and second.direction != first.direction
+        assert meta.shots == ((0.0, 1.0), (1.0, 17 / 8))  # cut at frame 8, shown from 8 / 8 s
+        assert meta.captions == (f"a {first.colour} {first.shape}",)
+        assert meta.shot_captions == (
+            f"wide — a small {first.colour} {first.shape} moves {first.direction} on a {first.background} background",
+            f"close-up — a large {first.colour} {first.shape} moves {second.direction} on a {second.background} "
+            "background")
+        before, after = _frames(sample, [7, 8])
+        for frame, clip in ((before, first), (after, second)):
+            mask = shape_mask(frame)
+            background = np.median(frame[~mask].astype(np.float64), axis=0)
+            assert min(BACKGROUNDS, key=lambda b: np.linalg.norm(background - BACKGROUNDS[b])) == clip.background
+            assert colour_name(frame[mask].mean(axis=0)) == clip.colour
+        assert shape_mask(after).sum() > 1.8 * shape_mask(before).sum()  # (0.2 / 0.13)^2 = 2.4 times the area
+    again = tmp_path / "again"
+    make_demo(again, **(ARGS | {"num_clips": 4, "shard_size": 16, "frames": 17, "shots": True}))
+    assert (again / "shard-000000.tar").read_bytes() == (tmp_path / "shard-000000.tar").read_bytes()
+    with pytest.raises(ValueError, match="--shots cannot be combined"):
+        make_demo(tmp_path / "bad", **(ARGS | {"shots": True, "multi": True}))

@@ -7,6 +7,7 @@ from wan_train.data.buckets import ASPECT_RATIOS, SIZES, Bucket, BucketTable
 from wan_train.data.errors import REASONS, SampleError
 from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
 from wan_train.data.metadata import ClipMeta, Subject, parse_meta
+from wan_train.data.multishot import MultiShotSource
 from wan_train.data.probe import VideoInfo, probe_video
 from wan_train.data.references import MAX_REFERENCES, ReferenceSource, tag_caption
 from wan_train.data.stream import BucketedStream
@@ -15,8 +16,8 @@ from wan_train.data.video import VideoSource
 _LIGHTNING = ("DataConfig", "DataMetrics", "WanDataModule")
 
 __all__ = [
-    "ASPECT_RATIOS", "EMPTY_PROMPT_FILE", "MAX_REFERENCES", "REASONS", "SIZES", "Bucket",
-    "BucketTable", "BucketedStream", "ClipMeta", "LatentSource", "ReferenceSource", "SampleError", "Subject",
+    "ASPECT_RATIOS", "EMPTY_PROMPT_FILE", "MAX_REFERENCES", "REASONS", "SIZES", "Bucket", "BucketTable",
+    "BucketedStream", "ClipMeta", "LatentSource", "MultiShotSource", "ReferenceSource", "SampleError", "Subject",
     "VideoInfo", "VideoSource", "parse_meta", "probe_video", "tag_caption", *_LIGHTNING,
 ]
 

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
 from wan_train.data.decode import video_to_model
 from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
+from wan_train.data.multishot import MultiShotSource, check_shot_options
 from wan_train.data.references import ReferenceSource, check_reference_options
 from wan_train.data.shards import expand_urls, opener_url
 from wan_train.data.stream import BucketedStream
@@ -65,6 +66,10 @@ class DataConfig:
     reference_gap: float = 0.5
     reference_crop: str = "subject"
     reference_dropout: float = 0.1
+    # raw video only: multi-shot samples (wan_train.data.multishot). 0: off; else each sample is exactly `shots`
+    # (>= 2) consecutive recorded shots of a video, each with its own caption (metadata `shot_captions`) and an
+    # equal share of the frames of the bucket the run's total length gets
+    shots: int = 0
     # cached latents only: the empty prompt's context; None = empty_prompt.safetensors beside the first shard
     empty_prompt: str | None = None
 
@@ -76,6 +81,11 @@ class DataConfig:
             raise ValueError(f"data.references={self.references} with data.kind={self.kind!r}: reference-to-video "
                              "trains from raw video (kind: video), which references are cropped from; cached latents "
                              "hold the target clip only")
+        check_shot_options(shots=self.shots)
+        if self.shots and self.kind != "video":
+            raise ValueError(f"data.shots={self.shots} with data.kind={self.kind!r}: multi-shot samples are cut from "
+                             "raw video (kind: video); cached latents hold one clip, not shots encoded one by one")
+        _check_not_together(self)
 
     def table(self) -> BucketTable:
         return BucketTable(resolutions=tuple(self.resolutions), aspect_ratios=tuple(self.aspect_ratios),
@@ -98,7 +108,18 @@ def load_empty_prompt(config: DataConfig, urls: list[str]) -> torch.Tensor | Non
                                 f"data_tools.cache_latents writes it beside the shards") from None
 
 
+def _check_not_together(config: DataConfig) -> None:
+    if config.shots and config.references:
+        raise ValueError(f"data.shots={config.shots} with data.references={config.references}: multi-shot and "
+                         "reference-to-video samples are not supported together yet; set one of them to 0")
+
+
 def make_source(config: DataConfig, urls: list[str]):
+    _check_not_together(config)
+    if config.kind == "video" and config.shots:
+        return MultiShotSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
+                               crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
+                               shots=config.shots)
     if config.kind == "video" and config.references:
         return ReferenceSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
                                crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,

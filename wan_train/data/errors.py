@@ -3,7 +3,9 @@ into) and a message naming the sample; the stream catches it, counts it and move
 
 REASONS = ("undecodable", "too_short", "bad_metadata", "timeout", "missing_field", "unreadable_shard",
            # reference-to-video samples (wan_train.data.references)
-           "no_subjects", "subject_not_in_caption", "no_reference_moment")
+           "no_subjects", "subject_not_in_caption", "no_reference_moment",
+           # multi-shot samples (wan_train.data.multishot)
+           "no_shots")
 
 
 class SampleError(Exception):

@@ -4,7 +4,9 @@ manifest row's segment), `shots` lists shot boundaries inside the window (from `
 Optional `subjects` name what the captions show, for reference-to-video training (wan_train.data.references):
 `[{"name": "a large red circle", "boxes": [[t, x0, y0, x1, y1], ...]}, ...]`, where `name` is the exact phrase
 the captions use for the subject and `boxes` (optional) its bounding box at times t (seconds in the stored video),
-corners as fractions of the width and height (0, 0 = top left)."""
+corners as fractions of the width and height (0, 0 = top left).
+Optional `shot_captions` (multi-shot training, wan_train.data.multishot): one caption per entry of `shots`, in the
+same order, describing that shot alone; the `caption(s)` then describe the whole video."""
 
 import json
 import math
@@ -47,6 +49,7 @@ class ClipMeta:
     end: float | None = None
     shots: tuple[tuple[float, float], ...] = field(default=())
     subjects: tuple[Subject, ...] = field(default=())
+    shot_captions: tuple[str, ...] = field(default=())  # aligned with `shots`: shot_captions[i] describes shots[i]
 
     @property
     def window(self) -> tuple[float, float]:
@@ -62,6 +65,9 @@ class ClipMeta:
         out["subjects"] = [s.to_json() for s in self.subjects]
         if not out["subjects"]:
             del out["subjects"]
+        out["shot_captions"] = list(self.shot_captions)
+        if not out["shot_captions"]:
+            del out["shot_captions"]
         if self.end is None:
             del out["end"]
         return out
@@ -91,6 +97,7 @@ def parse_meta(raw: bytes | str | dict, *, key: str) -> ClipMeta:
             end=None if data.get("end") is None else float(data["end"]),
             shots=tuple((float(a), float(b)) for a, b in data.get("shots", ())),
             subjects=_parse_subjects(data.get("subjects", []), key=key),
+            shot_captions=_parse_shot_captions(data.get("shot_captions", []), key=key),
         )
     except (TypeError, ValueError) as error:
         raise SampleError("bad_metadata", f"{key}: malformed field in .json ({error})") from None
@@ -100,11 +107,20 @@ def parse_meta(raw: bytes | str | dict, *, key: str) -> ClipMeta:
     if not 0 <= start < end <= meta.duration + 1e-6:
         raise SampleError("bad_metadata",
                           f"{key}: window [{start}, {end}] s is outside the video (0..{meta.duration} s)")
+    if meta.shot_captions and len(meta.shot_captions) != len(meta.shots):
+        raise SampleError("bad_metadata", f"{key}: {len(meta.shot_captions)} shot_captions for {len(meta.shots)} "
+                                          "shots: needs one caption per entry of 'shots', in the same order")
     late = [b[0] for s in meta.subjects for b in s.boxes if b[0] > meta.duration + 1e-6]
     if late:
         raise SampleError("bad_metadata", f"{key}: subject boxes at t={late[0]} s, after the video's end "
                                           f"({meta.duration} s)")
     return meta
+
+
+def _parse_shot_captions(raw, *, key: str) -> tuple[str, ...]:
+    if not isinstance(raw, list) or not all(isinstance(c, str) for c in raw):
+        raise SampleError("bad_metadata", f"{key}: 'shot_captions' must be a list of strings, got {raw!r:.200}")
+    return tuple(raw)
 
 
 def _parse_subjects(raw, *, key: str) -> tuple[Subject, ...]:
