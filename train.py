@@ -1,6 +1,6 @@
 """Train a Wan DiT with rectified flow matching:  python train.py recipe=NAME key=value ...
 
-Recipes are in recipes/ (quickstart, lora_character, lora_style, r2v, full_high_noise, full_low_noise, ...);
+Recipes are in recipes/ (quickstart, lora_character, lora_style, r2v, multishot, full_high_noise, full_low_noise, ...);
 config groups in conf/. All the work is in wan_train.training.run; this file composes the config and, for the
 demo data the quickstart uses, generates it on first use."""
 
@@ -14,11 +14,13 @@ from wan_train.config.compose import CONF_DIR, register
 from wan_train.training.run import run
 
 # folder -> (make_demo seed, clips, options): held-out clips use another seed; data=mascot is a character's,
-# data=shapes names its subjects (reference-to-video), one or two shapes per clip
+# data=shapes names its subjects (reference-to-video), one or two shapes per clip; data=stories cuts each clip into
+# two captioned shots (multi-shot)
 DEMO = {"data/demo": (0, 64, {}), "data/demo_val": (1, 8, {}),
         "data/mascot": (0, 32, {"character": "zxq mascot"}), "data/mascot_val": (1, 8, {"character": "zxq mascot"}),
         "data/shapes": (0, 64, {"subjects": True}), "data/shapes_multi": (2, 32, {"subjects": True, "multi": True}),
-        "data/shapes_val": (1, 8, {"subjects": True})}
+        "data/shapes_val": (1, 8, {"subjects": True}),
+        "data/stories": (0, 64, {"shots": True}), "data/stories_val": (1, 8, {"shots": True})}
 
 
 def ensure_demo_data(cfg: DictConfig) -> None:

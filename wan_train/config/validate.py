@@ -219,6 +219,10 @@ def _validate_references(cfg: DictConfig) -> None:
     if slots and SIZES[cfg.model.size].dit.model_type in ("i2v", "flf2v"):
         raise ConfigError(f"model.references={slots}: reference-to-video builds on T2V / TI2V models, not "
                           f"{SIZES[cfg.model.size].dit.model_type} ({cfg.model.size})")
+    data_shots = cfg.data.shots
+    if data_shots > cfg.model.shots:
+        raise ConfigError(f"data.shots={data_shots}: the model has model.shots={cfg.model.shots} shot embeddings; "
+                          f"set model.shots={data_shots} or more (recipe=multishot does)")
     if cfg.model.shots < 0:
         raise ConfigError(f"model.shots={cfg.model.shots}: must be >= 0 (0: no multi-shot extension)")
     if cfg.model.shots and SIZES[cfg.model.size].dit.has_image_branch:

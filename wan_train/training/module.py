@@ -20,8 +20,10 @@ from torch.nn.parallel import DistributedDataParallel
 from wan_train.flow import (SigmaSampler, conditioning_frame_mask, expert_range, held_out_noise, held_out_sigmas,
                             interpolate, per_sample_loss, to_timestep, velocity_target)
 from wan_train.inference import i2v_condition
+from wan_train.inference.shot_inputs import encode_shots, latent_frames, shot_context, shot_layout
+from wan_train.inference.shots import Shot, ShotPlan
 from wan_train.lora import has_adapter
-from wan_train.models import CheckpointError, WanDiT
+from wan_train.models import CheckpointError, ShotLayout, WanDiT
 from wan_train.parallel.sequence import sequence_groups
 from wan_train.training.optim import build_optimizer
 
@@ -33,11 +35,15 @@ class Inputs:
     y: torch.Tensor | None = None  # I2V/FLF2V: [B, 4 + C, T, h, w] mask + conditioning latent
     clip_fea: torch.Tensor | None = None  # models with a CLIP branch: [B, 257 (x2), 1280]
     refs: list[torch.Tensor] | None = None  # R2V: clean reference latents [B, C, f_j, h, w], zero where absent
+    shots: ShotLayout | None = None  # multi-shot: each latent frame's shot and each context token's caption
 
     def to(self, device: torch.device) -> "Inputs":
+        shots = self.shots
         return Inputs(*(None if t is None else t.to(device) for t in (self.latents, self.context, self.y,
                                                                          self.clip_fea)),
-                      refs=None if self.refs is None else [r.to(device) for r in self.refs])
+                      refs=None if self.refs is None else [r.to(device) for r in self.refs],
+                      shots=None if shots is None else ShotLayout(shots.frame_shots.to(device),
+                                                                  shots.text_shots.to(device)))
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -72,11 +78,14 @@ class FlowMatchingModule(L.LightningModule):
         device = torch.device("cpu") if placement == "cpu" else self.device
         self.encoders.to(device)
         video = batch["video"].to(device)
-        latents = self.encoders.vae.encode(video).float()
-        context, _ = self.encoders.text_encoder.encode(batch["prompt"])
-        # the whole 512-token context (zero past each prompt, as the DiT pads it anyway): cutting it to the longest
-        # prompt would read the lengths back from the device, a sync in every step
-        inputs = Inputs(latents, context.float())
+        if "shot_frames" in batch:
+            inputs = self.encode_shots(video, batch, device=device)
+        else:
+            latents = self.encoders.vae.encode(video).float()
+            context, _ = self.encoders.text_encoder.encode(batch["prompt"])
+            # the whole 512-token context (zero past each prompt, as the DiT pads it anyway): cutting it to the
+            # longest prompt would read the lengths back from the device, a sync in every step
+            inputs = Inputs(latents, context.float())
         model_type = self.dit.config.model_type
         if model_type in ("i2v", "flf2v"):  # wan_arch.md §5.1: mask + VAE latent of the given frames
             inputs.y = i2v_condition(self.encoders.vae, video, last=model_type == "flf2v")
@@ -88,6 +97,19 @@ class FlowMatchingModule(L.LightningModule):
         if placement == "swap":
             self.encoders.to("cpu")
         return inputs.to(self.device)
+
+    def encode_shots(self, video: torch.Tensor, batch: dict, *, device: torch.device) -> Inputs:
+        """A multi-shot batch, as generate() feeds the DiT: each shot VAE-encoded on its own, the global and the
+        shots' captions in one context with the layout that tells each shot's tokens which captions to read."""
+        frames = list(batch["shot_frames"])
+        vae = self.encoders.vae
+        latents = encode_shots(vae, video, frames).float()
+        plans = [ShotPlan(global_caption=caption, shots=tuple(Shot(caption=c) for c in shot_captions))
+                 for caption, shot_captions in zip(batch["prompt"], batch["shot_prompts"], strict=True)]
+        context, text_shots = shot_context(self.encoders.text_encoder, plans, text_len=self.dit.config.text_len,
+                                           device=device)
+        layout = shot_layout(latent_frames(frames, temporal_compression=vae.temporal_compression), text_shots)
+        return Inputs(latents, context, shots=layout)
 
     def encode_references(self, refs: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
         """refs [B, R, 3, f, H, W] in [-1, 1] -> R latents [B, C, f', h, w], each reference encoded on its own (a
@@ -134,7 +156,8 @@ class FlowMatchingModule(L.LightningModule):
             per_frame = (h // p_h) * (w // p_w)  # tokens of latent frame 0 come first
             t = t[:, None].repeat(1, (frames // p_t) * per_frame)
             t[:, :per_frame] = torch.where(first_frame[:, None], 0.0, t[:, :per_frame])
-        pred = self.dit(x_t, t, inputs.context, y=inputs.y, clip_fea=inputs.clip_fea, refs=inputs.refs)
+        pred = self.dit(x_t, t, inputs.context, y=inputs.y, clip_fea=inputs.clip_fea, refs=inputs.refs,
+                        shots=inputs.shots)
         return per_sample_loss(pred, velocity_target(latents, noise), sigma, weighting=self.cfg.flow.weighting,
                                frame_mask=self.frame_mask(inputs, first_frame))
 

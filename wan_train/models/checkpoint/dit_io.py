@@ -171,7 +171,8 @@ def _layout(src: _Source, entries: dict[str, TensorInfo]) -> str:
         return CONFIG_CLASSES[class_name]
     layout = detect_layout(entries)
     if layout is None:
-        raise CheckpointError(f"{src.where}: no Wan DiT tensor names found (first keys: {sorted(entries)[:MAX_LISTED]})")
+        raise CheckpointError(f"{src.where}: no Wan DiT tensor names found "
+                              f"(first keys: {sorted(entries)[:MAX_LISTED]})")
     return layout
 
 

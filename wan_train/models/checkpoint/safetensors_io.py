@@ -133,15 +133,16 @@ def write_sharded(tensors: dict[str, torch.Tensor], folder: Path, *, basename: s
         shards[-1][name] = tensor
         shard_bytes += nbytes
     n = len(shards)
-    names = [f"{basename}.safetensors"] if n == 1 else [f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+    names = ([f"{basename}.safetensors"] if n == 1
+             else [f"{basename}-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)])
     meta = {"format": "pt", **(metadata or {})}
-    for name, shard in zip(names, shards):
+    for name, shard in zip(names, shards, strict=True):
         save_file({k: v.detach().to("cpu").contiguous() for k, v in shard.items()}, str(folder / name), metadata=meta)
         _fsync(folder / name)
     if n > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
-            "weight_map": {k: name for name, shard in zip(names, shards) for k in shard},
+            "weight_map": {k: name for name, shard in zip(names, shards, strict=True) for k in shard},
         }
         write_json(folder / f"{basename}.safetensors.index.json", index)
     return [folder / name for name in names]

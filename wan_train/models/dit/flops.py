@@ -42,7 +42,7 @@ class DiTFlops:
 def dit_flops(config: DiTConfig, latent_shape: tuple[int, int, int], *, batch: int = 1) -> DiTFlops:
     """latent_shape: (F, H, W) of the latent the DiT sees (e.g. (21, 60, 104) for 480p x 81 frames)."""
     c = config
-    n = math.prod(s // p for s, p in zip(latent_shape, c.patch_size))
+    n = math.prod(s // p for s, p in zip(latent_shape, c.patch_size, strict=True))
     d, f, layers = c.dim, c.ffn_dim, c.num_layers
     text = c.text_len
     image = (c.image_pos_len or CLIP_TOKENS) if c.has_image_branch else 0
