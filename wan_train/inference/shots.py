@@ -12,7 +12,7 @@ dash, or " - ") and its length in parentheses after its number ("Shot 2 (3s): ..
 >>> [(shot.kind, shot.caption, shot.seconds) for shot in plan.shots]
 [('wide establishing', 'cars pass by.', None), ('close-up', 'a woman opens her umbrella.', 2.0)]
 >>> shot_captions(plan)
-['wide establishing: cars pass by.', 'close-up: a woman opens her umbrella.']
+['wide establishing — cars pass by.', 'close-up — a woman opens her umbrella.']
 
 Shot numbers must run 1, 2, 3, ... in order, and a marker must be followed by a description:
 
@@ -129,8 +129,9 @@ def prompt_shots(prompt: str, *, shots: int | None = None) -> ShotPlan:
 
 
 def shot_captions(plan: ShotPlan) -> list[str]:
-    """Each shot's caption as its text encoder input: "kind: caption" when the shot names its type."""
-    return [f"{shot.kind}: {shot.caption}" if shot.kind else shot.caption for shot in plan.shots]
+    """Each shot's caption as its text encoder input: "kind — caption" when the shot names its type, the form
+    shot captions take in training data (make_demo --shots)."""
+    return [f"{shot.kind} — {shot.caption}" if shot.kind else shot.caption for shot in plan.shots]
 
 
 def shot_frames(plan: ShotPlan, *, num_frames: int, fps: float, temporal_stride: int = 4) -> list[int]:
