@@ -31,7 +31,7 @@ from wan_train.data.captions import choose_caption
 from wan_train.data.clips import choose_start, frame_indices
 from wan_train.data.decode import cover_size, crop_to_bucket, deadline, decode_frames
 from wan_train.data.errors import SampleError
-from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
+from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta
 from wan_train.data.references import within
 from wan_train.data.stream import Planned
 from wan_train.data.video import VideoSource
@@ -76,12 +76,7 @@ class MultiShotSource(VideoSource):
             raise ValueError(f"data.shots={self.shots}: MultiShotSource needs at least 2 shots (0 turns it off)")
 
     def plan(self, sample: dict, *, rng: random.Random) -> Planned:
-        key = f"{sample.get('__url__', '?')}:{sample['__key__']}"
-        if "json" not in sample:
-            raise SampleError("missing_field", f"{key}: no .json member")
-        if not any(ext in sample for ext in VIDEO_EXTENSIONS):
-            raise SampleError("missing_field", f"{key}: no video member (one of {list(VIDEO_EXTENSIONS)})")
-        meta = parse_meta(sample["json"], key=key)
+        key, meta = self.read_meta(sample)
         caption = choose_caption(len(meta.captions), dropout=self.caption_dropout, rng=rng)
         options, problems = [], []
         for run in shot_runs(meta, shots=self.shots, key=key):

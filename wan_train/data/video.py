@@ -8,7 +8,7 @@ from wan_train.data.captions import choose_caption
 from wan_train.data.clips import CLIP_SPANS, CLIP_STARTS, choose_start, frame_indices, longest_span
 from wan_train.data.decode import CROPS, cover_size, crop_to_bucket, deadline, decode_frames
 from wan_train.data.errors import SampleError
-from wan_train.data.metadata import VIDEO_EXTENSIONS, parse_meta
+from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
 from wan_train.data.stream import Planned, stack
 
 
@@ -28,13 +28,18 @@ class VideoSource:
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"data.caption_dropout={self.caption_dropout}: must be in [0, 1]")
 
-    def plan(self, sample: dict, *, rng: random.Random) -> Planned:
+    @staticmethod
+    def read_meta(sample: dict) -> tuple[str, ClipMeta]:
+        """The sample's name in messages and its checked metadata (SampleError if a member is missing)."""
         key = f"{sample.get('__url__', '?')}:{sample['__key__']}"
         if "json" not in sample:
             raise SampleError("missing_field", f"{key}: no .json member")
         if not any(ext in sample for ext in VIDEO_EXTENSIONS):
             raise SampleError("missing_field", f"{key}: no video member (one of {list(VIDEO_EXTENSIONS)})")
-        meta = parse_meta(sample["json"], key=key)
+        return key, parse_meta(sample["json"], key=key)
+
+    def plan(self, sample: dict, *, rng: random.Random) -> Planned:
+        key, meta = self.read_meta(sample)
         bucket = self.table.assign(meta.width, meta.height, longest_span(meta, span=self.span))
         if bucket is None:
             raise SampleError("too_short", f"{key}: shorter than the shortest bucket "

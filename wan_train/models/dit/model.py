@@ -320,25 +320,22 @@ class WanDiT(nn.Module):
     def extend_shots(self, count: int) -> WanDiT:
         """Add the multi-shot extension in place: ``count`` shot embeddings, zero (the base's output until trained;
         the cross-attention mask only matters once captions are split into shots)."""
-        if self.config.shots:
-            if self.config.shots != count:
-                raise ValueError(f"this DiT has {self.config.shots} shot embeddings; {count} were asked for")
-            return self
-        self.config = self.config.replace(shots=count)
-        anchor = self.patch_embedding.weight
-        self.shot_embedding = nn.Parameter(torch.zeros(count, self.config.dim, device=anchor.device))
-        return self
+        return self._extend("shots", "shot_embedding", count)
 
     def extend_references(self, count: int) -> WanDiT:
         """Add the reference-to-video extension to a plain DiT in place: ``count`` slot embeddings, zero, so the
-        model computes exactly what it did until they train. A DiT that has it must already have ``count``."""
-        if self.config.references:
-            if self.config.references != count:
-                raise ValueError(f"this DiT has {self.config.references} reference slots; {count} were asked for")
+        model computes exactly what it did until they train."""
+        return self._extend("references", "reference_embedding", count)
+
+    def _extend(self, field: str, name: str, count: int) -> WanDiT:
+        """A zero [count, dim] embedding `name`, counted in config `field`; a DiT that has it must have `count`."""
+        if getattr(self.config, field):
+            if getattr(self.config, field) != count:
+                raise ValueError(f"this DiT has {getattr(self.config, field)} {name} rows; {count} were asked for")
             return self
-        self.config = self.config.replace(references=count)
+        self.config = self.config.replace(**{field: count})
         anchor = self.patch_embedding.weight
-        self.reference_embedding = nn.Parameter(torch.zeros(count, self.config.dim, device=anchor.device))
+        setattr(self, name, nn.Parameter(torch.zeros(count, self.config.dim, device=anchor.device)))
         return self
 
     def _apply(self, fn, recurse=True):
