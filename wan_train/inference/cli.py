@@ -47,7 +47,7 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
         raise ValueError(f"task={cfg.task!r}: this {models.config.model_type} model ({cfg.ckpt}) can do "
                          f"{', '.join(models.tasks)}")
     settings, first, last = fit_images(models, task, settings, cfg)
-    check_request(models, task, settings)
+    check_request(models, task, settings.replace(num_frames=1) if cfg.multishot else settings)
     references = read_references(cfg, task, settings)
     check_tags(prompts, len(references))
     adapters = parse_adapters(cfg.lora, root=cfg.lora_root)

@@ -351,7 +351,8 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
     check_tags(prompts, len(references))
-    check_request(models, task, settings)
+    # multi-shot: num_frames is the shots' budget, each shot 1 + 4k frames (shot_frames), not one clip's length
+    check_request(models, task, settings.replace(num_frames=1) if multishot else settings)
     device = torch.device(device) if device is not None else _device_of(next(iter(models.dits.values())))
     b = len(prompts)
     images, last_images = (_batch(im, b, settings, name) for im, name in ((images, "images"),
