@@ -4,7 +4,7 @@ check that the largest frame-difference peaks are the requested cuts (eval.cuts)
 cross-shot identity consistency: the mean cosine between the middle frames of consecutive shots.
 
     python -m eval.multishot runs/multishot --prompts stories.txt --frames 33 --image-model models/random/dinov2
-    python -m eval.multishot runs/quickstart_1k --prompts stories.txt --frames 33      # a base: one shot
+    python -m eval.multishot runs/quickstart_1k --shards data/stories_val --frames 27   # prompts from shot captions
 
 A checkpoint without the shot extension generates each prompt as one text-to-video clip of the same length (the
 smallest 1 + 4k frames that hold the shots, cut to their sum): where its peaks fall is the rate to beat."""
@@ -62,11 +62,27 @@ def evaluate(ckpt: str, prompts: list[str], *, frames: int, steps: int | None, s
     return out
 
 
+def shard_prompts(shards: list[str]) -> list[str]:
+    """"GLOBAL. Shot 1: ... Shot 2: ..." for every sample of the shards that records shot captions."""
+    from wan_train.data.metadata import parse_meta
+    from wan_train.data.shards import expand_urls, read_samples
+
+    prompts = []
+    for sample in read_samples(expand_urls(shards), on_error=lambda error: None):
+        meta = parse_meta(sample["json"], key=sample["__key__"])
+        if meta.shot_captions:
+            shots = " ".join(f"Shot {i + 1}: {c.rstrip('.')}." for i, c in enumerate(meta.shot_captions))
+            prompts.append(f"{meta.captions[0].rstrip('.')}. {shots}")
+    return prompts
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.multishot", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("ckpt", help="a training run folder, a Wan model folder or a DiT file")
-    parser.add_argument("--prompts", required=True, type=Path, help="one prompt per line")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompts", type=Path, help="one prompt per line")
+    source.add_argument("--shards", nargs="+", help="or the shot captions of these shards' samples, as prompts")
     parser.add_argument("--frames", type=int, default=33, help="frames the shots share (num_frames)")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's official)")
     parser.add_argument("--shots", type=int, default=None, help="shots to plan plain prompts into")
@@ -75,7 +91,10 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="prompt i gets seed + i")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows here (JSON)")
     args = parser.parse_args(argv)
-    prompts = [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()]
+    prompts = (shard_prompts(args.shards) if args.shards else
+               [line.strip() for line in args.prompts.read_text().splitlines() if line.strip()])
+    if not prompts:
+        parser.error("no prompts: the file is empty, or no sample of the shards records shot_captions")
     result = evaluate(args.ckpt, prompts, frames=args.frames, steps=args.steps, seed=args.seed,
                       tolerance=args.tolerance, shot_count=args.shots, image_model=args.image_model)
     if args.out is not None:
