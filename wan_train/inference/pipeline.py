@@ -236,9 +236,7 @@ def guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context: torc
     def twice(v):
         return None if v is None else torch.cat([v, v])
 
-    # prompts of different lengths: zero-pad to the longer one (the DiT zero-pads to text_len anyway)
-    length = max(context.shape[1], negative.shape[1])
-    context, negative = (F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (context, negative))
+    context, negative = _same_length(context, negative)
     both = dit(twice(x), twice(t), torch.cat([context, negative.expand(b, -1, -1)]), y=twice(cond.y),
                clip_fea=twice(cond.clip_fea)).float()
     v_c, v_u = both[:b], both[b:]
@@ -251,8 +249,7 @@ def _reference_guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, co
     if negative is None or (scale == 1.0 and reference_scale == 1.0):
         return dit(x, t, context, refs=refs).float()
     b = x.shape[0]
-    length = max(context.shape[1], negative.shape[1])
-    context, negative = (F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (context, negative))
+    context, negative = _same_length(context, negative)
     negative = negative.expand(b, -1, -1)
     three = dit(torch.cat([x, x, x]), torch.cat([t, t, t]), torch.cat([negative, negative, context]),
                 refs=[torch.cat([torch.zeros_like(r), r, r]) for r in refs]).float()
@@ -267,14 +264,19 @@ def _shot_guided_velocity(dit: WanDiT, x: torch.Tensor, t: torch.Tensor, context
     if scale == 1.0 or negative is None:
         return dit(x, t, context, shots=shots).float()
     b = x.shape[0]
-    length = max(context.shape[1], negative.shape[1])
-    context, negative = (F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (context, negative))
-    text = F.pad(shots.text_shots, (0, length - shots.text_shots.shape[1]), value=-1)
+    context, negative = _same_length(context, negative)
+    text = F.pad(shots.text_shots, (0, context.shape[1] - shots.text_shots.shape[1]), value=-1)
     layout = ShotLayout(torch.cat([shots.frame_shots, shots.frame_shots]), torch.cat([text, torch.full_like(text, -1)]))
     both = dit(torch.cat([x, x]), torch.cat([t, t]), torch.cat([context, negative.expand(b, -1, -1)]),
                shots=layout).float()
     v_c, v_u = both[:b], both[b:]
     return v_u + scale * (v_c - v_u)
+
+
+def _same_length(context: torch.Tensor, negative: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths, zero-padded to the longer one (the DiT zero-pads to text_len anyway)."""
+    length = max(context.shape[1], negative.shape[1])
+    return tuple(F.pad(c, (0, 0, 0, length - c.shape[1])) for c in (context, negative))
 
 
 def first_frame_timesteps(t: torch.Tensor, latent_shape: Sequence[int], patch: Sequence[int]) -> torch.Tensor:
@@ -359,13 +361,17 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
                                                                          (last_images, "last_images")))
     use_negative = settings.guidance_scale != 1.0 or settings.guidance_for("low_noise") != 1.0 or (
         bool(references) and settings.reference_guidance_scale != 1.0)
-    context, negative = encode_text(models, prompts, settings.negative_prompt if use_negative else None,
-                                    device=device)
-    cond = condition(models, task, images, last_images, settings, device=device, references=references, batch=b)
+    negative_prompt = settings.negative_prompt if use_negative else None
     shape, per_shot = latent_shape(models, settings), None
-    if multishot:
+    if multishot:  # the context is the shots' captions (shot_condition): the prompts are not encoded whole
+        if images is not None or last_images is not None:
+            raise ValueError("multi-shot generation is text-to-video: it takes no images")
         context, cond, per_shot = shot_condition(models, prompts, task, settings, shot_count, device=device)
+        negative = None if negative_prompt is None else encode_text(models, [negative_prompt], None, device=device)[0]
         shape = (shape[0], sum(per_shot), *shape[2:])
+    else:
+        context, negative = encode_text(models, prompts, negative_prompt, device=device)
+        cond = condition(models, task, images, last_images, settings, device=device, references=references, batch=b)
     noise = initial_noise(shape, [seed + i for i in range(b)])
     with ExitStack() as stack:
         for dit, blend in _blends(models, adapters, allow_base_mismatch=allow_base_mismatch).items():
