@@ -5,7 +5,6 @@ choosing: python -m wan_train.plan."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 
 import torch
 from torch import nn
@@ -46,7 +45,7 @@ def place_base(dit: WanDiT, placement: Placement, *, compute_dtype: torch.dtype 
     if placement.offload_blocks:
         dit.block_offload = BlockOffload(dit, count=placement.offload_blocks, prefetch=placement.prefetch_blocks)
     if placement.offload_activations:
-        dit.activation_offload = partial(ActivationOffload)
+        dit.activation_offload = ActivationOffload  # a fresh one per forward
     return dit
 
 
