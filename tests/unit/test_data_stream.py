@@ -213,3 +213,15 @@ def test_pipe_urls_and_brace_patterns_go_through_the_webdataset_opener(shards):
                         resolutions=["144p"], durations=[0.5, 1.0], fps=8.0)
     braced = [k for b in WanDataModule(config).train_dataloader(rank=0, world_size=1) for k in b["key"]]
     assert sorted(piped) == sorted(direct) == sorted(braced) and len(direct) == 11  # 12 minus the corrupt one
+
+
+def test_an_endless_stream_that_skips_every_sample_stops_with_the_reasons(shards, tmp_path):
+    short = [video_sample(f"{i:06d}", frames=4, width=96, height=64, fps=12.0) for i in range(3)]
+    url = str(write_shard(tmp_path / "short.tar", short))
+    assert list(stream([url], epochs=1)) == []  # a finite stream just ends
+    with pytest.raises(RuntimeError, match=r"short\.tar\).*every sample was skipped \(too_short: 3\)"):
+        next(iter(stream([url], epochs=None)))
+    empty = str(write_shard(tmp_path / "empty.tar", []))
+    with pytest.raises(RuntimeError, match="hold no samples"):
+        next(iter(stream([empty], epochs=None)))
+    assert next(iter(stream([url, shards[0]], epochs=None)))["key"]  # one good shard is enough

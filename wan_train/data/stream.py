@@ -25,7 +25,11 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from wan_train.data.buckets import Bucket
 from wan_train.data.errors import SampleError
-from wan_train.data.shards import WorkerSlot, epoch_rng, epoch_samples
+from wan_train.data.shards import WorkerSlot, epoch_rng, epoch_samples, worker_shards
+
+
+class EmptyStreamError(RuntimeError):
+    """An endless stream met a whole pass that gave no batch (every sample skipped, or no samples)."""
 
 
 @dataclass
@@ -82,8 +86,24 @@ class BucketedStream(IterableDataset):
         epochs = itertools.count(position.epoch) if self.epochs is None else range(position.epoch, self.epochs)
         for epoch in epochs:
             replay = (position.next, set(position.pending)) if resuming else (0, set())
-            yield from self._epoch(slot, epoch, replay, skipped)
+            yielded = False
+            for batch in self._epoch(slot, epoch, replay, skipped):
+                yielded = True
+                yield batch
+            if not yielded and not resuming and self.epochs is None:
+                raise EmptyStreamError(self._empty_message(slot, epoch, skipped))
             resuming = False
+
+    def _empty_message(self, slot: WorkerSlot, epoch: int, skipped: Counter) -> str:
+        """An endless stream whose whole pass yields nothing would wait forever: say why instead."""
+        shards, _ = worker_shards(self.urls, seed=self.seed, epoch=epoch, slot=slot)
+        where = f"rank {slot.rank} worker {slot.worker}" if slot.total > 1 else "the stream"
+        named = ", ".join(shards[:3]) + (f" and {len(shards) - 3} more" if len(shards) > 3 else "")
+        counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
+        why = f"every sample was skipped ({counts})" if counts else "they hold no samples"
+        return (f"data: a whole pass of {where} over {len(shards)} shard(s) ({named}) gave no batch: {why}. Check "
+                "the shards with python -m data_tools.inspect, and the data options that decide what a sample needs "
+                "(data.resolutions / durations / fps, data.references, data.shots)")
 
     def _epoch(self, slot: WorkerSlot, epoch: int, replay: tuple[int, set[int]], skipped: Counter):
         skip_before, waiting = replay
