@@ -167,7 +167,19 @@ def run(cfg: DictConfig) -> dict:
     if cfg.lora.enabled and cfg.lora.client and cfg.lora.name and not metrics.get("requeued"):
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
+    leave_process_group(wait=not metrics.get("requeued"))
     return metrics
+
+
+def leave_process_group(*, wait: bool) -> None:
+    """End a multi-process run's group while every peer still lives (after a barrier unless the job is being
+    requeued): left to interpreter exit, gloo's threads can outlive a peer that exited first and abort the process
+    ("terminate called without an active exception") after a successful run."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return
+    if wait:
+        torch.distributed.barrier()
+    torch.distributed.destroy_process_group()
 
 
 def expert_config(cfg: DictConfig, expert: str) -> DictConfig:
