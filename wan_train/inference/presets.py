@@ -76,7 +76,7 @@ OFFICIAL: dict[str, Sampling] = {
     "wan2.2-i2v-a14b": Sampling(steps=40, shift=5.0, guidance_scale=3.5, guidance_scale_2=3.5, **_720P),
     "wan2.2-ti2v-5b": Sampling(steps=50, shift=5.0, guidance_scale=5.0, num_frames=121, fps=24.0, **_704P),
     # the zero-download quickstart model, at the size of its demo clips (144p, 2 s at 16 fps); its unconditional
-    # branch is the empty prompt it saw through caption dropout (its character tokenizer has no Chinese)
+    # branch is the empty prompt it saw through caption dropout (its small tokenizer has no Chinese)
     "quickstart": Sampling(steps=30, shift=3.0, guidance_scale=3.0, negative_prompt="", width=256, height=144,
                            num_frames=33),
 }
