@@ -11,7 +11,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from wan_train.config.compose import GENERATE_CONF_DIR, register
+from wan_train.config.compose import GENERATE_CONF_DIR, quote_text_overrides, register
 from wan_train.inference.cli import run
 
 
@@ -23,4 +23,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     register()
+    sys.argv[1:] = quote_text_overrides(sys.argv[1:])  # prompt="Shot 1: wide — ..." as typed
     sys.exit(main())

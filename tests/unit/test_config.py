@@ -92,3 +92,17 @@ def test_expert_ranges_come_from_the_model_boundary(expert, low, high, tmp_path)
                            "data=latents", "data.shards=[x]", "expert.high_noise_lr=3e-5"])
     validate(both)
     assert both.expert.alternate_every == 100 and both.expert.high_noise_lr == 3e-5
+
+
+@pytest.mark.parametrize("prompt", [
+    "A knight at dawn. Shot 1: wide establishing — he rides. Shot 2 (2s): close-up — he lifts his visor.",
+    "it's \"quoted\", [a, b], key=value, a\\b, ${not_an_interpolation} ends in \\",
+    "plain words",
+])
+def test_free_text_on_the_command_line_reaches_the_config_unchanged(prompt):
+    from wan_train.config.compose import compose_generate_config, quote_text_overrides
+
+    args = quote_text_overrides([f"prompt={prompt}", f"negative_prompt={prompt}", "ckpt=x", "steps=3"])
+    cfg = compose_generate_config(args)
+    assert cfg.prompt == cfg.negative_prompt == prompt and cfg.steps == 3
+    assert quote_text_overrides(["prompt='already: quoted'"]) == ["prompt='already: quoted'"]

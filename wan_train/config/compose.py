@@ -1,5 +1,6 @@
 """Compose a run's config from conf/ and recipes/ (Hydra), from any working directory."""
 
+import re
 from pathlib import Path
 
 import yaml
@@ -41,3 +42,21 @@ def compose_generate_config(overrides: list[str] = ()) -> DictConfig:
     register()
     with initialize_config_dir(config_dir=str(GENERATE_CONF_DIR), version_base=None):
         return compose("generate", overrides=list(overrides))
+
+
+TEXT_KEYS = ("prompt", "negative_prompt")  # free text: colons, dashes, brackets and commas are the prompt's own
+
+
+def quote_text_overrides(args: list[str], keys: tuple[str, ...] = TEXT_KEYS) -> list[str]:
+    """Command-line overrides with each free-text value (prompt="Shot 1: wide — ...") quoted for Hydra, whose
+    override grammar would otherwise reject ':', '(', '[', ... or split at ','; '${' stays literal text, not an
+    interpolation. Values already quoted stay as they are."""
+    out = []
+    for arg in args:
+        key, sep, value = arg.partition("=")
+        if sep and key.lstrip("+~") in keys and value and value[0] not in "'\"":
+            # Hydra reads backslashes as escapes only before a quote or at the end: double those runs alone
+            escaped = re.sub(r"(\\+)(?='|$)", r"\1\1", value).replace("'", "\\'").replace("${", "\\${")
+            arg = f"{key}='{escaped}'"
+        out.append(arg)
+    return out
