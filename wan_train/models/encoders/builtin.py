@@ -22,7 +22,7 @@ a an the and or but with without of in on at to from into onto over under above 
 by for as is are was be it its this that these those he she they his her their we you i one two three
 then next later meanwhile afterwards finally cut shot shots scene camera close up wide medium establishing
 extreme reaction view pan zoom tracking static slow fast quickly slowly back forth around across through along
-left right top bottom middle centre center up down toward towards away moves move moving runs walks flies
+left right top bottom middle centre center down toward towards away moves move moving runs walks flies
 rolls slides bounces turns spins waves stands sits looks jumps dances
 large small big tiny tall short round bright dark light pale deep
 red orange yellow green blue purple pink white black grey gray brown beige gold silver
