@@ -1,7 +1,9 @@
 """Identity of reference-to-video outputs on a reference index: for every usable sample of
 `python -m data_tools.reference_index SHARDS --crops DIR --output refs.json`, generate its tagged caption with the
 motion reversed (the subject must appear in a motion its reference never showed) from its reference crops, and
-score the frames against each reference with CLIP-I / DINO-I (eval.identity.identity_similarity).
+score the frames against each reference with CLIP-I / DINO-I (eval.identity.identity_similarity) and, for flat-colour
+subjects such as the quickstart's shapes, with the form of eval.form (one solid shape of the reference's outline,
+rather than its colour scattered).
 
     python -m eval.r2v_identity runs/r2v --index refs.json --image-model models/random/dinov2 --out r2v.json
     python -m eval.r2v_identity runs/quickstart_1k --index refs.json --image-model models/random/dinov2
@@ -17,6 +19,7 @@ import json
 import sys
 from pathlib import Path
 
+from eval.form import form_scores
 from eval.identity import identity_similarity
 from eval.scorers import image_embedder, reference_picture, resolve_device
 from wan_train.inference.loading import load
@@ -58,16 +61,18 @@ def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, fra
         references = [read_reference(p, width=settings.width, height=settings.height) for p in entry["crops"]]
         video = generate(models, [prompt], settings=settings, seed=seed + i, task="r2v" if r2v else "t2v",
                          references=references if r2v else (), device=device)
-        scores = [float(identity_similarity(video, reference_picture(p), embedder=embedder)[0])
-                  for p in entry["crops"]]
+        pictures = [reference_picture(p) for p in entry["crops"]]
+        scores = [float(identity_similarity(video, picture, embedder=embedder)[0]) for picture in pictures]
+        forms = [form_scores(video[0], picture[0]) for picture in pictures]
         rows.append({"key": entry["key"], "shard": entry["shard"], "prompt": prompt, "refs": entry["crops"],
-                     "identity": sum(scores) / len(scores), "per_reference": scores})
+                     "identity": sum(scores) / len(scores), "per_reference": scores,
+                     "form": sum(f["form"] for f in forms) / len(forms), "per_reference_form": forms})
     mean = sum(r["identity"] for r in rows) / len(rows)
     metric = "clip_i" if embedder.kind == "clip" else "dino_i"
     return {"ckpt": ckpt, "task": "r2v" if r2v else "t2v", "untagged": None if r2v else untagged, "metric": metric,
             "image_model": image_model,
             "settings": {"steps": settings.steps, "num_frames": settings.num_frames, "seed": seed},
-            "mean_identity": mean, "samples": rows}
+            "mean_identity": mean, "mean_form": sum(r["form"] for r in rows) / len(rows), "samples": rows}
 
 
 def main(argv=None) -> int:
@@ -88,7 +93,7 @@ def main(argv=None) -> int:
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     print(f"{args.ckpt} ({result['task']}): mean {result['metric']} {result['mean_identity']:.4f} over "
-          f"{len(result['samples'])} samples")
+          f"{len(result['samples'])} samples; mean form {result['mean_form']:.4f}")
     return 0
 
 

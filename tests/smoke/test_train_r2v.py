@@ -121,6 +121,8 @@ def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp
     assert result["task"] == "r2v" and result["metric"] == "dino_i" and len(result["samples"]) == 1
     assert result["samples"][0]["prompt"] == r2v_identity.new_motion(entry["prompt"]) != entry["prompt"]
     assert -1 <= result["mean_identity"] <= 1
+    form = result["samples"][0]["per_reference_form"][0]
+    assert set(form) == {"coherence", "shape_iou", "form"} and 0 <= result["mean_form"] <= 1
 
 
 def test_r2v_on_one_a14b_expert_trains_its_slots_and_generates_with_both_experts(shapes, tmp_path):
