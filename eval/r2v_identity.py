@@ -23,6 +23,7 @@ from eval.form import form_scores
 from eval.identity import identity_similarity
 from eval.scorers import image_embedder, reference_picture, resolve_device
 from wan_train.inference.loading import load
+from wan_train.inference.outputs import save_video
 from wan_train.inference.pipeline import generate
 from wan_train.inference.presets import official, with_overrides
 from wan_train.inference.references import TAG, read_reference
@@ -49,7 +50,7 @@ def samples(index: dict) -> list[dict]:
 
 
 def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, frames: int, seed: int,
-             untagged: str = "a subject", device: str = "auto") -> dict:
+             untagged: str = "a subject", device: str = "auto", videos: Path | None = None) -> dict:
     device = resolve_device(device)
     models = load(ckpt, device=device).models
     r2v = "r2v" in models.tasks
@@ -67,6 +68,9 @@ def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, fra
         rows.append({"key": entry["key"], "shard": entry["shard"], "prompt": prompt, "refs": entry["crops"],
                      "identity": sum(scores) / len(scores), "per_reference": scores,
                      "form": sum(f["form"] for f in forms) / len(forms), "per_reference_form": forms})
+        if videos is not None:
+            save_video(videos / f"{i:03d}_{entry['key']}.mp4", video[0], fps=settings.fps,
+                       metadata={"ckpt": ckpt, **rows[-1]})
     mean = sum(r["identity"] for r in rows) / len(rows)
     metric = "clip_i" if embedder.kind == "clip" else "dino_i"
     return {"ckpt": ckpt, "task": "r2v" if r2v else "t2v", "untagged": None if r2v else untagged, "metric": metric,
@@ -87,9 +91,12 @@ def main(argv=None) -> int:
     parser.add_argument("--untagged", default="a subject",
                         help="what a checkpoint without references reads in place of each @VideoN tag")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows here (JSON)")
+    parser.add_argument("--videos", type=Path, default=None, metavar="DIR",
+                        help="also write each generated video here (mp4, a contact sheet and its scores)")
     args = parser.parse_args(argv)
     result = evaluate(args.ckpt, json.loads(args.index.read_text()), image_model=args.image_model,
-                      steps=args.steps, frames=args.frames, seed=args.seed, untagged=args.untagged)
+                      steps=args.steps, frames=args.frames, seed=args.seed, untagged=args.untagged,
+                      videos=args.videos)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     print(f"{args.ckpt} ({result['task']}): mean {result['metric']} {result['mean_identity']:.4f} over "

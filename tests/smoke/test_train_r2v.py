@@ -116,13 +116,14 @@ def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp
         "@Video1 moves from right to left and @Video2 moves from bottom to top"
     out = tmp_path / "identity.json"
     assert r2v_identity.main([str(trained), "--index", str(index), "--image-model", str(write_dinov2(tmp_path / "d")),
-                              "--steps", "2", "--frames", "5", "--out", str(out)]) == 0
+                              "--steps", "2", "--frames", "5", "--out", str(out), "--videos", str(tmp_path / "v")]) == 0
     result = json.loads(out.read_text())
     assert result["task"] == "r2v" and result["metric"] == "dino_i" and len(result["samples"]) == 1
     assert result["samples"][0]["prompt"] == r2v_identity.new_motion(entry["prompt"]) != entry["prompt"]
     assert -1 <= result["mean_identity"] <= 1
     form = result["samples"][0]["per_reference_form"][0]
     assert set(form) == {"coherence", "shape_iou", "form"} and 0 <= result["mean_form"] <= 1
+    assert sorted(p.suffix for p in (tmp_path / "v").iterdir()) == [".json", ".mp4", ".png"]
 
 
 def test_r2v_on_one_a14b_expert_trains_its_slots_and_generates_with_both_experts(shapes, tmp_path):
