@@ -10,7 +10,8 @@ data_tools.make_demo), where an embedding similarity (CLIP-I / DINO-I) cannot te
   scattered colour: near 0; no subject pixels: 0).
 - `shape_iou`: the IoU of that component with the reference's mask, both centred on their centroids and scaled to
   the same area (the reference crop is letterboxed to the frame, so sizes differ): 1 for the same shape, about 0.8
-  for a square against a circle of the same area.
+  for a square against a circle of the same area; 0 when the component covers less than `min_area` of the frame
+  (a speck of colour is no shape, however square).
 - `form` = coherence x shape_iou, averaged over frames.
 
 Colours are RGB in [0, 255]; videos [3, F, H, W] in [-1, 1] as everywhere in eval/."""
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+MIN_AREA = 0.01  # of the frame: the quickstart's small shapes cover 3%, one latent pixel (8 x 8) 0.2% at 144p
 MIN_CONTRAST = 30.0  # RGB distance below which a subject cannot be told from its background
 _FAR = 40.0  # reference pixels this far from the subject colour are "other" (background, letterbox)
 
@@ -79,7 +81,8 @@ def shape_iou(mask: np.ndarray, reference: np.ndarray) -> float:
     return float((a & b).sum() / union) if union else 0.0
 
 
-def frame_form(frame: np.ndarray, colour: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+def frame_form(frame: np.ndarray, colour: np.ndarray, reference: np.ndarray, *,
+               min_area: float = MIN_AREA) -> dict[str, float]:
     """coherence, shape_iou and form of one frame [H, W, 3] for a subject `colour` and its reference mask."""
     background = np.median(frame.reshape(-1, 3), axis=0)
     contrast = max(float(np.linalg.norm(colour - background)), MIN_CONTRAST)
@@ -88,13 +91,13 @@ def frame_form(frame: np.ndarray, colour: np.ndarray, reference: np.ndarray) -> 
         return {"coherence": 0.0, "shape_iou": 0.0, "form": 0.0}
     component = largest_component(subject)
     coherence = float(component.sum() / subject.sum())
-    iou = shape_iou(component, reference)
+    iou = shape_iou(component, reference) if component.sum() >= min_area * component.size else 0.0
     return {"coherence": coherence, "shape_iou": iou, "form": coherence * iou}
 
 
-def form_scores(video: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
+def form_scores(video: torch.Tensor, reference: torch.Tensor, *, min_area: float = MIN_AREA) -> dict[str, float]:
     """Frame means of coherence, shape_iou and form for one video [3, F, H, W] and its reference picture
     [3, H', W'] (both in [-1, 1])."""
     colour, mask = reference_mask(to_rgb(reference))
-    rows = [frame_form(frame, colour, mask) for frame in to_rgb(video)]
+    rows = [frame_form(frame, colour, mask, min_area=min_area) for frame in to_rgb(video)]
     return {key: float(np.mean([row[key] for row in rows])) for key in rows[0]}

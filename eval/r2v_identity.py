@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.form import form_scores
+from eval.form import MIN_AREA, form_scores
 from eval.identity import identity_similarity
 from eval.scorers import image_embedder, reference_picture, resolve_device
 from wan_train.inference.loading import load
@@ -50,7 +50,8 @@ def samples(index: dict) -> list[dict]:
 
 
 def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, frames: int, seed: int,
-             untagged: str = "a subject", device: str = "auto", videos: Path | None = None) -> dict:
+             untagged: str = "a subject", device: str = "auto", videos: Path | None = None,
+             min_area: float = MIN_AREA) -> dict:
     device = resolve_device(device)
     models = load(ckpt, device=device).models
     r2v = "r2v" in models.tasks
@@ -64,7 +65,7 @@ def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, fra
                          references=references if r2v else (), device=device)
         pictures = [reference_picture(p) for p in entry["crops"]]
         scores = [float(identity_similarity(video, picture, embedder=embedder)[0]) for picture in pictures]
-        forms = [form_scores(video[0], picture[0]) for picture in pictures]
+        forms = [form_scores(video[0], picture[0], min_area=min_area) for picture in pictures]
         rows.append({"key": entry["key"], "shard": entry["shard"], "prompt": prompt, "refs": entry["crops"],
                      "identity": sum(scores) / len(scores), "per_reference": scores,
                      "form": sum(f["form"] for f in forms) / len(forms), "per_reference_form": forms})
@@ -76,7 +77,8 @@ def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, fra
     return {"ckpt": ckpt, "task": "r2v" if r2v else "t2v", "untagged": None if r2v else untagged, "metric": metric,
             "image_model": image_model,
             "settings": {"steps": settings.steps, "num_frames": settings.num_frames, "seed": seed},
-            "mean_identity": mean, "mean_form": sum(r["form"] for r in rows) / len(rows), "samples": rows}
+            "min_area": min_area, "mean_identity": mean, "mean_form": sum(r["form"] for r in rows) / len(rows),
+            "samples": rows}
 
 
 def main(argv=None) -> int:
@@ -90,13 +92,15 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sample i gets seed + i")
     parser.add_argument("--untagged", default="a subject",
                         help="what a checkpoint without references reads in place of each @VideoN tag")
+    parser.add_argument("--min-area", type=float, default=MIN_AREA,
+                        help="eval.form: the least share of the frame a drawn shape covers (smaller is a speck)")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows here (JSON)")
     parser.add_argument("--videos", type=Path, default=None, metavar="DIR",
                         help="also write each generated video here (mp4, a contact sheet and its scores)")
     args = parser.parse_args(argv)
     result = evaluate(args.ckpt, json.loads(args.index.read_text()), image_model=args.image_model,
                       steps=args.steps, frames=args.frames, seed=args.seed, untagged=args.untagged,
-                      videos=args.videos)
+                      videos=args.videos, min_area=args.min_area)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     print(f"{args.ckpt} ({result['task']}): mean {result['metric']} {result['mean_identity']:.4f} over "

@@ -62,6 +62,10 @@ def test_scattered_colour_and_empty_frames_score_low():
             y, x = rng.integers(0, H // 8) * 8, rng.integers(0, W // 8) * 8
             scattered[:, f, y:y + 8, x:x + 8] = torch.tensor(COLOURS["green"]).view(3, 1, 1) / 127.5 - 1
     assert form_scores(scattered, reference("square"))["form"] < 0.3
+    speck = empty.clone()  # one latent pixel of the colour: coherent, but no shape
+    speck[:, :, 64:72, 128:136] = torch.tensor(COLOURS["green"]).view(3, 1, 1, 1) / 127.5 - 1
+    assert form_scores(speck, reference("square")) == {"coherence": 1.0, "shape_iou": 0.0, "form": 0.0}
+    assert form_scores(speck, reference("square"), min_area=0)["shape_iou"] > 0.5
 
 
 def test_largest_component_is_8_connected():
