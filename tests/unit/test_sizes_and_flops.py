@@ -65,3 +65,10 @@ def test_flops_agree_with_torch_flop_counter(name):
     time_mlp = 2 * 2 * (256 * cfg.dim + 7 * cfg.dim * cfg.dim)
     expected = dit_flops(cfg, (4, 8, 8), batch=2).total + time_mlp
     assert counter.get_total_flops() == expected
+
+
+def test_every_size_but_the_test_sizes_has_an_official_sampling_preset():
+    # without one, a size samples (validation videos, generate.py) at the generic 832 x 480 x 81
+    from wan_train.inference.presets import OFFICIAL
+
+    assert sorted(n for n in SIZES if not n.startswith("tiny")) == sorted(OFFICIAL)
