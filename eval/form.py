@@ -64,10 +64,11 @@ def shape_iou(mask: np.ndarray, reference: np.ndarray) -> float:
     """IoU of two bool masks after centring both on their centroids and scaling `reference` to `mask`'s area."""
     if not mask.any() or not reference.any():
         return 0.0
-    (my, mx), (ry, rx) = (np.argwhere(m).mean(0) for m in (mask, reference))
-    scale = float(np.sqrt(reference.sum() / mask.sum()))  # reference pixels per mask pixel, along each axis
+    points, ref_points = np.argwhere(mask), np.argwhere(reference)
+    (my, mx), (ry, rx) = points.mean(0), ref_points.mean(0)
+    scale = float(np.sqrt(len(ref_points) / len(points)))  # reference pixels per mask pixel, along each axis
     # the window around the mask's centroid that holds both shapes, in mask pixels
-    extent = max(np.abs(np.argwhere(mask) - (my, mx)).max(), np.abs(np.argwhere(reference) - (ry, rx)).max() / scale)
+    extent = max(np.abs(points - (my, mx)).max(), np.abs(ref_points - (ry, rx)).max() / scale)
     offsets = np.arange(-int(np.ceil(extent)) - 1, int(np.ceil(extent)) + 2)
     dy, dx = np.meshgrid(offsets, offsets, indexing="ij")
 
