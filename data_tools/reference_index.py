@@ -63,7 +63,8 @@ def index_sample(sample: dict, *, source: ReferenceSource, crops: Path | None = 
 
 def write_crops(item: dict, stem: Path) -> dict:
     """The loaded sample's references as PNGs (the first frame of each: what the model sees, letterboxed) beside
-    its tagged caption: {"crops": [STEM_ref1.png, ...], "prompt": "@Video1 moves ..."}."""
+    its tagged caption and the subject each tag stands for: {"crops": [STEM_ref1.png, ...], "names": ["a large red
+    circle", ...], "prompt": "@Video1 moves ..."}."""
     from PIL import Image
 
     stem.parent.mkdir(parents=True, exist_ok=True)
@@ -72,7 +73,7 @@ def write_crops(item: dict, stem: Path) -> dict:
         path = stem.with_name(f"{stem.name}_ref{slot + 1}.png")
         Image.fromarray(frames[0].numpy() if hasattr(frames[0], "numpy") else frames[0]).save(path)
         paths.append(str(path))
-    return {"crops": paths, "prompt": item["prompt"]}
+    return {"crops": paths, "names": list(item["ref_names"]), "prompt": item["prompt"]}
 
 
 def _describe(entry: dict, meta: ClipMeta, *, source: ReferenceSource) -> None:

@@ -82,12 +82,18 @@ def shape_iou(mask: np.ndarray, reference: np.ndarray) -> float:
     return float((a & b).sum() / union) if union else 0.0
 
 
+def subject_pixels(frame: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """bool [H, W]: the pixels of a frame [H, W, 3] within half of the subject-to-background contrast of the subject
+    `colour` (the background is the frame's median colour)."""
+    background = np.median(frame.reshape(-1, 3), axis=0)
+    contrast = max(float(np.linalg.norm(colour - background)), MIN_CONTRAST)
+    return np.linalg.norm(frame - colour, axis=-1) < contrast / 2
+
+
 def frame_form(frame: np.ndarray, colour: np.ndarray, reference: np.ndarray, *,
                min_area: float = MIN_AREA) -> dict[str, float]:
     """coherence, shape_iou and form of one frame [H, W, 3] for a subject `colour` and its reference mask."""
-    background = np.median(frame.reshape(-1, 3), axis=0)
-    contrast = max(float(np.linalg.norm(colour - background)), MIN_CONTRAST)
-    subject = np.linalg.norm(frame - colour, axis=-1) < contrast / 2
+    subject = subject_pixels(frame, colour)
     if not subject.any():
         return {"coherence": 0.0, "shape_iou": 0.0, "form": 0.0}
     component = largest_component(subject)

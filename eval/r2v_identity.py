@@ -3,14 +3,15 @@
 motion reversed (the subject must appear in a motion its reference never showed) from its reference crops, and
 score the frames against each reference with CLIP-I / DINO-I (eval.identity.identity_similarity) and, for flat-colour
 subjects such as the quickstart's shapes, with the form of eval.form (one solid shape of the reference's outline,
-rather than its colour scattered).
+rather than its colour scattered) and the motion of eval.motion (does it move the way the prompt says).
 
     python -m eval.r2v_identity runs/r2v --index refs.json --image-model models/random/dinov2 --out r2v.json
     python -m eval.r2v_identity runs/quickstart_1k --index refs.json --image-model models/random/dinov2
 
 A checkpoint without the reference extension (the base) generates the same prompts as text-to-video, each tag
-replaced by --untagged (it cannot know the subject): the floor that the references must lift. Prints the mean and
-writes one row per sample."""
+replaced by --untagged (it cannot know the subject): the floor that the references must lift. With --named it reads
+each tag as its subject's name from the index instead ("a large red circle"): what text alone tells the base. Prints
+the means and writes one row per sample."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import sys
 from pathlib import Path
 
 from eval.form import MIN_AREA, form_scores
+from eval.motion import motion_scores, prompted_direction
 from eval.identity import identity_similarity
 from eval.scorers import image_embedder, reference_picture, resolve_device
 from wan_train.inference.loading import load
@@ -49,8 +51,26 @@ def samples(index: dict) -> list[dict]:
     return usable
 
 
+def subject_names(entry: dict) -> list[str]:
+    """The subjects' names in tag order (@Video1 first)."""
+    if "names" in entry:
+        return entry["names"]
+    if len(entry["subjects"]) == 1:
+        return entry["subjects"]
+    raise ValueError(f"{entry['key']}: the index does not say which of the subjects {entry['subjects']} each tag "
+                     "stands for; build it again with this version of data_tools.reference_index")
+
+
+def untag(prompt: str, entry: dict, *, untagged: str, named: bool) -> str:
+    """A tagged prompt as the base reads it: each @VideoN as `untagged`, or with `named` as its subject's name."""
+    if not named:
+        return TAG.sub(untagged, prompt)
+    names = subject_names(entry)
+    return TAG.sub(lambda tag: names[int(tag.group(1)) - 1], prompt)
+
+
 def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, frames: int, seed: int,
-             untagged: str = "a subject", device: str = "auto", videos: Path | None = None,
+             untagged: str = "a subject", named: bool = False, device: str = "auto", videos: Path | None = None,
              min_area: float = MIN_AREA) -> dict:
     device = resolve_device(device)
     models = load(ckpt, device=device).models
@@ -59,26 +79,35 @@ def evaluate(ckpt: str, index: dict, *, image_model: str, steps: int | None, fra
     embedder = image_embedder(image_model, device)
     rows = []
     for i, entry in enumerate(samples(index)):
-        prompt = new_motion(entry["prompt"]) if r2v else TAG.sub(untagged, new_motion(entry["prompt"]))
+        tagged = new_motion(entry["prompt"])
+        prompt = tagged if r2v else untag(tagged, entry, untagged=untagged, named=named)
         references = [read_reference(p, width=settings.width, height=settings.height) for p in entry["crops"]]
         video = generate(models, [prompt], settings=settings, seed=seed + i, task="r2v" if r2v else "t2v",
                          references=references if r2v else (), device=device)
         pictures = [reference_picture(p) for p in entry["crops"]]
         scores = [float(identity_similarity(video, picture, embedder=embedder)[0]) for picture in pictures]
         forms = [form_scores(video[0], picture[0], min_area=min_area) for picture in pictures]
+        directions = [prompted_direction(tagged, f"@Video{slot + 1}") for slot in range(len(pictures))]
+        motions = [motion_scores(video[0], picture[0], direction) if direction else None
+                   for picture, direction in zip(pictures, directions, strict=True)]
+        along = [m["along"] for m in motions if m is not None]
         rows.append({"key": entry["key"], "shard": entry["shard"], "prompt": prompt, "refs": entry["crops"],
                      "identity": sum(scores) / len(scores), "per_reference": scores,
-                     "form": sum(f["form"] for f in forms) / len(forms), "per_reference_form": forms})
+                     "form": sum(f["form"] for f in forms) / len(forms), "per_reference_form": forms,
+                     "along": sum(along) / len(along) if along else None, "per_reference_motion": motions})
         if videos is not None:
             save_video(videos / f"{i:03d}_{entry['key']}.mp4", video[0], fps=settings.fps,
                        metadata={"ckpt": ckpt, **rows[-1]})
     mean = sum(r["identity"] for r in rows) / len(rows)
     metric = "clip_i" if embedder.kind == "clip" else "dino_i"
-    return {"ckpt": ckpt, "task": "r2v" if r2v else "t2v", "untagged": None if r2v else untagged, "metric": metric,
+    moved = [r["along"] for r in rows if r["along"] is not None]
+    return {"ckpt": ckpt, "task": "r2v" if r2v else "t2v",
+            "untagged": None if r2v else ("names" if named else untagged), "metric": metric,
             "image_model": image_model,
             "settings": {"steps": settings.steps, "num_frames": settings.num_frames, "seed": seed},
             "min_area": min_area, "mean_identity": mean, "mean_form": sum(r["form"] for r in rows) / len(rows),
-            "samples": rows}
+            "mean_along": sum(moved) / len(moved) if moved else None,
+            "prompted_way": sum(a > 0 for a in moved), "samples": rows}
 
 
 def main(argv=None) -> int:
@@ -92,6 +121,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="sample i gets seed + i")
     parser.add_argument("--untagged", default="a subject",
                         help="what a checkpoint without references reads in place of each @VideoN tag")
+    parser.add_argument("--named", action="store_true",
+                        help="a checkpoint without references reads each tag as its subject's name instead")
     parser.add_argument("--min-area", type=float, default=MIN_AREA,
                         help="eval.form: the least share of the frame a drawn shape covers (smaller is a speck)")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows here (JSON)")
@@ -99,12 +130,17 @@ def main(argv=None) -> int:
                         help="also write each generated video here (mp4, a contact sheet and its scores)")
     args = parser.parse_args(argv)
     result = evaluate(args.ckpt, json.loads(args.index.read_text()), image_model=args.image_model,
-                      steps=args.steps, frames=args.frames, seed=args.seed, untagged=args.untagged,
+                      steps=args.steps, frames=args.frames, seed=args.seed, untagged=args.untagged, named=args.named,
                       videos=args.videos, min_area=args.min_area)
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=1))
     print(f"{args.ckpt} ({result['task']}): mean {result['metric']} {result['mean_identity']:.4f} over "
-          f"{len(result['samples'])} samples; mean form {result['mean_form']:.4f}")
+          f"{len(result['samples'])} samples; mean form {result['mean_form']:.4f}", end="")
+    if result["mean_along"] is not None:
+        moved = sum(r["along"] is not None for r in result["samples"])
+        print(f"; mean motion along the prompt {result['mean_along']:+.3f} of the frame "
+              f"({result['prompted_way']} of {moved} the prompted way)", end="")
+    print()
     return 0
 
 

@@ -114,6 +114,15 @@ def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp
     assert (crop - colour).norm(dim=1).lt(40).float().mean() > 0.3  # the crop is mostly the subject
     assert r2v_identity.new_motion("@Video1 moves from left to right and @Video2 moves from top to bottom") == \
         "@Video1 moves from right to left and @Video2 moves from bottom to top"
+    assert entry["names"] == entry["subjects"]  # one subject: @Video1's
+    assert r2v_identity.untag(entry["prompt"], entry, untagged="a shape", named=False).startswith("a shape moves")
+    assert r2v_identity.untag(entry["prompt"], entry, untagged="a shape", named=True).startswith(
+        f"{entry['subjects'][0]} moves")
+    two = {"key": "k", "subjects": ["a red circle", "a blue square"], "names": ["a blue square", "a red circle"]}
+    assert r2v_identity.untag("@Video2 meets @Video1", two, untagged="", named=True) == \
+        "a red circle meets a blue square"
+    with pytest.raises(ValueError, match="k: the index does not say which"):  # an index from before "names"
+        r2v_identity.untag("@Video1", {"key": "k", "subjects": two["subjects"]}, untagged="", named=True)
     out = tmp_path / "identity.json"
     assert r2v_identity.main([str(trained), "--index", str(index), "--image-model", str(write_dinov2(tmp_path / "d")),
                               "--steps", "2", "--frames", "5", "--out", str(out), "--videos", str(tmp_path / "v")]) == 0
@@ -123,6 +132,9 @@ def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp
     assert -1 <= result["mean_identity"] <= 1
     form = result["samples"][0]["per_reference_form"][0]
     assert set(form) == {"coherence", "shape_iou", "form"} and 0 <= result["mean_form"] <= 1
+    motion = result["samples"][0]["per_reference_motion"][0]
+    assert set(motion) == {"along", "across"} and result["mean_along"] == result["samples"][0]["along"]
+    assert result["prompted_way"] == (motion["along"] > 0)
     assert sorted(p.suffix for p in (tmp_path / "v").iterdir()) == [".json", ".mp4", ".png"]
 
 
