@@ -8,10 +8,11 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from data_tools.make_demo import make_demo
+from data_tools.make_demo import DemoClip, make_demo, render
 from tests.helpers import randomize_
 from wan_train.config import ConfigError, compose_config, compose_generate_config
 from wan_train.inference.cli import run as generate
+from wan_train.inference.outputs import write_mp4
 from wan_train.models import WanDiT, get_size, save_dit
 from wan_train.training.run import run
 
@@ -75,6 +76,17 @@ def test_r2v_run_trains_the_reference_slots_and_generates_with_references(shapes
         generate(generate_config(trained, shapes, tmp_path / "bad.mp4", prompt="'@Video1 meets @Video2'"))
     with pytest.raises(ValueError, match="refs=.* were given for task=t2v"):
         generate(generate_config(trained, shapes, tmp_path / "bad.mp4", task="t2v"))
+    # a clip reference: 5 consecutive frames at the output's 16 fps, from reference_start
+    clip = DemoClip(shape="square", colour="blue", background="beige", direction="from left to right", size="large",
+                    offset=0.5, width=128, height=96)
+    write_mp4(tmp_path / "square.mp4", render(clip, frames=12), fps=24.0)  # 0.5 s
+    two = f"[{shapes / 'red_circle.png'},{tmp_path / 'square.mp4'}]"
+    saved = generate(generate_config(trained, shapes, tmp_path / "two.mp4", refs=two, reference_frames=5,
+                                     reference_start=0.2, prompt="'@Video1 meets @Video2 on a black background'"))
+    assert saved[0].video.is_file()
+    with pytest.raises(ValueError, match=r"square\.mp4: 12 frames at 24 fps \(0\.50 s\) do not hold 5 frames"):
+        generate(generate_config(trained, shapes, tmp_path / "bad.mp4", refs=two, reference_frames=5,
+                                 reference_start=0.3, prompt="'@Video1 meets @Video2'"))
 
 
 def test_r2v_with_lora_trains_the_slots_beside_the_adapter(shapes, tmp_path):

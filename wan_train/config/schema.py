@@ -227,6 +227,7 @@ class GenerateConfig(SamplingOverrides):
     # task=r2v: one image or clip per subject, the prompt's @Video1, @Video2, @Video3 (refs='[a.png,b.mp4]')
     refs: Any = None
     reference_frames: int = 1  # frames taken from each clip reference (1 + 4k); images are one frame
+    reference_start: float = 0.0  # seconds into each clip reference where its consecutive frames (at the fps) begin
     # models with the multi-shot extension: "Shot 1: ... Shot 2 (2s): close-up — ..." prompts, or plain ones planned
     # into `shots` shots (None: by their cut cues), all shots generated jointly (wan_train.inference.shots)
     multishot: bool = False

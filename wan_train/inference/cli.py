@@ -154,7 +154,8 @@ def needs_offload(models: WanModels, device: torch.device) -> bool:
 
 
 def read_references(cfg: DictConfig, task: str, settings: Sampling) -> list[torch.Tensor]:
-    """task=r2v: refs=[FILE, ...] (images, or clips giving reference_frames frames each) fitted to the output size."""
+    """task=r2v: refs=[FILE, ...] (images, or clips giving reference_frames consecutive frames each at the output's
+    fps from reference_start seconds in) fitted to the output size."""
     refs = [] if cfg.refs is None else [cfg.refs] if isinstance(cfg.refs, str) else list(cfg.refs)
     if task != "r2v":
         if refs:
@@ -162,8 +163,11 @@ def read_references(cfg: DictConfig, task: str, settings: Sampling) -> list[torc
         return []
     if not refs:
         raise ValueError("task=r2v needs refs=[FILE, ...]: one image or clip per subject the prompt tags @Video1..")
-    return [read_reference(path, width=settings.width, height=settings.height, frames=cfg.reference_frames)
-            for path in refs]
+    if cfg.reference_frames < 1 or cfg.reference_start < 0:
+        raise ValueError(f"reference_frames={cfg.reference_frames}, reference_start={cfg.reference_start}: the frames "
+                         "taken from each clip reference must be >= 1, its start (seconds) >= 0")
+    return [read_reference(path, width=settings.width, height=settings.height, frames=cfg.reference_frames,
+                           fps=settings.fps, start=cfg.reference_start) for path in refs]
 
 
 def metadata(cfg, source: dict, prompt: str, seed: int, task: str, settings: Sampling, adapters, seconds: float):

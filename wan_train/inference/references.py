@@ -7,11 +7,11 @@ with black to exactly that size, as the training data pads its subject crops (wa
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -49,9 +49,12 @@ def fit_reference(image: Image.Image, width: int, height: int) -> torch.Tensor:
     return to_tensor(canvas)
 
 
-def read_reference(path: str | Path, *, width: int, height: int, frames: int = 1) -> torch.Tensor:
-    """A reference file as [3, f, height, width] in [-1, 1]: an image is one frame; a video gives `frames` frames
-    spread evenly over it (first to last)."""
+def read_reference(path: str | Path, *, width: int, height: int, frames: int = 1, fps: float = 16.0,
+                   start: float = 0.0) -> torch.Tensor:
+    """A reference file as [3, f, height, width] in [-1, 1]: an image is one frame; a video gives `frames`
+    consecutive frames at `fps` (the output's frame rate) from `start` seconds in, as training takes a reference from
+    a clip (consecutive frames at the training fps, wan_train.data.references). A clip too short for them is
+    refused: repeating its last frame would show the model a still it never saw in training."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"refs: {path}: no such file")
@@ -61,9 +64,20 @@ def read_reference(path: str | Path, *, width: int, height: int, frames: int = 1
         import decord
 
         reader = decord.VideoReader(str(path))
-        count = len(reader)
-        indices = np.linspace(0, count - 1, frames).round().astype(int).tolist()
-        pixels = reader.get_batch(indices).asnumpy()
+        count, source_fps = len(reader), float(reader.get_avg_fps())
     except Exception as error:  # decord raises its own DECORDError for unreadable files
         raise ValueError(f"refs: {path}: not a readable image or video ({error})") from None
+    indices = reference_indices(count, source_fps, frames=frames, fps=fps, start=start)
+    if indices is None:
+        raise ValueError(f"refs: {path}: {count} frames at {source_fps:g} fps ({count / source_fps:.2f} s) do not "
+                         f"hold {frames} frames at {fps:g} fps from {start:g} s (reference_frames, reference_start): "
+                         "pass a longer clip, an earlier start, fewer frames, or an image")
+    pixels = reader.get_batch(indices).asnumpy()
     return torch.stack([fit_reference(Image.fromarray(frame), width, height) for frame in pixels], dim=1)
+
+
+def reference_indices(count: int, source_fps: float, *, frames: int, fps: float, start: float) -> list[int] | None:
+    """The source frames shown at start + k / fps (k < frames) in a clip of `count` frames at `source_fps` (frame i
+    is shown from i / source_fps on); None when the last is past the clip's end."""
+    indices = [math.floor((start + k / fps) * source_fps + 1e-6) for k in range(frames)]
+    return indices if indices[-1] < count else None
