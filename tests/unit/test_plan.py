@@ -137,7 +137,44 @@ def test_tokens_of_81_frames_on_the_wan21_vae(width, height, tokens):
     assert workload.latent_shape == (21, height // 8, width // 8)
 
 
+def test_reference_tokens_are_what_the_dit_runs_on():
+    """R2V appends each reference's latent frames to the video's: the planner's tokens are the blocks' sequence,
+    with a timestep per token (the references' are 0)."""
+    workload = Workload(size="quickstart", width=256, height=144, frames=17, lora_rank=None, references=2,
+                        reference_frames=5)
+    assert workload.latent_shape == (5, 18, 32) and workload.sequence_shape == (9, 18, 32)
+    assert workload.per_token_time and "+ 2 references x 5 frames" in workload.describe()
+    dit = WanDiT(get_size("quickstart").dit.replace(references=3, num_layers=1))
+    seen = []
+    dit.blocks[0].register_forward_hook(lambda module, args, out: seen.append((args[0].shape, args[1].shape)))
+    f, h, w = workload.latent_shape
+    with torch.no_grad():
+        dit(torch.randn(1, 12, f, h, w), torch.tensor([500.0]), torch.randn(1, 8, dit.config.text_dim),
+            refs=[torch.randn(1, 12, 2, h, w), torch.randn(1, 12, 2, h, w)])
+    (x_shape, e_shape), = seen
+    assert x_shape[1] == workload.tokens == 9 * 9 * 16 and e_shape[1] == workload.tokens  # per-token modulation
+    plain = Workload(size="quickstart", width=256, height=144, frames=17, lora_rank=None)
+    assert plain.tokens == 5 * 9 * 16 and not plain.per_token_time
+
+
+def test_r2v_runs_plan_their_references():
+    cfg = compose_config(["recipe=r2v", "memory=24gb", "data.reference_frames=5"])
+    workload = workload_of(cfg)
+    assert (workload.references, workload.reference_frames) == (3, 5)
+    without = workload_of(compose_config(["recipe=lora_character"]))
+    assert workload.tokens == without.tokens + 3 * 2 * 30 * 52  # 3 references of 2 latent frames at 480p
+    setting = Setting(base_dtype="bfloat16", activation_checkpointing=True, offload_activations=False,
+                      offload_blocks=0)
+    assert estimate(workload, setting, gpu=GENERIC_24).peak > estimate(
+        Workload(**{**workload.__dict__, "references": 0}), setting, gpu=GENERIC_24).peak
+
+
 def test_bad_workloads_are_refused():
+    with pytest.raises(ValueError, match="references=4 must be 0..3"):
+        Workload(size="wan2.1-t2v-1.3b", width=832, height=480, frames=81, lora_rank=8, references=4)
+    with pytest.raises(ValueError, match="reference_frames=2 must be 1 \\+ 4k"):
+        Workload(size="wan2.1-t2v-1.3b", width=832, height=480, frames=81, lora_rank=8, references=1,
+                 reference_frames=2)
     with pytest.raises(ValueError, match="frames=80 must be 1 \\+ 4k"):
         Workload(size="wan2.1-t2v-1.3b", width=832, height=480, frames=80, lora_rank=8)
     with pytest.raises(ValueError, match="width=830 must be a positive multiple of 16"):

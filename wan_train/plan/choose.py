@@ -114,13 +114,16 @@ def describe(setting: Setting) -> str:
 
 # -------------------------------------------------------------------------------------------- from a config
 def workload_of(cfg, *, width: int | None = None, height: int | None = None, frames: int | None = None) -> Workload:
-    """A composed train config's workload: model.size, lora.*, data.batch_size and the largest bucket of the
-    data's bucket table (the step that needs the most memory), unless width / height / frames are given."""
+    """A composed train config's workload: model.size, lora.*, data.batch_size, the references of an R2V run
+    (data.references, the most a sample gets, of data.reference_frames) and the largest bucket of the data's bucket
+    table (the step that needs the most memory), unless width / height / frames are given."""
     buckets = OmegaConf.to_object(cfg.data).table().buckets
     largest = max(buckets, key=lambda bk: (bk.width * bk.height * bk.frames, bk.width))  # ties: landscape
     return Workload(size=cfg.model.size, width=width or largest.width, height=height or largest.height,
                     frames=frames or largest.frames, batch_size=cfg.data.batch_size,
-                    lora_rank=cfg.lora.rank if cfg.lora.enabled else None, lora_target=cfg.lora.target)
+                    lora_rank=cfg.lora.rank if cfg.lora.enabled else None, lora_target=cfg.lora.target,
+                    references=cfg.data.references if cfg.model.references else 0,
+                    reference_frames=cfg.data.reference_frames)
 
 
 def plan_run(cfg) -> Plan:

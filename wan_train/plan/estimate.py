@@ -1,7 +1,9 @@
 """Peak device memory and step time of one DiT training step (bf16-mixed), as arithmetic over the model's shapes.
 
-Legend: B batch, T video tokens (post-patch F*H*W), S text tokens (text_len, 512: the padding is attended),
-I CLIP image tokens (image-branch models), D width, F FFN width, N heads, K head dim, r LoRA rank, L blocks.
+Legend: B batch, T video tokens (post-patch F*H*W, plus the reference tokens of R2V: references are appended along
+the frames, each reference's frames compressed by the VAE on their own), S text tokens (text_len, 512: the padding
+is attended), I CLIP image tokens (image-branch models), D width, F FFN width, N heads, K head dim, r LoRA rank,
+L blocks.
 
 Memory (bytes; ``Estimate.parts`` names each term, ``peak`` is their sum in the heavier phase of the step):
   weights              frozen base as ``wan_train.memory.place_base`` stores it, counted on a meta-device DiT
@@ -62,6 +64,7 @@ from wan_train.lora import TARGET_PRESETS, add_adapter
 from wan_train.lora.targets import target_pattern
 from wan_train.memory import BASE_DTYPES, Placement, place_base
 from wan_train.models import VAE_CONFIGS, DiTConfig, ModelSize, WanDiT, builtin_vae, dit_flops, get_size
+from wan_train.models.dit.config import MAX_REFERENCES
 from wan_train.models.dit.flops import CLIP_TOKENS
 
 MFU_ASSUMED = 0.4  # achieved fraction of the bf16 dense peak in a Wan step (perf.md §1: 35-50% on an H100)
@@ -84,6 +87,8 @@ class Workload:
     batch_size: int = 1
     lora_rank: int | None
     lora_target: str = "attn_qkvo_ffn"  # a preset of wan_train.lora.TARGET_PRESETS
+    references: int = 0  # R2V: references per sample (each a clean latent appended along frames, timestep 0)
+    reference_frames: int = 1  # pixel frames of each reference, 1 + 4k
 
     def __post_init__(self) -> None:
         model = get_size(self.size)  # raises with the known sizes
@@ -99,6 +104,10 @@ class Workload:
                                 f"{model.dit.patch_size[1]})")
         if self.batch_size < 1:
             problems.append(f"batch_size={self.batch_size} must be >= 1")
+        if not 0 <= self.references <= MAX_REFERENCES:
+            problems.append(f"references={self.references} must be 0..{MAX_REFERENCES}")
+        if self.reference_frames < 1 or (self.reference_frames - 1) % temporal:
+            problems.append(f"reference_frames={self.reference_frames} must be 1 + {temporal}k")
         if self.lora_rank is not None and self.lora_rank < 1:
             problems.append(f"lora_rank={self.lora_rank} must be >= 1 (None: full fine-tune)")
         if self.lora_target not in TARGET_PRESETS:
@@ -121,14 +130,28 @@ class Workload:
         return 1 + (self.frames - 1) // temporal, self.height // spatial, self.width // spatial
 
     @property
+    def sequence_shape(self) -> tuple[int, int, int]:
+        """(F, H, W) of the latent the blocks run on: the video's, with the references' frames appended."""
+        temporal, _ = vae_compression(self.model.vae)
+        f, h, w = self.latent_shape
+        return f + self.references * (1 + (self.reference_frames - 1) // temporal), h, w
+
+    @property
     def tokens(self) -> int:
-        """Video tokens per sample: the latent grid over the patch (1, 2, 2)."""
-        return math.prod(n // p for n, p in zip(self.latent_shape, self.model.dit.patch_size, strict=True))
+        """Tokens per sample (video and references): the sequence's latent grid over the patch (1, 2, 2)."""
+        return math.prod(n // p for n, p in zip(self.sequence_shape, self.model.dit.patch_size, strict=True))
+
+    @property
+    def per_token_time(self) -> bool:
+        """Whether the blocks get a timestep per token: TI2V's clean first frame, R2V's clean references."""
+        return self.model.dit.model_type == "ti2v" or self.references > 0
 
     def describe(self) -> str:
         f, h, w = self.latent_shape
         tune = f"LoRA rank {self.lora_rank} ({self.lora_target})" if self.lora else "full fine-tune"
-        return (f"{self.size}, {tune}, {self.width}x{self.height}x{self.frames} (latent {f}x{h}x{w}, "
+        refs = (f" + {self.references} reference{'s' if self.references > 1 else ''} x {self.reference_frames} "
+                f"frame{'s' if self.reference_frames > 1 else ''}" if self.references else "")
+        return (f"{self.size}, {tune}, {self.width}x{self.height}x{self.frames}{refs} (latent {f}x{h}x{w}, "
                 f"{self.tokens} tokens), batch {self.batch_size}")
 
 
@@ -342,8 +365,7 @@ def estimate(workload: Workload, setting: Setting, *, gpu) -> Estimate:
     weights = weight_count(dit, lora_rank=workload.lora_rank, lora_target=workload.lora_target,
                            base_dtype="float32" if full else setting.base_dtype)
     acts = block_activations(dit, tokens=t, batch=b, lora_rank=workload.lora_rank, lora_target=workload.lora_target,
-                             base_dtype=setting.base_dtype, full_finetune=full,
-                             per_token_time=dit.model_type == "ti2v")
+                             base_dtype=setting.base_dtype, full_finetune=full, per_token_time=workload.per_token_time)
     offloaded = setting.offload_blocks
     window = 1 + setting.prefetch_blocks  # offloaded blocks on the device at once (wan_train.memory.offload)
     checkpointed = layers if setting.activation_checkpointing else offloaded
@@ -445,13 +467,13 @@ def step_seconds(workload: Workload, setting: Setting, *, gpu, weights: WeightCo
                                       base_dtype="float32" if full else setting.base_dtype)
     acts = acts or block_activations(dit, tokens=workload.tokens, batch=b, lora_rank=workload.lora_rank,
                                      lora_target=workload.lora_target, base_dtype=setting.base_dtype,
-                                     full_finetune=full, per_token_time=dit.model_type == "ti2v")
+                                     full_finetune=full, per_token_time=workload.per_token_time)
     offloaded = setting.offload_blocks
     checkpointed = layers if setting.activation_checkpointing else offloaded
     flops_per_s = gpu.bf16_tflops * 1e12 * MFU_ASSUMED
     link = gpu.host_link_gbs * 1e9 * HOST_LINK_EFFICIENCY
-    block = block_forward_flops(dit, workload.latent_shape, batch=b) / flops_per_s
-    compute = (TRAIN_FLOPS_PER_FORWARD * dit_flops(dit, workload.latent_shape, batch=b).total / flops_per_s
+    block = block_forward_flops(dit, workload.sequence_shape, batch=b) / flops_per_s
+    compute = (TRAIN_FLOPS_PER_FORWARD * dit_flops(dit, workload.sequence_shape, batch=b).total / flops_per_s
                + checkpointed * block)
     exposed = 0.0
     if offloaded:
