@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from eval.form import MIN_AREA, form_scores
-from eval.motion import motion_scores, prompted_direction
 from eval.identity import identity_similarity
+from eval.motion import DIRECTIONS, motion_scores, prompted_direction
 from eval.scorers import image_embedder, reference_picture, resolve_device
 from wan_train.inference.loading import load
 from wan_train.inference.outputs import save_video
@@ -30,8 +30,9 @@ from wan_train.inference.pipeline import generate
 from wan_train.inference.presets import official, with_overrides
 from wan_train.inference.references import TAG, read_reference
 
-REVERSED = {"from left to right": "from right to left", "from right to left": "from left to right",
-            "from top to bottom": "from bottom to top", "from bottom to top": "from top to bottom"}
+# each motion phrase of the demo captions -> the phrase of the opposite direction
+REVERSED = {phrase: next(other for other, (u, v) in DIRECTIONS.items() if (u, v) == (-x, -y))
+            for phrase, (x, y) in DIRECTIONS.items()}
 
 
 def new_motion(prompt: str) -> str:
