@@ -6,7 +6,7 @@ right" and the like.
 - The displacement: the mean centroid over the last quarter of the frames minus that over the first quarter (frames
   without subject pixels are left out; none in either quarter: no displacement, both scores 0).
 - `along`: the displacement along the prompted direction as a share of the frame's extent that way (the quickstart's
-  shapes cross their lane once per clip, about +0.3 of the frame per second); negative is the wrong way.
+  held-out clips score +0.15 to +0.23 over 17 frames); negative is the wrong way.
 - `across`: the size of the displacement across the prompted direction, in the same unit.
 
 Colours are RGB in [0, 255]; videos [3, F, H, W] in [-1, 1] as everywhere in eval/."""

@@ -125,16 +125,20 @@ class Workload:
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        """(F, H, W) of the latent: the VAE keeps frame 0 and compresses each further ``temporal`` frames to one."""
-        temporal, spatial = vae_compression(self.model.vae)
-        return 1 + (self.frames - 1) // temporal, self.height // spatial, self.width // spatial
+        """(F, H, W) of the video's latent."""
+        _, spatial = vae_compression(self.model.vae)
+        return self._latent_frames(self.frames), self.height // spatial, self.width // spatial
 
     @property
     def sequence_shape(self) -> tuple[int, int, int]:
         """(F, H, W) of the latent the blocks run on: the video's, with the references' frames appended."""
-        temporal, _ = vae_compression(self.model.vae)
         f, h, w = self.latent_shape
-        return f + self.references * (1 + (self.reference_frames - 1) // temporal), h, w
+        return f + self.references * self._latent_frames(self.reference_frames), h, w
+
+    def _latent_frames(self, frames: int) -> int:
+        """The VAE keeps frame 0 and compresses each further ``temporal`` frames to one (each clip on its own)."""
+        temporal, _ = vae_compression(self.model.vae)
+        return 1 + (frames - 1) // temporal
 
     @property
     def tokens(self) -> int:
