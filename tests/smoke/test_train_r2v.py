@@ -150,6 +150,21 @@ def test_reference_index_crops_feed_the_identity_evaluation(shapes, trained, tmp
     assert sorted(p.suffix for p in (tmp_path / "v").iterdir()) == [".json", ".mp4", ".png"]
 
 
+def test_caption_swap_reads_a_run_folder(shapes, trained, tmp_path, capsys):
+    from eval import caption_swap
+
+    out = tmp_path / "swap.json"
+    assert caption_swap.main([str(trained), "--shards", str(shapes / "val"), "--swap", "red=blue", "--swap",
+                              "from left to right=from right to left", "--frames", "9", "--fps", "8",
+                              "--sigmas", "0.5", "1", "--output", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["clips"] == 1 and result["sigmas"] == [0.5, 1.0] and result["skipped"] == {}
+    assert [entry["swap"] for entry in result["swaps"]] == ["red=blue", "from left to right=from right to left"]
+    assert "loss, own captions" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        caption_swap.main([str(trained), "--shards", str(shapes / "val"), "--swap", "red=blue", "--frames", "8"])
+
+
 def test_r2v_on_one_a14b_expert_trains_its_slots_and_generates_with_both_experts(shapes, tmp_path):
     from tests.helpers import write_official_folder
 
