@@ -74,6 +74,21 @@ def test_decoded_frames_are_those_at_the_intended_timestamps(src_fps):
         assert [frame_index(clip[k].numpy()) for k in range(9)] == indices
 
 
+def test_videos_decord_cannot_read_are_decoded_with_pyav():
+    video = indexed_video(frames=12, width=48, height=64, fps=16.0)  # decord fails on 48 px wide, scaled or not
+    indices = [0, 3, 3, 7, 11]
+    for size in ((48, 64), (96, 128)):
+        frames = decode_frames(video, indices, size=size, key="narrow")
+        assert frames.shape == (5, size[1], size[0], 3)
+        assert [frame_index(f) for f in frames] == indices
+    with pytest.raises(SampleError, match="narrow: needs frame 12, the video has 12") as error:
+        decode_frames(video, [0, 12], size=(48, 64), key="narrow")
+    assert error.value.reason == "too_short"
+    with pytest.raises(SampleError, match="junk: neither decord nor PyAV decodes it") as error:
+        decode_frames(b"not a video" * 100, [0], size=(48, 64), key="junk")
+    assert error.value.reason == "undecodable"
+
+
 def test_clip_stays_inside_window_and_shots():
     rng = random.Random(0)
     m = meta(fps=10.0, frames=100, start=2.0, end=6.0, shots=((0.0, 3.0), (3.0, 5.5), (5.5, 10.0)))

@@ -1,9 +1,10 @@
-"""Decode a clip with decord, reading only the frames it needs and letting the decoder scale them, then crop
-to the bucket. Loader output is uint8 [F, H, W, 3], as decoded: a quarter of the bytes of float32 through worker
-queues and host-to-device copies, and no channel transpose on the CPU (which costs as much as the copy itself).
-`video_to_model` makes the VAE's input, float32 [B, 3, F, H, W] in [-1, 1], on the device."""
+"""Decode a clip with decord (PyAV where decord fails), reading only the frames it needs and letting the decoder
+scale them, then crop to the bucket. Loader output is uint8 [F, H, W, 3], as decoded: a quarter of the bytes of
+float32 through worker queues and host-to-device copies, and no channel transpose on the CPU (which costs as much
+as the copy itself). `video_to_model` makes the VAE's input, float32 [B, 3, F, H, W] in [-1, 1], on the device."""
 
 import contextlib
+import io
 import random
 import signal
 import threading
@@ -53,8 +54,16 @@ def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], ke
     except SampleError as error:
         if error.reason != "undecodable":
             raise
-        # decord's scaler rejects a few small widths (16, 24, 48, 72 px): decode unscaled, resize here
-        batch = resize_frames(_read(video, unique, size=(-1, -1), key=key), size)
+        # decord's scaler rejects a few small widths (16, 24, 48, 72 px), and for some videos of those widths its
+        # reader fails unscaled too ("Check failed: from_size == to_size"): decode unscaled, with PyAV if need be,
+        # and resize here
+        try:
+            frames = _read(video, unique, size=(-1, -1), key=key)
+        except SampleError as unscaled:
+            if unscaled.reason != "undecodable":
+                raise
+            frames = _read_pyav(video, unique, key=key)
+        batch = resize_frames(frames, size)
     if unique == indices:  # the usual case (source fps >= target fps): no 100 MB gather
         return batch
     position = {index: i for i, index in enumerate(unique)}
@@ -69,6 +78,26 @@ def _read(video: bytes, unique: list[int], *, size: tuple[int, int], key: str) -
         return reader.get_batch(unique).asnumpy()
     except Exception as error:
         raise SampleError("undecodable", f"{key}: decoding frames {unique[0]}..{unique[-1]} failed ({error})") from None
+
+
+def _read_pyav(video: bytes, unique: list[int], *, key: str) -> np.ndarray:
+    """uint8 [N, H, W, 3] of the frames at the sorted indices `unique`, in decode order, unscaled."""
+    import av
+
+    wanted, frames, decoded = set(unique), [], 0
+    try:
+        with av.open(io.BytesIO(video)) as container:
+            for frame in container.decode(video=0):
+                if decoded in wanted:
+                    frames.append(frame.to_ndarray(format="rgb24"))
+                decoded += 1
+                if decoded > unique[-1]:
+                    break
+    except av.error.FFmpegError as error:
+        raise SampleError("undecodable", f"{key}: neither decord nor PyAV decodes it ({error})") from None
+    if len(frames) < len(unique):
+        raise SampleError("too_short", f"{key}: needs frame {unique[-1]}, the video has {decoded}")
+    return np.stack(frames)
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
