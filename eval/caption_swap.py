@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import re
 import sys
 from collections import Counter
@@ -29,7 +28,6 @@ from pathlib import Path
 
 import torch
 
-from wan_train.data.clips import frame_indices
 from wan_train.data.decode import decode_frames
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, parse_meta
@@ -39,6 +37,7 @@ from wan_train.flow.path import interpolate, velocity_target
 from wan_train.flow.schedule import to_timestep
 from wan_train.inference.loading import load
 from wan_train.inference.pipeline import ExpertSwitch, WanModels, encode_text
+from wan_train.inference.references import reference_indices
 
 log = logging.getLogger(__name__)
 
@@ -78,10 +77,10 @@ def held_out_clips(shards: Sequence[str], *, frames: int, fps: float | None, str
             if not meta.captions:
                 raise SampleError("bad_metadata", f"{key}: no caption")
             rate = fps or meta.fps
-            if math.floor((frames - 1) / rate * meta.fps + 1e-6) > meta.num_frames - 1:
+            indices = reference_indices(meta.num_frames, meta.fps, frames=frames, fps=rate, start=0.0)
+            if indices is None:
                 raise SampleError("too_short", f"{key}: {meta.num_frames} frames at {meta.fps:g} fps, a clip "
                                                f"needs {frames} at {rate:g} fps")
-            indices = frame_indices(meta, start=0.0, frames=frames, fps=rate)
             pixels = decode_frames(data, indices, size=(meta.width, meta.height), key=key)
         except SampleError as error:
             _skip(skipped, error)
