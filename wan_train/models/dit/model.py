@@ -183,7 +183,9 @@ class WanDiT(nn.Module):
             out_BLP = self.head(x_BLD, e_BLD).float()
         if sp is not None:
             out_BLP = sp.gather(out_BLP, dim=1)
-        return self.unpatchify(out_BLP, grid)[:, :, :video_frames]
+        out = self.unpatchify(out_BLP, grid)
+        # the reference frames' outputs are dropped; never a view (FSDP2 hooks the output for its backward)
+        return out if out.shape[2] == video_frames else out[:, :, :video_frames].contiguous()
 
     def shot_cross_mask(self, token_shots_BL: torch.Tensor, text_shots_BS: torch.Tensor) -> torch.Tensor:
         """bool [B, 1, L, text_len]: a token of shot i sees the global caption (and the padding) and caption i."""
