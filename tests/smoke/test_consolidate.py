@@ -1,7 +1,6 @@
-"""Sharded checkpoints -> one file: a folder in the layout Lightning's FSDP strategy writes with
-state_dict_type="sharded" (torch.distributed.checkpoint shards of {"model": ...} + meta.pt with the rest) is
-consolidated into RUN_DIR/consolidated/, which generate.py then reads. (FSDP itself needs GPUs; the layout and
-the reader are the same.)"""
+"""Sharded checkpoints -> one file: a folder in the layout strategy=fsdp writes (torch.distributed.checkpoint shards
+of {"state_dict": ...} + meta.pt with the rest) is consolidated into RUN_DIR/consolidated/, which generate.py then
+reads. (Folders written by real 2-task FSDP runs, optimizer state included: tests/smoke/test_fsdp.py.)"""
 
 import shutil
 import subprocess
@@ -19,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def fsdp_sharded_copy(checkpoint: dict, folder: Path) -> None:
-    """What FSDPStrategy.save_checkpoint writes for state_dict_type="sharded" (weights only here)."""
+    """What the FSDP strategy's save_checkpoint writes for state_dict_type="sharded" (weights only here)."""
     rest = {k: v for k, v in checkpoint.items() if k not in ("state_dict", "optimizer_states")}
-    dcp.save({"model": checkpoint["state_dict"]}, checkpoint_id=str(folder), no_dist=True)
+    dcp.save({"state_dict": checkpoint["state_dict"]}, checkpoint_id=str(folder), no_dist=True)
     torch.save(rest, folder / "meta.pt")
 
 

@@ -45,7 +45,7 @@ class _Holder(torch.nn.Module):
 
 def test_ema_tracks_the_weights_and_round_trips_through_its_state():
     module, ema = _Holder(), EMA(0.5)
-    ema.on_fit_start(None, module)
+    ema.on_train_start(None, module)
     start = module.dit.weight.detach().clone()
     with torch.no_grad():
         module.dit.weight.add_(2.0)

@@ -91,7 +91,7 @@ class StrategyConfig:
     name: str = "auto"  # auto | ddp | fsdp | deepspeed
     timeout_minutes: int = 30  # collective timeout (a slow first compile or a shared-filesystem stall)
     find_unused_parameters: bool = False  # ddp
-    sharding_strategy: str = "FULL_SHARD"  # fsdp: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD | NO_SHARD
+    sharding_strategy: str = "FULL_SHARD"  # fsdp: FULL_SHARD | SHARD_GRAD_OP | HYBRID_SHARD
     state_dict_type: str = "sharded"  # fsdp: sharded (each rank its shard) | full (gathered on rank 0)
     stage: int = 2  # deepspeed: ZeRO stage 2 (optimizer + gradients sharded) or 3 (+ parameters)
     offload_optimizer: bool = False  # deepspeed: optimizer state on the CPU (DeepSpeedCPUAdam)

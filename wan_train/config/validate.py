@@ -111,12 +111,20 @@ def _validate_validation(cfg: DictConfig, *, stride: int) -> None:
 def _validate_strategy(cfg: DictConfig) -> None:
     strategy = cfg.strategy
     _allowed("strategy.name", strategy.name, ENGINES)
-    if strategy.name in ("fsdp", "deepspeed") and cfg.trainer.accelerator == "cpu":
-        raise ConfigError(f"strategy.name={strategy.name!r} needs GPUs (trainer=gpu); on the CPU use strategy=ddp")
+    if strategy.name == "deepspeed" and cfg.trainer.accelerator == "cpu":
+        raise ConfigError("strategy.name='deepspeed' needs GPUs (trainer=gpu); on the CPU use strategy=ddp or fsdp")
     _validate_sequence_parallel(cfg)
     if strategy.timeout_minutes < 1:
         raise ConfigError(f"strategy.timeout_minutes={strategy.timeout_minutes}: must be >= 1")
     if strategy.name == "fsdp":
+        if cfg.expert.name == "both":
+            raise ConfigError("expert=both alternates two DiTs in one job, moving the resting one to the host; with "
+                              "strategy=fsdp train each expert as its own job (expert=high_noise, expert=low_noise)")
+        if strategy.offload_parameters and cfg.trainer.accelerator == "cpu":
+            raise ConfigError("strategy.offload_parameters=true keeps FSDP's shards in host memory between uses; on "
+                              "the CPU they are there already: drop it")
+        if strategy.sharding_strategy == "NO_SHARD":
+            raise ConfigError("strategy.sharding_strategy='NO_SHARD' shards nothing: that is strategy=ddp")
         _allowed("strategy.sharding_strategy", strategy.sharding_strategy, SHARDING)
         _allowed("strategy.state_dict_type", strategy.state_dict_type, ("sharded", "full"))
     if strategy.name == "deepspeed":

@@ -2,10 +2,8 @@
 for the Wan DiT. Nothing here is home-made parallelism.
 
 - ddp: torch DistributedDataParallel (gloo on CPU, NCCL on GPU).
-- fsdp: torch FSDP, full shard, one unit per DiT block (WanBlock), activation checkpointing per block through
-  FSDP's policy, sharded state dicts (each rank writes its shard; `python -m wan_train.training.consolidate`
-  makes one file). Mixed precision follows trainer.precision through Lightning (bf16-mixed keeps fp32
-  parameters and autocasts, so the DiT's fp32 islands stay fp32).
+- fsdp: torch FSDP2 (fully_shard), one unit per DiT block (WanBlock), on GPUs and on the CPU (gloo); see
+  wan_train.parallel.fsdp.
 - deepspeed_zero2 / deepspeed_zero3 (+ _offload: optimizer state, and for ZeRO-3 the parameters, on the CPU):
   a DeepSpeed config generated from the run's settings and validated by DeepSpeed's own parser at start.
 """
@@ -15,7 +13,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 ENGINES = ("auto", "ddp", "fsdp", "deepspeed")
-SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
+SHARDING = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD")  # fsdp (NO_SHARD would be DDP: strategy=ddp)
 
 
 def deepspeed_config(strategy, *, micro_batch: int, accumulate: int, precision: str,
@@ -60,16 +58,10 @@ def build_strategy(cfg):
         return DDPStrategy(find_unused_parameters=strategy.find_unused_parameters, gradient_as_bucket_view=True,
                            timeout=timeout)
     if strategy.name == "fsdp":
-        from lightning.pytorch.strategies import FSDPStrategy
+        from wan_train.parallel.fsdp import FSDPStrategy
 
-        from wan_train.models.dit.model import WanBlock
-
-        checkpointing = {WanBlock} if cfg.model.activation_checkpointing else None
-        return FSDPStrategy(auto_wrap_policy={WanBlock}, sharding_strategy=strategy.sharding_strategy,
-                            activation_checkpointing_policy=checkpointing, state_dict_type=strategy.state_dict_type,
-                            cpu_offload=strategy.offload_parameters,
-                            use_orig_params=True,  # LoRA: frozen and trained parameters share FSDP's flat params
-                            limit_all_gathers=True, timeout=timeout)
+        return FSDPStrategy(sharding_strategy=strategy.sharding_strategy, state_dict_type=strategy.state_dict_type,
+                            cpu_offload=strategy.offload_parameters, timeout=timeout)
     if strategy.name == "deepspeed":
         from lightning.pytorch.strategies import DeepSpeedStrategy
 

@@ -20,12 +20,13 @@ from pathlib import Path
 import torch
 
 from wan_train.inference.loading import run_checkpoint
+from wan_train.parallel.fsdp import native_optimizer_state
 from wan_train.training.callbacks import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
 CONSOLIDATED = "consolidated"
-FSDP_METADATA = "meta.pt"  # Lightning's FSDP sharded checkpoints keep loops / callbacks here
+FSDP_METADATA = "meta.pt"  # Lightning's sharded checkpoints keep loops / callbacks here
 DEEPSPEED_LATEST = "latest"  # DeepSpeed writes the tag of its newest save here
 
 
@@ -48,9 +49,12 @@ def load_full(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     if kind == "fsdp":
         from lightning.fabric.utilities.load import _load_distributed_checkpoint
-        from lightning.pytorch.utilities.consolidate_checkpoint import _format_checkpoint
 
-        return _format_checkpoint(_load_distributed_checkpoint(path))
+        checkpoint = _load_distributed_checkpoint(path)
+        optimizers = sorted((k for k in checkpoint if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
+        # optimizer states are keyed by parameter name in the shards; a plain checkpoint numbers them
+        checkpoint["optimizer_states"] = [native_optimizer_state(checkpoint.pop(k)) for k in optimizers]
+        return checkpoint
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
     with tempfile.TemporaryDirectory() as scratch:

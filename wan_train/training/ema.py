@@ -1,8 +1,12 @@
 """Exponential moving average of the trainable weights (Polyak averaging): ema <- d * ema + (1 - d) * w after
-every optimizer step, kept in float32; it is part of the checkpoint and exported beside the trained weights."""
+every optimizer step, kept in float32; it is part of the checkpoint and exported beside the trained weights.
+Under FSDP each rank averages its own shard; checkpoints hold the whole tensors (gathered), so they resume at any
+world size."""
 
 import lightning as L
 import torch
+
+from wan_train.parallel.fsdp import full_tensor, like
 
 
 class EMA(L.Callback):
@@ -15,11 +19,11 @@ class EMA(L.Callback):
     def _params(self, module):
         return {n: p for n, p in module.dit.named_parameters() if p.requires_grad}
 
-    def on_fit_start(self, trainer, module):
+    def on_train_start(self, trainer, module):  # after any restore (sharded strategies restore after setup)
         for name, p in self._params(module).items():
             if name not in self.shadow:
                 self.shadow[name] = p.detach().float().clone()
-            self.shadow[name] = self.shadow[name].to(p.device)
+            self.shadow[name] = like(self.shadow[name], p).to(p.device)
 
     @torch.no_grad()
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -28,28 +32,24 @@ class EMA(L.Callback):
         torch._foreach_lerp_([self.shadow[n] for n in names], [params[n].detach().float() for n in names],
                              1.0 - self.decay)
 
+    def full_shadow(self) -> dict[str, torch.Tensor]:
+        """The averaged weights as whole CPU tensors (under FSDP a collective: every rank calls it)."""
+        return {n: full_tensor(t).cpu() for n, t in self.shadow.items()}
+
     def state_dict(self):
-        return {"decay": self.decay, "shadow": {n: t.cpu() for n, t in self.shadow.items()}}
+        return {"decay": self.decay, "shadow": self.full_shadow()}
 
     def load_state_dict(self, state):
         self.decay, self.shadow = state["decay"], dict(state["shadow"])
 
     @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
-        for name, p in model.named_parameters():
-            if name in self.shadow:
-                p.copy_(self.shadow[name].to(p.dtype))
-
-    @torch.no_grad()
-    def export(self, model: torch.nn.Module, folder) -> None:
-        """Save `model` with the EMA weights in the official layout, leaving the model's own weights as they were."""
+    def export(self, model: torch.nn.Module, folder, *, state_dict: dict | None = None,
+               shadow: dict[str, torch.Tensor] | None = None) -> None:
+        """Save `model` in the official layout with the EMA weights in place of the trained ones. `state_dict` and
+        `shadow`: the whole weights and averages when FSDP shards them (gathered by the caller on every rank)."""
         from wan_train.models import save_dit
 
-        trained = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.shadow}
-        self.copy_to(model)
-        try:
-            save_dit(model, folder, layout="official")
-        finally:
-            for name, p in model.named_parameters():
-                if name in trained:
-                    p.copy_(trained[name])
+        state = dict(model.state_dict() if state_dict is None else state_dict)
+        shadow = self.full_shadow() if shadow is None else shadow
+        state.update({n: t.to(state[n].dtype) for n, t in shadow.items()})
+        save_dit(model, folder, layout="official", state_dict=state)

@@ -24,6 +24,7 @@ from wan_train.inference.shot_inputs import encode_shots, latent_frames, shot_co
 from wan_train.inference.shots import Shot, ShotPlan
 from wan_train.lora import has_adapter
 from wan_train.models import CheckpointError, ShotLayout, WanDiT
+from wan_train.parallel.fsdp import reshard
 from wan_train.parallel.sequence import sequence_groups
 from wan_train.training.optim import build_optimizer
 
@@ -169,6 +170,12 @@ class FlowMatchingModule(L.LightningModule):
         if size > 1 and self.dit.sequence_parallel is None:
             self.dit.sequence_parallel = sequence_groups(size)
 
+    def configure_model(self) -> None:
+        """strategy=fsdp: the DiT is sharded here, once the device mesh exists (Lightning's ModelParallelStrategy
+        calls this before the optimizer is built)."""
+        if self.cfg.strategy.name == "fsdp":
+            self.trainer.strategy.shard(self.dit)
+
     def sample_generators(self, batch: dict, batch_idx: int, b: int) -> list[torch.Generator]:
         """One CPU generator per sample of this micro-batch (see the module docstring)."""
         micro = batch_idx % self.trainer.accumulate_grad_batches
@@ -223,6 +230,7 @@ class FlowMatchingModule(L.LightningModule):
             for q, sigma in enumerate(sigmas):
                 per_quantile[q] += self.loss(inputs, sigma.expand(inputs.latents.shape[0]), noise).mean()
         self.dit.train(was_training)
+        reshard(self.dit)
         return per_quantile / max(len(self._encoded[name]), 1)
 
     def trained_keys(self) -> set[str]:
@@ -239,7 +247,7 @@ class FlowMatchingModule(L.LightningModule):
                              "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.lora:
+        if self.lora and "state_dict" in checkpoint:  # (strategy=fsdp loads and checks the weights itself)
             found, trained = set(checkpoint["state_dict"]), self.trained_keys()
             if found != trained:
                 missing, unexpected = sorted(trained - found), sorted(found - trained)

@@ -27,6 +27,7 @@ from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
+from wan_train.parallel.fsdp import full_state_dict, is_sharded
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
@@ -49,8 +50,7 @@ def build_dit(cfg) -> WanDiT:
     else:
         torch.manual_seed(cfg.trainer.seed)
         dit = WanDiT(size.dit)
-    # under FSDP its own per-block policy checkpoints (wan_train.parallel.strategy): never both
-    dit.activation_checkpointing = cfg.model.activation_checkpointing and cfg.strategy.name != "fsdp"
+    dit.activation_checkpointing = cfg.model.activation_checkpointing  # per block (an FSDP unit under fsdp)
     dit.train()
     if cfg.lora.enabled:  # a frozen base with a fresh peft adapter (B = 0: the base's output until trained)
         lora = cfg.lora
@@ -249,21 +249,30 @@ def fit(session: Session, *, max_steps: int) -> dict:
         _finish_loggers(trainer)
         return {"step": trainer.global_step, "requeued": True, "resumed_from": str(ckpt_path) if ckpt_path else None}
     trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
-    dit = session.module.dit
-    if trainer.is_global_zero and session.base is not None:  # LoRA: the adapter, never the frozen base
-        export_adapter(dit, run_dir / "adapter", base=session.base, expert=cfg.expert.name)
-        if ema is not None:
-            export_adapter(dit, run_dir / "adapter_ema", base=session.base, expert=cfg.expert.name,
-                           weights=ema.shadow)
-    elif trainer.is_global_zero:
-        save_dit(dit, run_dir / "dit", layout="official")
-        if ema is not None:
-            ema.export(dit, run_dir / "dit_ema")
+    export(session, ema, is_global_zero=trainer.is_global_zero)
     _finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update({**held_out.summary(), "step": trainer.global_step,
                     "resumed_from": str(ckpt_path) if ckpt_path else None})
     return metrics
+
+
+def export(session: Session, ema: EMA | None, *, is_global_zero: bool) -> None:
+    """The trained DiT (LoRA: the adapter, never the frozen base) and its EMA, written by rank 0 into the run
+    folder; under FSDP every rank first takes part in gathering the shards."""
+    dit, run_dir, expert = session.module.dit, session.run_dir, session.cfg.expert.name
+    weights = full_state_dict(dit, trained_only=session.base is not None) if is_sharded(dit) else None
+    shadow = ema.full_shadow() if ema is not None else None
+    if not is_global_zero:
+        return
+    if session.base is not None:
+        export_adapter(dit, run_dir / "adapter", base=session.base, expert=expert, weights=weights)
+        if ema is not None:
+            export_adapter(dit, run_dir / "adapter_ema", base=session.base, expert=expert, weights=shadow)
+    else:
+        save_dit(dit, run_dir / "dit", layout="official", state_dict=weights)
+        if ema is not None:
+            ema.export(dit, run_dir / "dit_ema", state_dict=weights, shadow=shadow)
 
 
 def _finish_loggers(trainer) -> None:

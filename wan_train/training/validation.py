@@ -16,6 +16,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 
 from wan_train.inference import WanModels, fast, generate, official, save_video, with_overrides
+from wan_train.parallel.fsdp import is_sharded, reshard
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +41,14 @@ class ValidationVideos(L.Callback):
         step = trainer.global_step
         self.last_step = step
         models = self.models(module)
-        if models is None or not trainer.is_global_zero:
+        # rank 0 samples alone, unless FSDP shards the DiT: then every rank takes part in its forward passes (the
+        # same prompts and seeds) and rank 0 keeps the videos. Sequence parallelism is off meanwhile
+        sharded = is_sharded(module.dit)
+        if models is None or not (trainer.is_global_zero or sharded):
             return []
         jobs = self.jobs(models, module)
         was_training = module.dit.training
         module.dit.eval()
-        # rank 0 samples alone: sequence parallelism (collective with the other ranks) is off meanwhile
         split, module.dit.sequence_parallel = module.dit.sequence_parallel, None
         videos = []
         try:
@@ -54,8 +57,11 @@ class ValidationVideos(L.Callback):
         finally:
             module.dit.train(was_training)
             module.dit.sequence_parallel = split
+            reshard(module.dit)
             if self.partner is not None:
                 self.partner.to("cpu")
+        if not trainer.is_global_zero:
+            return []
         folder = self.run_dir / "samples" / f"step_{step:07d}"
         paths = []
         prompts = [p for job in jobs for p in job[0]]

@@ -76,13 +76,16 @@ def load_dit(path: str | Path, *, expert: str | None = None, dtype: torch.dtype 
     return model
 
 
-def save_dit(model: WanDiT, path: str | Path, *, layout: str = "official", max_shard_size: int | str = "10GB") -> Path:
-    """Write ``config.json`` and the weights (sharded above ``max_shard_size``) in the official or diffusers layout.
-    The folder appears atomically; an existing folder at ``path`` is replaced."""
+def save_dit(model: WanDiT, path: str | Path, *, layout: str = "official", max_shard_size: int | str = "10GB",
+             state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write ``config.json`` and the weights (sharded above ``max_shard_size``) in the official or diffusers layout:
+    the model's own, or ``state_dict`` (e.g. gathered from FSDP shards, or averaged). The folder appears
+    atomically; an existing folder at ``path`` is replaced."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
     config_json = config_to_json(model.config, layout)
-    tensors = {from_official(k, layout): v for k, v in model.state_dict().items()}
+    state = model.state_dict() if state_dict is None else state_dict
+    tensors = {from_official(k, layout): v for k, v in state.items()}
     with atomic_directory(path) as tmp:
         write_sharded(tensors, tmp, basename=WEIGHTS_NAME, max_shard_size=max_shard_size)
         write_json(tmp / "config.json", config_json)
