@@ -3,6 +3,7 @@ config, the git revision, checkpoints/, Lightning's CSV metrics (metrics.csv), W
 weights."""
 
 import copy
+import gc
 import logging
 import os
 import random
@@ -177,6 +178,9 @@ def leave_process_group(*, wait: bool) -> None:
     ("terminate called without an active exception") after a successful run."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return
+    # the finished Trainer, strategy and sharded module are garbage in reference cycles: collected now, while
+    # every group they refer to (FSDP's device mesh) still exists, not at interpreter exit after the group is gone
+    gc.collect()
     if wait:
         torch.distributed.barrier()
     torch.distributed.destroy_process_group()
