@@ -8,17 +8,22 @@ a few weights by ~1e-5 through Adam's normalisation, for DDP as much as for FSDP
 
 import glob
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from lightning.fabric.utilities.load import _load_distributed_checkpoint
+from safetensors import safe_open
 from safetensors.torch import load_file
 
 from tests.helpers import randomize_
-from tests.smoke.slurm_run import make_shards, metrics, one_task, sbatch, tail
-from wan_train.models import WanDiT, get_size, save_dit
-from wan_train.training.consolidate import checkpoint_kind, consolidate
+from tests.smoke.slurm_run import ROOT, make_shards, metrics, one_task, sbatch, tail
+from wan_train.lora import Registry
+from wan_train.lora.cli import main as lora_cli
+from wan_train.models import WanDiT, get_size, load_dit, save_dit
+from wan_train.training.consolidate import checkpoint_kind, consolidate, export
 
 pytestmark = pytest.mark.slow
 
@@ -131,6 +136,20 @@ def test_consolidated_shards_resume_on_one_process(runs, shards, tmp_path):
     assert_same_losses(tmp_path / "from_ddp", tmp_path / "from_shards", rel=1e-5)
 
 
+def test_export_writes_the_official_layout_from_shards(runs):
+    """consolidate --export [--ema]: step 4's shards -> dit/ (dit_ema/) in the official layout, bit for bit the
+    folders the run itself exported at its end."""
+    for extra, folder in (([], "dit"), (["--ema"], "dit_ema")):
+        done = subprocess.run([sys.executable, "-m", "wan_train.training.consolidate", str(runs / "fsdp"), "--step",
+                               "4", "--export", *extra], cwd=ROOT, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        out = runs / "fsdp" / "consolidated" / "step=0000004" / folder
+        assert done.stdout.strip() == str(out)
+        want, got = weights(runs / "fsdp" / folder), weights(out)
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    assert load_dit(runs / "fsdp" / "consolidated" / "step=0000004" / "dit").config.in_dim == 12
+
+
 def test_lora_under_fsdp_keeps_the_adapter_only_and_resumes_exactly(shards, tmp_path):
     lora = {"lora": "default", "model.checkpoint": str(shards / "base"), "lora.rank": "4", "lora.alpha": "4",
             "optim.lr": "1e-3", **COMMON}
@@ -144,6 +163,17 @@ def test_lora_under_fsdp_keeps_the_adapter_only_and_resumes_exactly(shards, tmp_
     for folder in ("adapter", "adapter_ema"):
         want, got = weights(tmp_path / "ddp" / folder), weights(tmp_path / "fsdp" / folder)
         assert got.keys() == want.keys() and all(torch.allclose(got[k], want[k], atol=1e-6) for k in want)
+    # the adapter of step 2, from its shards: a peft folder stamped with the base's identity, which the registry
+    # takes as a version (python -m wan_train.lora import)
+    (adapter,) = export(tmp_path / "fsdp", 2)
+    assert adapter == tmp_path / "fsdp" / "consolidated" / "step=0000002" / "adapter"
+    stamped = safe_open(adapter / "adapter_model.safetensors", "pt").metadata()
+    assert stamped == safe_open(tmp_path / "fsdp" / "adapter" / "adapter_model.safetensors", "pt").metadata()
+    assert lora_cli([f"--root={tmp_path / 'registry'}", "import", str(adapter / "adapter_model.safetensors"),
+                     "--client", "acme", "--name", "step2", "--size", "quickstart",
+                     "--base", str(shards / "base")]) == 0
+    version = Registry(tmp_path / "registry").get("acme/step2/v0001")
+    assert version.manifest["base"]["identity"]["dit"] == stamped["wan_train.base_hash"]
 
     resumed = tmp_path / "resumed"
     shutil.copytree(tmp_path / "fsdp" / "checkpoints" / "step=0000002.ckpt",

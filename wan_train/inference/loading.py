@@ -93,10 +93,10 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool, step: int | None) -> L
     dits, source = {}, {"run": str(run_dir), "size": size.name}
     if expert == "both":
         for name in EXPERTS:
-            dits[name], source[name] = _dit_from_run(run_dir / name, cfg, name, dtype=dtype, ema=ema,
+            dits[name], source[name] = dit_from_run(run_dir / name, cfg, name, dtype=dtype, ema=ema,
                                                      step=step)
     elif expert in EXPERTS:
-        dits[expert], source[expert] = _dit_from_run(run_dir, cfg, expert, dtype=dtype, ema=ema, step=step)
+        dits[expert], source[expert] = dit_from_run(run_dir, cfg, expert, dtype=dtype, ema=ema, step=step)
         other = next(e for e in EXPERTS if e != expert)
         if not cfg.model.checkpoint:
             raise CheckpointError(f"{run_dir}: this run trained the {expert} expert only and has no base "
@@ -104,7 +104,7 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool, step: int | None) -> L
         dits[other] = load_dit(cfg.model.checkpoint, expert=other, dtype=dtype)
         source[other] = str(cfg.model.checkpoint)
     else:
-        dits[None], source["dit"] = _dit_from_run(run_dir, cfg, None, dtype=dtype, ema=ema, step=step)
+        dits[None], source["dit"] = dit_from_run(run_dir, cfg, None, dtype=dtype, ema=ema, step=step)
     vae, text_encoder, clip = _encoders(cfg.model.encoders or cfg.model.checkpoint, size.dit.text_dim,
                                         seed=cfg.trainer.seed, image_branch=size.dit.has_image_branch, where=run_dir)
     models = WanModels(dits, vae.to(device), text_encoder.to(device), clip.to(device) if clip is not None else None,
@@ -114,10 +114,11 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool, step: int | None) -> L
     return Loaded(models, source)
 
 
-def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool,
-                  step: int | None) -> tuple[WanDiT, str]:
-    """The DiT of the checkpoint of `step` (None: the newest); for a LoRA run its base (model.checkpoint) with the
-    adapter merged in."""
+def dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool, step: int | None,
+                 merge: bool = True) -> tuple[WanDiT, str]:
+    """The DiT of the checkpoint of `step` (None: the newest) of the run folder `run_dir` (an expert's own folder
+    in expert=both runs) with the run's config `cfg`; for a LoRA run its base (model.checkpoint) with the adapter
+    merged in, or injected and not merged (`merge=False`)."""
     step, path = run_checkpoint(run_dir, step)
     if path.is_dir():  # FSDP / DeepSpeed shards: read their consolidation (python -m wan_train.training.consolidate)
         single = run_dir / "consolidated" / path.name
@@ -134,7 +135,8 @@ def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool,
         weights.update(shadow)
     what = f"{path} (step {step}{', EMA' if ema else ''})"
     if cfg.lora.enabled:
-        return _lora_dit(cfg, expert, weights, path=path).to_dtype(dtype), f"{what}, LoRA on {cfg.model.checkpoint}"
+        dit = _lora_dit(cfg, expert, weights, path=path)
+        return (merge_adapter(dit) if merge else dit).to_dtype(dtype), f"{what}, LoRA on {cfg.model.checkpoint}"
     config = get_size(cfg.model.size).dit.replace(**_extensions(cfg))
     dit = WanDiT(config)
     missing, unexpected = dit.load_state_dict(weights, strict=False)
@@ -145,7 +147,7 @@ def _dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool,
 
 
 def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
-    """The run's base with its adapter injected as in training, loaded, and folded in by peft (LoRA or DoRA)."""
+    """The run's base with its adapter injected as in training and loaded (folded in by merge_adapter)."""
     lora = cfg.lora
     if not cfg.model.checkpoint or not Path(cfg.model.checkpoint).exists():
         raise CheckpointError(f"{path}: a LoRA run needs its base model.checkpoint={cfg.model.checkpoint!r}, "
@@ -163,7 +165,7 @@ def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
                               f"missing {sorted(trained - set(weights))[:5]}, "
                               f"unexpected {sorted(set(weights) - trained)[:5]}")
     dit.load_state_dict(weights, strict=False)
-    return merge_adapter(dit)
+    return dit
 
 
 def _extensions(cfg) -> dict[str, int]:
