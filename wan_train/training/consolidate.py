@@ -26,14 +26,13 @@ from omegaconf import OmegaConf
 from wan_train.inference.loading import dit_from_run, run_checkpoint
 from wan_train.lora import base_identity
 from wan_train.models import EXPERTS, load_dit, save_dit
-from wan_train.parallel.fsdp import native_optimizer_state
+from wan_train.parallel.fsdp import METADATA, native_optimizer_state
 from wan_train.training.adapters import export_adapter
 from wan_train.training.callbacks import AtomicCheckpointIO
 
 log = logging.getLogger(__name__)
 
 CONSOLIDATED = "consolidated"
-FSDP_METADATA = "meta.pt"  # Lightning's sharded checkpoints keep loops / callbacks here
 DEEPSPEED_LATEST = "latest"  # DeepSpeed writes the tag of its newest save here
 
 
@@ -41,7 +40,7 @@ def checkpoint_kind(path: Path) -> str:
     """'file' | 'fsdp' | 'deepspeed' for a Lightning checkpoint path."""
     if path.is_file():
         return "file"
-    if (path / FSDP_METADATA).is_file() or any(path.glob("*.distcp")):
+    if (path / METADATA).is_file() or any(path.glob("*.distcp")):
         return "fsdp"
     if (path / DEEPSPEED_LATEST).is_file() or any(path.glob("*/mp_rank_*_model_states.pt")):
         return "deepspeed"
