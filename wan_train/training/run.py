@@ -28,7 +28,7 @@ from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
-from wan_train.parallel.fsdp import full_state_dict, is_sharded
+from wan_train.parallel.fsdp import full_state_dict
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
@@ -265,7 +265,7 @@ def export(session: Session, ema: EMA | None, *, is_global_zero: bool) -> None:
     """The trained DiT (LoRA: the adapter, never the frozen base) and its EMA, written by rank 0 into the run
     folder; under FSDP every rank first takes part in gathering the shards."""
     dit, run_dir, expert = session.module.dit, session.run_dir, session.cfg.expert.name
-    weights = full_state_dict(dit, trained_only=session.base is not None) if is_sharded(dit) else None
+    weights = full_state_dict(dit, trained_only=session.base is not None)
     shadow = ema.full_shadow() if ema is not None else None
     if not is_global_zero:
         return
