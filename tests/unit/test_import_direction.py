@@ -9,15 +9,16 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[2] / "wan_train"
 # subpackage -> wan_train subpackages it may import (itself always allowed)
 ALLOWED_INTERNAL = {
-    "models": set(),
+    "fileio": set(),  # durable writes: standard library only, below everything
+    "models": {"fileio"},
     "flow": set(),
-    "lora": {"models"},
-    "inference": {"flow", "models", "lora"},
-    "data": set(),
-    "parallel": {"models"},  # the FSDP wrap unit is the DiT block
+    "lora": {"models", "fileio"},
+    "inference": {"flow", "models", "lora", "fileio"},
+    "data": {"fileio"},
+    "parallel": {"models", "fileio"},  # the FSDP wrap unit is the DiT block
     "memory": {"models"},  # fills the DiT's offload hook points
     "plan": {"models", "memory", "lora", "data", "config"},  # composes a run's config; counts a meta-device DiT
-    "training": {"flow", "inference", "models", "lora", "data", "parallel", "config", "memory", "plan"},
+    "training": {"flow", "inference", "models", "lora", "data", "parallel", "config", "memory", "plan", "fileio"},
     "config": {"models", "flow", "inference", "lora", "data", "parallel", "memory"},
 }
 TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "tokenizers", "ftfy"}
@@ -53,6 +54,8 @@ def test_imports_follow_the_design(path):
         if top == "wan_train":
             target = name.split(".")[1] if "." in name else None
             assert target in ALLOWED_INTERNAL[sub] | {sub}, f"{path} ({sub}) imports {name}"
+        elif sub == "fileio":
+            assert is_stdlib(top), f"{path} ({sub}) imports {name}"
         elif sub in ("models", "flow"):
             assert top in TORCH_LEVEL or is_stdlib(top), f"{path} ({sub}) imports {name}"
 
