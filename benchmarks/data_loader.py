@@ -10,7 +10,11 @@ own process with one decoder thread (decord num_threads=1, PyAV thread_count=1),
 does on one core:
 
 - ours: wan_train's stream (tar -> metadata -> bucket 832x480x81 -> decord reading only the needed frames,
-  scaled in the decoder, random start, crop) -> uint8 [1, 81, 480, 832, 3] batches.
+  scaled in the decoder, random start, crop) -> uint8 [1, 81, 480, 832, 3] batches. Decoding runs in the
+  decoding process (wan_train.data.decoder: killable at its deadline, memory-capped), which sends the frames back
+  through a pipe.
+- ours in-process: the same stream and decoder code called in the loader's own process, as before decoding
+  moved to a process of its own: the ratio is the price of that isolation (the pipe and its copies).
 - baseline: decode the whole video with PyAV to RGB, then take the same 81 frames, resize (torch bilinear,
   antialias; only if the size needs it) and crop to the same uint8 output: what several peer trainers do.
 - latents: cached samples of the same bucket (latents 16x21x60x104 bf16, one ~120-token context 4096-d bf16)
@@ -32,6 +36,8 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from wan_train.data import decode as decode_module
+from wan_train.data import decoder_child
 from wan_train.data.buckets import BucketTable
 from wan_train.data.clips import choose_start, frame_indices
 from wan_train.data.decode import cover_size
@@ -89,6 +95,32 @@ def latent_shard(root: Path, count: int) -> Path:
     return write_tar(root / "latents.tar", members)
 
 
+class InProcess:
+    """The decoding process's code, called in this process (no deadline can stop it, no cap bounds it)."""
+
+    def decode(self, video: bytes, header: dict, *, timeout: float | None, key: str):
+        frames, resize = decoder_child.decode(video, header)
+        return {"ok": True, "shape": list(frames.shape), "resize": resize}, frames
+
+
+def isolation_ratio(shard: Path, table: BucketTable, seconds: float, rounds: int) -> tuple[float, float, float]:
+    """Clips/s of our stream with decoding in the decoding process and in this process, alternating rounds of
+    `seconds` each; returns (isolated, in-process, median of the per-round ratios)."""
+    isolated, inline, ratios = [], [], []
+    for _ in range(rounds):
+        stream = BucketedStream([str(shard)], VideoSource(table), batch_size=1, seed=0, shuffle_buffer=1)
+        isolated.append(rate(iter(stream), seconds))
+        real = decode_module.decoder
+        decode_module.decoder = InProcess
+        try:
+            stream = BucketedStream([str(shard)], VideoSource(table), batch_size=1, seed=0, shuffle_buffer=1)
+            inline.append(rate(iter(stream), seconds))
+        finally:
+            decode_module.decoder = real
+        ratios.append(isolated[-1] / inline[-1])
+    return float(np.median(isolated)), float(np.median(inline)), float(np.median(ratios))
+
+
 def rate(batches, seconds: float) -> float:
     """Items per second of an endless iterator, after one warm-up item."""
     next(batches)
@@ -131,6 +163,7 @@ def main(argv=None):
     p.add_argument("--source-fps", type=float, default=30.0)
     p.add_argument("--measure", type=float, default=20.0, help="seconds per measurement")
     p.add_argument("--latent-samples", type=int, default=32)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the isolation comparison")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     table = BucketTable(resolutions=("480p",), aspect_ratios=("16:9",), durations=(5.0,), fps=16.0)
@@ -142,6 +175,7 @@ def main(argv=None):
         base = baseline(videos, table, args.measure, args.source_fps)
         lat = BucketedStream([str(latents)], LatentSource(), batch_size=1, seed=0, shuffle_buffer=1)
         latent_rate = rate(iter(lat), args.measure)
+        isolated, inline, ratio = isolation_ratio(shard, table, args.measure, args.rounds)
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, 1 thread; sources 854x480 "
           f"{args.source_fps:g} fps H.264 GOP 32; clips 832x480x81 at 16 fps")
     print("| path | per worker (1 core) | vs baseline |")
@@ -149,6 +183,8 @@ def main(argv=None):
     print(f"| raw video, ours (decord, needed frames only) | {raw:.2f} clips/s | {raw / base:.2f}x |")
     print(f"| raw video, baseline (PyAV decode all, slice, resize) | {base:.2f} clips/s | 1.00x |")
     print(f"| cached latents (16x21x60x104 bf16 + context) | {latent_rate:.1f} samples/s | |")
+    print(f"isolation: decoding process {isolated:.2f} clips/s, in-process {inline:.2f} clips/s, "
+          f"ratio {ratio:.3f} (median of {args.rounds} alternating rounds)")
 
 
 if __name__ == "__main__":

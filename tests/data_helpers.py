@@ -5,6 +5,7 @@ import json
 import tarfile
 from pathlib import Path
 
+import av
 import numpy as np
 
 from wan_train.data.metadata import ClipMeta
@@ -50,3 +51,18 @@ def video_sample(key: str, *, frames: int, width: int, height: int, fps: float, 
                     duration=frames / fps, source=f"{key}.mp4", **meta_fields)
     video = indexed_video(frames=frames, width=width, height=height, fps=fps)
     return key, {"mp4": video, "json": json.dumps(meta.to_json()).encode()}
+
+
+def slow_video(*, frames: int = 160, width: int = 640, height: int = 360, fps: float = 16.0) -> bytes:
+    """A video that is genuinely slow to decode late in: noise (every block coded) with one keyframe, so frame i
+    needs the i frames before it decoded (~1.3 s for the last of the defaults on one core)."""
+    noise = np.random.default_rng(0).integers(0, 256, (frames, height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=int(fps))
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"g": str(frames + 1), "crf": "25", "preset": "ultrafast", "bf": "0"}
+        for frame in noise:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()

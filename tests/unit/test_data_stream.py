@@ -9,10 +9,10 @@ from collections import Counter
 import pytest
 import torch
 
-from tests.data_helpers import frame_index, video_sample, write_shard
-from wan_train.data import video as video_module
+from tests.data_helpers import frame_index, slow_video, video_sample, write_shard
 from wan_train.data.buckets import Bucket, BucketTable
 from wan_train.data.datamodule import DataConfig, WanDataModule
+from wan_train.data.metadata import ClipMeta
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
 
@@ -116,19 +116,25 @@ def test_caption_dropout_rate_and_caption_choice(shards):
     assert batch_prompts and set(batch_prompts) == {""}
 
 
-def test_a_hanging_decode_times_out_and_is_skipped(shards, monkeypatch):
-    real = video_module.decode_frames
-
-    def slow(video, indices, *, size, key):
-        if key.endswith(":000003"):
-            time.sleep(10)
-        return real(video, indices, size=size, key=key)
-
-    monkeypatch.setattr(video_module, "decode_frames", slow)
-    source = VideoSource(TABLE, decode_timeout=0.5)
-    batches = list(BucketedStream(shards, source, batch_size=2, seed=0, shuffle_buffer=4, epochs=1))
-    assert "000003" not in {k for b in batches for k in b["key"]}
-    assert batches[-1]["_position"]["state"]["skipped"]["timeout"] == 1
+def test_a_decode_past_the_timeout_is_killed_and_skipped(shards, tmp_path):
+    """A real slow decode (a noise video whose window starts 9 s in, one keyframe: ~1.3 s to reach it) in the
+    middle of a shard: its sample is skipped as `timeout` well before decord would have returned."""
+    video = slow_video()
+    meta = ClipMeta(captions=("slow",), fps=16.0, num_frames=160, width=640, height=360, duration=10.0,
+                    source="slow.mp4", start=9.0)
+    good = [video_sample(f"{i:06d}", frames=24, width=96, height=64, fps=12.0) for i in range(4)]
+    url = str(write_shard(tmp_path / "slow.tar", [*good[:2], ("slow", {"mp4": video, "json": json.dumps(
+        meta.to_json()).encode()}), *good[2:]]))
+    start = time.monotonic()
+    batches = list(BucketedStream([url], VideoSource(TABLE, decode_timeout=0.5), batch_size=1, seed=0,
+                                  shuffle_buffer=1, epochs=1))
+    assert time.monotonic() - start < 5
+    assert sorted(k for b in batches for k in b["key"]) == [f"{i:06d}" for i in range(4)]
+    state = batches[-1]["_position"]["state"]
+    assert state["skipped"] == {"timeout": 1}
+    events = [e for b in batches for e in b["_events"]]
+    assert [(e["key"], e["reason"]) for e in events] == [("slow", "timeout")]
+    assert "took longer than 0.5 s" in events[0]["detail"] and events[0]["shard"] == url
 
 
 def _consume(loader, datamodule, n):

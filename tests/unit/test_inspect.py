@@ -171,8 +171,9 @@ def test_corrupt_and_truncated_shards_are_reported_not_fatal(shards, tmp_path):
     assert all(b["key"] is None for b in unreadable.values())
     assert f"byte {offset}" in unreadable["cut.tar"]["message"]
     assert f"byte {offset}" in unreadable["overwritten.tar"]["message"]
-    # the damaged shards still count sample 0; sample 1 was being read (grouped) when the damage came
-    assert (stats["shards"], stats["samples"]) == (6, 3 + 5)
+    # the damaged shards still count sample 0; sample 1 is cut off where the damage is in the header of sample 2's
+    # first member (cut, overwritten), and complete where it is in that member's data (truncated)
+    assert (stats["shards"], stats["samples"]) == (6, 3 + 1 + 5)
     assert _bad_set(stats) - {(name, None, "unreadable_shard") for name in unreadable} == {
         b for b in EXPECTED_BAD if b[0] == "shard-000001.tar" and b[2] != "frame_count_mismatch"}
 

@@ -24,6 +24,7 @@ from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
 from wan_train.data.multishot import MultiShotSource, check_shot_options
 from wan_train.data.references import ReferenceSource, check_reference_options
 from wan_train.data.shards import expand_urls, opener_url
+from wan_train.data.skiplog import SkipLog
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
 
@@ -55,7 +56,13 @@ class DataConfig:
     clip_start: str = "random"
     crop: str = "centre"
     span: str = "shot"
+    # one sample's limits: seconds of decoding (its clip and references; the decoding process is killed past
+    # them), and decode memory as a multiple of its bucket's uint8 clip (frames x H x W x 3 bytes; at least
+    # 256 MiB), estimated from the stream's real size before decoding and capped while it runs
     decode_timeout: float = 60.0
+    decode_memory: float = 8.0
+    # both paths: a sample member (video, latents) larger than this is skipped unread (too_large)
+    max_sample_mb: float = 2048.0
     # raw video only: reference-to-video (R2V, wan_train.data.references). Each sample also gets up to `references`
     # crops of the subjects its metadata names (0: off, at most 3: @Video1..@Video3), each `reference_frames` frames
     # (1: an image, else 1 + 4k) from a moment of the source at least `reference_gap` seconds from the clip
@@ -74,6 +81,8 @@ class DataConfig:
     empty_prompt: str | None = None
 
     def __post_init__(self):
+        if not self.max_sample_mb > 0:
+            raise ValueError(f"data.max_sample_mb={self.max_sample_mb}: must be > 0")
         check_reference_options(references=self.references, frames=self.reference_frames, gap=self.reference_gap,
                                 crop=self.reference_crop, dropout=self.reference_dropout,
                                 temporal_stride=BucketTable.temporal_stride)
@@ -90,6 +99,10 @@ class DataConfig:
     def table(self) -> BucketTable:
         return BucketTable(resolutions=tuple(self.resolutions), aspect_ratios=tuple(self.aspect_ratios),
                            durations=tuple(self.durations), fps=self.fps, spatial_stride=self.spatial_stride)
+
+
+def max_member_bytes(config: DataConfig) -> int:
+    return int(config.max_sample_mb * 2**20)
 
 
 def read_url(url: str) -> bytes:
@@ -119,16 +132,17 @@ def make_source(config: DataConfig, urls: list[str]):
     if config.kind == "video" and config.shots:
         return MultiShotSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
                                crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
-                               shots=config.shots)
+                               decode_memory=config.decode_memory, shots=config.shots)
     if config.kind == "video" and config.references:
         return ReferenceSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
                                crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
-                               references=config.references, reference_frames=config.reference_frames,
+                               decode_memory=config.decode_memory, references=config.references, reference_frames=config.reference_frames,
                                reference_gap=config.reference_gap, reference_crop=config.reference_crop,
                                reference_dropout=config.reference_dropout)
     if config.kind == "video":
         return VideoSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
-                           crop=config.crop, span=config.span, decode_timeout=config.decode_timeout)
+                           crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
+                           decode_memory=config.decode_memory)
     if config.kind == "latents":
         return LatentSource(load_empty_prompt(config, urls), caption_dropout=config.caption_dropout)
     raise ValueError(f"data.kind={config.kind!r}: expected one of {list(KINDS)}")
@@ -155,11 +169,13 @@ def _rank_and_world(trainer) -> tuple[int, int]:
 
 
 class WanDataModule(L.LightningDataModule):
-    def __init__(self, config: DataConfig, *, group_size: int = 1):
+    def __init__(self, config: DataConfig, *, group_size: int = 1, skipped_path: str | os.PathLike | None = None):
         """group_size: consecutive ranks that share each batch (sequence parallelism): the data is split over
-        world / group_size data-parallel ranks."""
+        world / group_size data-parallel ranks. skipped_path: the run's skipped.jsonl (wan_train.data.skiplog),
+        where every rank names the samples it skipped; None: log lines only."""
         super().__init__()
-        self.group_size = group_size
+        self.group_size, self.skipped_path = group_size, skipped_path
+        self.skip_log: SkipLog | None = None
         if not config.shards:
             raise ValueError("data.shards is empty: give shard paths, a brace pattern or a directory")
         config.table()  # fail at construction on a bad bucket table
@@ -176,7 +192,8 @@ class WanDataModule(L.LightningDataModule):
             rank, world_size = rank // self.group_size, world_size // self.group_size
         stream = BucketedStream(urls, make_source(self.config, urls), batch_size=self.config.batch_size,
                                 seed=self.config.seed, shuffle_buffer=self.config.shuffle_buffer,
-                                epochs=self.config.epochs, rank=rank, world_size=world_size)
+                                epochs=self.config.epochs, rank=rank, world_size=world_size,
+                                max_member_bytes=max_member_bytes(self.config))
         stream.resume = dict(self.resume)
         return stream
 
@@ -189,7 +206,16 @@ class WanDataModule(L.LightningDataModule):
         if isinstance(batch, dict) and "_position" in batch:
             position = batch.pop("_position")
             self.positions[int(position["worker"])] = position["state"]
+        if isinstance(batch, dict) and "_events" in batch:
+            events = batch.pop("_events")
+            if events:
+                self._skip_log().record(events, step=self.trainer.global_step if self.trainer else 0)
         return batch
+
+    def _skip_log(self) -> SkipLog:
+        if self.skip_log is None:
+            self.skip_log = SkipLog(self.skipped_path, rank=_rank_and_world(self.trainer)[0])
+        return self.skip_log
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int = 0):
         return batch_to_model(batch) if isinstance(batch, dict) else batch
@@ -198,6 +224,11 @@ class WanDataModule(L.LightningDataModule):
     def skipped(self) -> Counter:
         """Samples skipped so far on this rank, by reason (summed over its workers)."""
         return sum((Counter(state["skipped"]) for state in self.positions.values()), Counter())
+
+    @property
+    def flagged(self) -> Counter:
+        """Samples trained despite a flag (an empty caption) so far on this rank, by flag."""
+        return sum((Counter(state.get("flagged", {})) for state in self.positions.values()), Counter())
 
     def state_dict(self) -> dict:
         mine = {"workers": dict(self.positions), "num_workers": self.config.num_workers}
@@ -221,7 +252,8 @@ class WanDataModule(L.LightningDataModule):
 
 
 class DataMetrics(L.Callback):
-    """Logs the skipped-sample counters (`data/skipped` and `data/skipped_<reason>`) every batch."""
+    """Logs the skipped-sample counters (`data/skipped` and `data/skipped_<reason>`) and the flag counters
+    (`data/<flag>`, e.g. data/empty_caption) every batch."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         datamodule = trainer.datamodule
@@ -230,4 +262,5 @@ class DataMetrics(L.Callback):
         skipped = datamodule.skipped
         metrics = {f"data/skipped_{reason}": float(n) for reason, n in skipped.items()}
         metrics["data/skipped"] = float(sum(skipped.values()))
+        metrics.update({f"data/{flag}": float(n) for flag, n in datamodule.flagged.items()})
         pl_module.log_dict(metrics, on_step=True, on_epoch=False, reduce_fx="sum", sync_dist=False)

@@ -1,20 +1,20 @@
 """Decode a clip with decord (PyAV where decord fails), reading only the frames it needs and letting the decoder
-scale them, then crop to the bucket. Loader output is uint8 [F, H, W, 3], as decoded: a quarter of the bytes of
+scale them, in a process of its own that a deadline can kill and a memory bound caps (wan_train.data.decoder),
+then crop to the bucket. Loader output is uint8 [F, H, W, 3], as decoded: a quarter of the bytes of
 float32 through worker queues and host-to-device copies, and no channel transpose on the CPU (which costs as much
 as the copy itself). `video_to_model` makes the VAE's input, float32 [B, 3, F, H, W] in [-1, 1], on the device."""
 
-import contextlib
-import io
 import random
-import signal
-import threading
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from wan_train.data.buckets import Bucket
+from wan_train.data.decoder import decoder
 from wan_train.data.errors import SampleError
-from wan_train.data.probe import open_video
+from wan_train.data.metadata import ClipMeta
 
 CROPS = ("random", "centre")
 
@@ -25,79 +25,66 @@ def cover_size(width: int, height: int, bucket: Bucket) -> tuple[int, int]:
     return max(bucket.width, round(width * scale)), max(bucket.height, round(height * scale))
 
 
-@contextlib.contextmanager
-def deadline(seconds: float, *, key: str):
-    """Raise SampleError('timeout') if the body runs longer than `seconds`. Uses SIGALRM, so it only arms in a
-    process's main thread (DataLoader workers run datasets there); elsewhere it is a no-op."""
-    if seconds <= 0 or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def expire(signum, frame):
-        raise SampleError("timeout", f"{key}: decoding took longer than {seconds} s")
-
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+MIB = 1 << 20
+# the least a sample's decoding may take whatever its bucket: the decoder's own frames of a 4K source (~100 MiB)
+# must fit even when the clip is small
+MEMORY_FLOOR = 256 * MIB
 
 
-def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], key: str) -> np.ndarray:
-    """uint8 [F, H, W, 3] of the given source frames scaled to size = (width, height). Each distinct frame is
-    decoded once, in order (decord decodes forward from the nearest keyframe)."""
+@dataclass
+class Limits:
+    """What one sample's decoding may take, over all its decodes (a clip, then its references): `seconds` of wall
+    time from creation (<= 0: no limit) and `memory` bytes per decode (None: no limit)."""
+
+    seconds: float
+    memory: int | None = None
+    start: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def for_bucket(cls, bucket: Bucket, *, timeout: float, memory_factor: float) -> "Limits":
+        """memory: `memory_factor` times the bucket's uint8 clip (frames x H x W x 3), at least MEMORY_FLOOR."""
+        clip = bucket.frames * bucket.height * bucket.width * 3
+        return cls(timeout, max(int(memory_factor * clip), MEMORY_FLOOR))
+
+    def remaining(self, key: str) -> float | None:
+        if self.seconds <= 0:
+            return None
+        left = self.seconds - (time.monotonic() - self.start)
+        if left <= 0:
+            raise SampleError("timeout", f"{key}: decoding took longer than {self.seconds:g} s")
+        return left
+
+
+def expected(meta: ClipMeta) -> dict:
+    """What the metadata declares about the stream, for the decoder to check against the real one."""
+    return {"width": meta.width, "height": meta.height, "fps": meta.fps, "num_frames": meta.num_frames}
+
+
+def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], key: str, expect: dict | None = None,
+                  limits: Limits | None = None) -> np.ndarray:
+    """uint8 [F, H, W, 3] of the given source frames scaled to size = (width, height) ((-1, -1): native), decoded
+    in the decoding process (wan_train.data.decoder). Each distinct frame is decoded once, in order (decord decodes
+    forward from the nearest keyframe). expect: the declared stream (`expected(meta)`); a stream whose real size,
+    frame rate or length disagrees is refused (`metadata_mismatch`). limits: the sample's deadline and memory
+    bound (`timeout`, `memory_limit`)."""
     unique = sorted(set(indices))
+    limits = limits or Limits(0.0)
+    request = {"key": key, "indices": unique, "size": list(size), "expect": expect, "memory": limits.memory}
     try:
-        batch = _read(video, unique, size=size, key=key)
+        reply, batch = decoder().decode(video, request, timeout=limits.remaining(key), key=key)
     except SampleError as error:
-        if error.reason != "undecodable":
-            raise
-        # decord's scaler rejects a few small widths (16, 24, 48, 72 px), and for some videos of those widths its
-        # reader fails unscaled too ("Check failed: from_size == to_size"): decode unscaled, with PyAV if need be,
-        # and resize here
-        try:
-            frames = _read(video, unique, size=(-1, -1), key=key)
-        except SampleError as unscaled:
-            if unscaled.reason != "undecodable":
-                raise
-            frames = _read_pyav(video, unique, key=key)
-        batch = resize_frames(frames, size)
+        if error.reason == "timeout":
+            raise SampleError("timeout", f"{key}: decoding took longer than {limits.seconds:g} s; the decoding "
+                                         "process was killed") from None
+        raise
+    if not reply["ok"]:
+        raise SampleError(reply["reason"], reply["message"])
+    if reply["resize"] is not None:
+        batch = resize_frames(batch, tuple(reply["resize"]))
     if unique == indices:  # the usual case (source fps >= target fps): no 100 MB gather
         return batch
     position = {index: i for i, index in enumerate(unique)}
     return batch[[position[i] for i in indices]]
-
-
-def _read(video: bytes, unique: list[int], *, size: tuple[int, int], key: str) -> np.ndarray:
-    reader = open_video(video, name=key, width=size[0], height=size[1])
-    if unique[-1] >= len(reader):
-        raise SampleError("too_short", f"{key}: needs frame {unique[-1]}, the video has {len(reader)}")
-    try:
-        return reader.get_batch(unique).asnumpy()
-    except Exception as error:
-        raise SampleError("undecodable", f"{key}: decoding frames {unique[0]}..{unique[-1]} failed ({error})") from None
-
-
-def _read_pyav(video: bytes, unique: list[int], *, key: str) -> np.ndarray:
-    """uint8 [N, H, W, 3] of the frames at the sorted indices `unique`, in decode order, unscaled."""
-    import av
-
-    wanted, frames, decoded = set(unique), [], 0
-    try:
-        with av.open(io.BytesIO(video)) as container:
-            for frame in container.decode(video=0):
-                if decoded in wanted:
-                    frames.append(frame.to_ndarray(format="rgb24"))
-                decoded += 1
-                if decoded > unique[-1]:
-                    break
-    except av.error.FFmpegError as error:
-        raise SampleError("undecodable", f"{key}: neither decord nor PyAV decodes it ({error})") from None
-    if len(frames) < len(unique):
-        raise SampleError("too_short", f"{key}: needs frame {unique[-1]}, the video has {decoded}")
-    return np.stack(frames)
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from safetensors.torch import load as load_safetensors
 
-from wan_train.data.buckets import Bucket
+from wan_train.data.buckets import Bucket, BucketTable
 from wan_train.data.captions import choose_caption
 from wan_train.data.errors import SampleError
 from wan_train.data.stream import Planned, stack
@@ -45,11 +45,17 @@ class LatentSource:
             meta = json.loads(sample["json"])
             bucket = Bucket.from_key(meta["bucket"])
             captions = meta["captions"]
-        except (ValueError, KeyError, TypeError) as error:
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
             raise SampleError("bad_metadata", f"{key}: latent .json needs 'bucket' and 'captions' ({error})") from None
+        if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
+            raise SampleError("bad_metadata", f"{key}: latent .json 'captions' must be a non-empty list of strings")
         caption = choose_caption(len(captions), dropout=self.caption_dropout, rng=rng)
+        empty = sum(not c.strip() for c in captions)
+        flags = [("empty_caption", f"{key}: {empty} of its {len(captions)} cached captions are empty: trained as the "
+                                   "unconditional branch")] if empty else []
         return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
-                       choice={"caption": caption, "prompt": "" if caption is None else captions[caption], "name": key})
+                       choice={"caption": caption, "prompt": "" if caption is None else captions[caption], "name": key},
+                       flags=flags)
 
     def load(self, planned: Planned, *, rng: random.Random) -> dict:
         name, caption = planned.choice["name"], planned.choice["caption"]
@@ -60,6 +66,7 @@ class LatentSource:
         context_key = None if caption is None else f"context.{caption}"
         if "latents" not in tensors or (context_key is not None and context_key not in tensors):
             raise SampleError("missing_field", f"{name}: .safetensors lacks 'latents' or '{context_key}'")
+        check_latents(tensors, planned.bucket, key=name)
         item = {
             "latents": tensors["latents"],
             "context": self.empty_prompt if context_key is None else tensors[context_key],
@@ -81,3 +88,20 @@ class LatentSource:
                  "url": [item["url"] for item in items]}
         batch.update({k: stack(items, k) for k in OPTIONAL if all(k in item for item in items)})
         return batch
+
+
+def check_latents(tensors: dict[str, torch.Tensor], bucket: Bucket, *, key: str) -> None:
+    """A cached sample must fit its bucket (so that a batch stacks: [C, f, h, w] with f the bucket's latent frames
+    and h, w its size over one spatial stride) and hold finite numbers only (one NaN would make every loss after
+    it NaN)."""
+    latents = tensors["latents"]
+    frames = (bucket.frames - 1) // BucketTable.temporal_stride + 1
+    stride = bucket.height // latents.shape[-2] if latents.ndim == 4 and latents.shape[-2] else 0
+    fits = (latents.ndim == 4 and latents.shape[1] == frames and stride > 0
+            and latents.shape[-2] * stride == bucket.height and latents.shape[-1] * stride == bucket.width)
+    if not fits:
+        raise SampleError("bad_metadata", f"{key}: latents {tuple(latents.shape)} do not fit its bucket {bucket.key} "
+                                          f"([C, {frames}, H/s, W/s])")
+    bad = [name for name, tensor in tensors.items() if tensor.is_floating_point() and not tensor.isfinite().all()]
+    if bad:
+        raise SampleError("undecodable", f"{key}: .safetensors holds NaN or infinite values in {bad[:5]}")

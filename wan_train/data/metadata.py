@@ -73,11 +73,22 @@ class ClipMeta:
         return out
 
 
+# sane ranges: anything outside is a broken or hostile .json, not a video (16384 px is the largest frame FFmpeg's
+# H.264 / HEVC decoders accept; a day is longer than any training clip's source)
+MAX_SIDE = 16384
+MAX_FPS = 1000.0
+MAX_DURATION = 86400.0
+# duration vs num_frames / fps: other tools take the container's duration, which may run a little past the frames
+DURATION_TOLERANCE = 0.05
+
+
 def parse_meta(raw: bytes | str | dict, *, key: str) -> ClipMeta:
-    """Validate a sample's metadata; anything wrong raises SampleError('bad_metadata') naming the sample."""
+    """Validate a sample's metadata; anything wrong raises SampleError('bad_metadata') naming the sample and field.
+    Numbers must be JSON numbers, finite and in range (no NaN / Infinity, which Python's json reads); captions
+    that are only whitespace become empty (the unconditional prompt)."""
     try:
         data = json.loads(raw) if isinstance(raw, bytes | str) else raw
-    except ValueError as error:
+    except (ValueError, RecursionError) as error:
         raise SampleError("bad_metadata", f"{key}: .json is not valid JSON ({error})") from None
     if not isinstance(data, dict):
         raise SampleError("bad_metadata", f"{key}: .json holds {type(data).__name__}, expected an object")
@@ -89,21 +100,27 @@ def parse_meta(raw: bytes | str | dict, *, key: str) -> ClipMeta:
     missing = [k for k in ("fps", "num_frames", "width", "height", "duration") if k not in data]
     if missing:
         raise SampleError("bad_metadata", f"{key}: .json lacks {missing}")
+    number = _Numbers(data, key)
+    fps = number.real("fps", low=0.0, high=MAX_FPS)
+    num_frames = number.integer("num_frames", low=1, high=int(MAX_FPS * MAX_DURATION))
+    width, height = number.integer("width", low=1, high=MAX_SIDE), number.integer("height", low=1, high=MAX_SIDE)
+    duration = number.real("duration", low=0.0, high=MAX_DURATION)
+    start = number.real("start", low=0.0, high=MAX_DURATION) if "start" in data else 0.0
+    end = None if data.get("end") is None else number.real("end", low=0.0, high=MAX_DURATION)
+    if duration > num_frames / fps * (1 + DURATION_TOLERANCE) + 1 / fps:
+        raise SampleError("bad_metadata", f"{key}: duration {duration} s is longer than its {num_frames} frames at "
+                                          f"{fps:g} fps ({num_frames / fps:g} s)")
     try:
         meta = ClipMeta(
-            captions=tuple(captions), fps=float(data["fps"]), num_frames=int(data["num_frames"]),
-            width=int(data["width"]), height=int(data["height"]), duration=float(data["duration"]),
-            source=str(data.get("source", key)), start=float(data.get("start", 0.0)),
-            end=None if data.get("end") is None else float(data["end"]),
-            shots=tuple((float(a), float(b)) for a, b in data.get("shots", ())),
+            captions=tuple(c if c.strip() else "" for c in captions), fps=fps, num_frames=num_frames, width=width,
+            height=height, duration=duration, source=str(data.get("source", key)), start=start, end=end,
+            shots=_parse_shots(data.get("shots", []), key=key),
             subjects=_parse_subjects(data.get("subjects", []), key=key),
             shot_captions=_parse_shot_captions(data.get("shot_captions", []), key=key),
         )
     except (TypeError, ValueError) as error:
         raise SampleError("bad_metadata", f"{key}: malformed field in .json ({error})") from None
     start, end = meta.window
-    if meta.fps <= 0 or meta.num_frames <= 0 or meta.width <= 0 or meta.height <= 0:
-        raise SampleError("bad_metadata", f"{key}: fps, num_frames, width and height must be positive")
     if not 0 <= start < end <= meta.duration + 1e-6:
         raise SampleError("bad_metadata",
                           f"{key}: window [{start}, {end}] s is outside the video (0..{meta.duration} s)")
@@ -115,6 +132,53 @@ def parse_meta(raw: bytes | str | dict, *, key: str) -> ClipMeta:
         raise SampleError("bad_metadata", f"{key}: subject boxes at t={late[0]} s, after the video's end "
                                           f"({meta.duration} s)")
     return meta
+
+
+class _Numbers:
+    """Fields of a sample's .json read as numbers: JSON numbers only (not strings or booleans), finite, in range."""
+
+    def __init__(self, data: dict, key: str):
+        self.data, self.key = data, key
+
+    def real(self, name: str, *, low: float, high: float) -> float:
+        """A finite number in (low, high] (low itself only for 'start' / 'end', which may be 0)."""
+        value = self._number(name)
+        inclusive = name in ("start", "end")
+        if not (low <= value <= high if inclusive else low < value <= high):
+            raise self._range(name, value, f"{'[' if inclusive else '('}{low:g}, {high:g}]")
+        return float(value)
+
+    def integer(self, name: str, *, low: int, high: int) -> int:
+        value = self._number(name)
+        if value != int(value):
+            raise SampleError("bad_metadata", f"{self.key}: .json {name}={value!r} must be a whole number")
+        if not low <= value <= high:
+            raise self._range(name, value, f"[{low}, {high}]")
+        return int(value)
+
+    def _number(self, name: str) -> int | float:
+        value = self.data[name]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise SampleError("bad_metadata", f"{self.key}: .json {name}={value!r:.100} must be a finite number")
+        return value
+
+    def _range(self, name: str, value, allowed: str) -> SampleError:
+        return SampleError("bad_metadata", f"{self.key}: .json {name}={value!r} is outside {allowed}")
+
+
+def _parse_shots(raw, *, key: str) -> tuple[tuple[float, float], ...]:
+    """[[start, end], ...] in seconds: pairs of finite numbers with 0 <= start < end."""
+    if not isinstance(raw, list):
+        raise SampleError("bad_metadata", f"{key}: 'shots' must be a list of [start, end] pairs, got {raw!r:.200}")
+    shots = []
+    for i, pair in enumerate(raw):
+        ok = isinstance(pair, list) and len(pair) == 2 and all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+        if not ok or not 0 <= pair[0] < pair[1]:
+            raise SampleError("bad_metadata", f"{key}: shots[{i}]={pair!r:.100} must be [start, end] seconds with "
+                                              "0 <= start < end")
+        shots.append((float(pair[0]), float(pair[1])))
+    return tuple(shots)
 
 
 def _parse_shot_captions(raw, *, key: str) -> tuple[str, ...]:

@@ -29,12 +29,12 @@ from dataclasses import dataclass
 from wan_train.data.buckets import Bucket
 from wan_train.data.captions import choose_caption
 from wan_train.data.clips import choose_start, frame_indices
-from wan_train.data.decode import cover_size, crop_to_bucket, deadline, decode_frames
+from wan_train.data.decode import cover_size, crop_to_bucket, decode_frames, expected
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta
 from wan_train.data.references import within
 from wan_train.data.stream import Planned
-from wan_train.data.video import VideoSource
+from wan_train.data.video import VideoSource, caption_flags
 
 
 def check_shot_options(*, shots: int) -> None:
@@ -87,7 +87,8 @@ class MultiShotSource(VideoSource):
                                            f"{self.table.fps} fps; {problems[0][1]}")
         run, (bucket, frames) = rng.choice(options)
         return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
-                       choice={"meta": meta, "caption": caption, "name": key, "run": run, "frames": frames})
+                       choice={"meta": meta, "caption": caption, "name": key, "run": run, "frames": frames},
+                       flags=caption_flags(meta, key=key))
 
     def _layout(self, meta: ClipMeta, run: list[tuple[int, tuple[float, float]]]) -> tuple[Bucket, int] | str:
         """(bucket over the run's total length, frames per shot), or why the run cannot make a sample."""
@@ -114,8 +115,8 @@ class MultiShotSource(VideoSource):
         starts = [choose_start(within(meta, [span]), frames=frames, fps=fps, mode=self.clip_start, span="shot",
                                rng=rng, key=name) for _, span in run]
         indices = [i for start in starts for i in frame_indices(meta, start=start, frames=frames, fps=fps)]
-        with deadline(self.decode_timeout, key=name):
-            pixels = decode_frames(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name)
+        pixels = decode_frames(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name,
+                               expect=expected(meta), limits=self.limits(bucket))
         dropped = choice["caption"] is None
         return {
             "video": crop_to_bucket(pixels, bucket, mode=self.crop, rng=rng),

@@ -40,7 +40,7 @@ import torch
 
 from wan_train.data.buckets import Bucket, BucketTable
 from wan_train.data.clips import choose_start, frame_indices, usable_spans
-from wan_train.data.decode import cover_size, crop_to_bucket, deadline, decode_frames, resize_frames
+from wan_train.data.decode import Limits, cover_size, crop_to_bucket, decode_frames, expected, resize_frames
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, Subject
 from wan_train.data.stream import Planned
@@ -239,8 +239,10 @@ class ReferenceSource(VideoSource):
         choice, bucket, fps = planned.choice, planned.bucket, self.table.fps
         meta, name, subjects = choice["source_meta"], choice["name"], choice["subjects"]
         target = VideoSource(self.table, caption_dropout=self.caption_dropout, clip_start=self.clip_start,
-                             crop=self.crop, span="shot", decode_timeout=self.decode_timeout)
-        item = target.load(planned, rng=rng)
+                             crop=self.crop, span="shot", decode_timeout=self.decode_timeout,
+                             decode_memory=self.decode_memory)
+        limits = self.limits(bucket)  # one deadline for the clip and its references
+        item = target.load_clip(planned, rng=rng, limits=limits)
         indices = frame_indices(meta, start=item["start"], frames=bucket.frames, fps=fps)
         shown = (indices[0] / meta.fps, (indices[-1] + 1) / meta.fps)  # the target's display interval, seconds
         starts = [choose_reference_start(meta, target=shown, frames=self.reference_frames, fps=fps,
@@ -250,13 +252,13 @@ class ReferenceSource(VideoSource):
                                dtype=torch.uint8)
         else:
             video = next(planned.sample[ext] for ext in VIDEO_EXTENSIONS if ext in planned.sample)
-            refs = self._references(video, meta, bucket, subjects, starts, rng=rng, key=name)
+            refs = self._references(video, meta, bucket, subjects, starts, rng=rng, key=name, limits=limits)
         item.update(prompt=choice["prompt"], refs=refs, ref_mask=torch.full((len(subjects),), not choice["dropped"]),
                     ref_starts=starts, ref_names=[s.name for s in subjects])
         return item
 
     def _references(self, video: bytes, meta: ClipMeta, bucket: Bucket, subjects: tuple[Subject, ...],
-                    starts: list[float], *, rng: random.Random, key: str) -> torch.Tensor:
+                    starts: list[float], *, rng: random.Random, key: str, limits: Limits) -> torch.Tensor:
         """uint8 [R, f, H, W, 3]. Subject crops are cut from frames decoded at full size (a small subject scaled up
         from the bucket-sized frame would be a blur); whole-frame references decode at the target's cover size."""
         f = self.reference_frames
@@ -264,17 +266,18 @@ class ReferenceSource(VideoSource):
         boxed = [k for k, s in enumerate(subjects) if self.reference_crop == "subject" and s.boxes]
         whole = [k for k in range(len(subjects)) if k not in boxed]
         out: list[torch.Tensor | None] = [None] * len(subjects)
-        with deadline(self.decode_timeout, key=key):
-            if whole:
-                frames = decode_frames(video, [i for k in whole for i in indices[k]],
-                                       size=cover_size(meta.width, meta.height, bucket), key=key)
-                for n, k in enumerate(whole):
-                    out[k] = crop_to_bucket(frames[n * f:(n + 1) * f], bucket, mode=self.crop, rng=rng)
-            if boxed:
-                frames = decode_frames(video, [i for k in boxed for i in indices[k]], size=(-1, -1), key=key)
-                for n, k in enumerate(boxed):
-                    box = subject_box(subjects[k], [i / meta.fps for i in indices[k]])
-                    out[k] = letterbox(crop_box(frames[n * f:(n + 1) * f], box), bucket)
+        if whole:
+            frames = decode_frames(video, [i for k in whole for i in indices[k]],
+                                   size=cover_size(meta.width, meta.height, bucket), key=key, expect=expected(meta),
+                                   limits=limits)
+            for n, k in enumerate(whole):
+                out[k] = crop_to_bucket(frames[n * f:(n + 1) * f], bucket, mode=self.crop, rng=rng)
+        if boxed:
+            frames = decode_frames(video, [i for k in boxed for i in indices[k]], size=(-1, -1), key=key,
+                                   expect=expected(meta), limits=limits)
+            for n, k in enumerate(boxed):
+                box = subject_box(subjects[k], [i / meta.fps for i in indices[k]])
+                out[k] = letterbox(crop_box(frames[n * f:(n + 1) * f], box), bucket)
         return torch.stack(out)
 
     def collate(self, items: list[dict]) -> dict:

@@ -9,6 +9,7 @@ worker's shards. Local paths, brace patterns, `pipe:`, http(s), gs and hf URLs g
 
 import glob
 import hashlib
+import json
 import random
 import tarfile
 from collections.abc import Iterable, Iterator
@@ -116,29 +117,109 @@ class StrictTarInfo(tarfile.TarInfo):
                                     "corrupt from there on") from None
 
 
-def shard_members(url: str) -> Iterator[dict]:
-    """The files of one shard as {'fname', 'data', '__url__'}, streamed (memory stays flat over a large shard)."""
-    with webdataset.gopen(opener_url(url), "rb") as stream:
-        tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=StrictTarInfo)
-        for info in tar:
-            if info.isreg():
-                yield {"fname": info.name, "data": tar.extractfile(info).read(), "__url__": url}
-            tar.members = []
+def stats_path(url: str) -> Path:
+    """Where data_tools.make_shards writes a shard's stats ({"samples": N, ...}): `.shard-000000.json` beside
+    `shard-000000.tar`."""
+    path = Path(url)
+    return path.with_name(f".{path.name.split('.')[0]}.json")
 
 
-def shard_samples(url: str) -> Iterator[dict]:
-    """Samples of one shard as WebDataset groups them: {'__key__', '__url__', ext: bytes, ...}."""
-    return tariterators.group_by_keys(shard_members(url))
+def expected_samples(url: str) -> int | None:
+    """How many samples the shard was written with, from its stats beside it (local shards); None if unknown."""
+    try:
+        samples = json.loads(stats_path(url).read_text())["samples"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return samples if isinstance(samples, int) and not isinstance(samples, bool) and samples >= 0 else None
 
 
-def read_samples(urls: list[str], *, on_error) -> Iterator[dict]:
-    """Samples of the shards in order. A shard that cannot be opened or is damaged part-way is reported through
-    on_error(exception naming the shard) after the samples before the damage; the stream goes on."""
+def _bad(url: str, key: str, reason: str, message: str) -> dict:
+    """A sample that is already known to be bad: the stream counts and names it where a good one would be used."""
+    return {"__key__": key, "__url__": url, "__error__": SampleError(reason, message, url=url, key=key)}
+
+
+def shard_samples(url: str, *, max_member_bytes: int | None = None) -> Iterator[dict]:
+    """Samples of one shard as WebDataset groups them: {'__key__', '__url__', ext: bytes, ...}, consecutive members
+    `<key>.<ext>` (ext lower-cased) forming one sample, streamed (memory stays flat over a large shard). What makes
+    no sample comes as a sample holding `__error__` (a SampleError), in its place: a member whose name has no
+    extension or that is not a file or folder (stray_member), a member twice in one sample (duplicate_member), a
+    member over `max_member_bytes` (too_large: skipped over, never read into memory). Damage that ends the shard
+    (a truncated or corrupt tar) raises SampleError('unreadable_shard') naming the sample being read."""
+    current = None
+    try:
+        with webdataset.gopen(opener_url(url), "rb") as stream:
+            tar = tarfile.open(fileobj=stream, mode="r|*", tarinfo=StrictTarInfo)
+            for info in tar:
+                tar.members = []
+                if info.isdir():
+                    continue
+                prefix, ext = tariterators.base_plus_ext(info.name)
+                if prefix is None or not info.isreg():
+                    what = "is not a regular file" if not info.isreg() else "has no <key>.<ext> name"
+                    yield _bad(url, info.name, "stray_member", f"{url}: member {info.name!r} {what}; it is no sample's")
+                    continue
+                ext = ext.lower()
+                if current is None or current["__key__"] != prefix:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": prefix, "__url__": url}
+                if "__error__" in current:
+                    continue
+                if ext in current:
+                    current = _bad(url, prefix, "duplicate_member", f"{url}:{prefix}: holds .{ext} twice")
+                elif max_member_bytes is not None and info.size > max_member_bytes:
+                    current = _bad(url, prefix, "too_large", f"{url}:{prefix}: .{ext} is {info.size / 2**20:.3g} MiB, "
+                                                             f"over data.max_sample_mb={max_member_bytes / 2**20:g}")
+                else:
+                    current[ext] = tar.extractfile(info).read()
+    except Exception as error:  # OSError, tarfile.ReadError, a failing pipe: all end this shard only
+        key = None if current is None else current["__key__"]
+        raise SampleError("unreadable_shard", f"{url}: {error}", url=url, key=key) from None
+    if current is not None:
+        yield current
+
+
+def read_samples(urls: list[str], *, on_error=None, max_member_bytes: int | None = None) -> Iterator[dict]:
+    """Samples of the shards in order. A shard that cannot be opened or is damaged part-way ends there, after the
+    samples before the damage, and the stream goes on; the loss is reported as SampleErrors naming the shard: the
+    sample being read when the damage came (if any), and the samples after it where the shard's stats say how many
+    there were. on_error: called with each (and samples holding `__error__`, see shard_samples, are dropped);
+    None: they come in the stream in their place, as samples holding `__error__`."""
     for url in urls:
+        read = 0
         try:
-            yield from shard_samples(url)
-        except Exception as error:  # OSError, tarfile.ReadError, a failing pipe: all end this shard only
-            on_error(SampleError("unreadable_shard", f"{url}: {error}"))
+            for sample in shard_samples(url, max_member_bytes=max_member_bytes):
+                read += 1
+                if "__error__" not in sample:
+                    yield sample
+                elif on_error is None:
+                    yield sample
+                else:
+                    on_error(sample["__error__"])
+        except SampleError as damage:
+            for error in _losses(url, damage, read=read):
+                if on_error is None:
+                    yield {"__key__": error.key or "", "__url__": url, "__error__": error}
+                else:
+                    on_error(error)
+
+
+def _losses(url: str, damage: SampleError, *, read: int) -> list[SampleError]:
+    """The samples a damaged shard lost: the one cut off (its key known), then the rest (only counted, and only
+    where the shard's stats know the total)."""
+    expected = expected_samples(url)
+    cut = damage.key is not None
+    rest = None if expected is None else max(0, expected - read - cut)
+    more = "more " if cut or read else ""
+    lost = ("the samples after the damage are lost (how many is unknown: no stats beside the shard)"
+            if rest is None else f"{rest} {more}sample(s) lost (its stats say {expected}, {read} were read)")
+    out = []
+    if cut:
+        out.append(SampleError("unreadable_shard", f"{damage} (sample {damage.key} cut off; {lost})", url=url,
+                               key=damage.key))
+    if rest or not cut:
+        out.append(SampleError("unreadable_shard", f"{damage} ({lost})", url=url, count=max(rest or 0, 1)))
+    return out
 
 
 def shuffled(samples: Iterable[dict], *, size: int, rng: random.Random) -> Iterator[dict]:
@@ -159,10 +240,11 @@ def shuffled(samples: Iterable[dict], *, size: int, rng: random.Random) -> Itera
 
 
 def epoch_samples(urls: list[str], *, seed: int, epoch: int, slot: WorkerSlot, shuffle_buffer: int,
-                  on_error) -> Iterator[dict]:
-    """This worker's samples of one epoch, in their final (shuffled) order."""
+                  max_member_bytes: int | None = None) -> Iterator[dict]:
+    """This worker's samples of one epoch, in their final (shuffled) order; bad ones hold `__error__`
+    (read_samples), so that each is counted once, by the worker it falls to."""
     mine, strided = worker_shards(urls, seed=seed, epoch=epoch, slot=slot)
-    samples = read_samples(mine, on_error=on_error)
+    samples = read_samples(mine, max_member_bytes=max_member_bytes)
     if strided:
         samples = (s for i, s in enumerate(samples) if i % slot.total == slot.index)
     return shuffled(samples, size=shuffle_buffer, rng=epoch_rng(seed, epoch, "buffer", slot.index))

@@ -3,10 +3,10 @@
 import random
 from dataclasses import dataclass
 
-from wan_train.data.buckets import BucketTable
+from wan_train.data.buckets import Bucket, BucketTable
 from wan_train.data.captions import choose_caption
 from wan_train.data.clips import CLIP_SPANS, CLIP_STARTS, choose_start, frame_indices, longest_span
-from wan_train.data.decode import CROPS, cover_size, crop_to_bucket, deadline, decode_frames
+from wan_train.data.decode import CROPS, Limits, cover_size, crop_to_bucket, decode_frames, expected
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
 from wan_train.data.stream import Planned, stack
@@ -20,6 +20,7 @@ class VideoSource:
     crop: str = "centre"
     span: str = "shot"
     decode_timeout: float = 60.0
+    decode_memory: float = 8.0  # a sample's decode memory bound, in multiples of its bucket's uint8 clip
 
     def __post_init__(self):
         for name, allowed in (("clip_start", CLIP_STARTS), ("crop", CROPS), ("span", CLIP_SPANS)):
@@ -27,6 +28,8 @@ class VideoSource:
                 raise ValueError(f"data.{name}={getattr(self, name)!r}: expected one of {list(allowed)}")
         if not 0.0 <= self.caption_dropout <= 1.0:
             raise ValueError(f"data.caption_dropout={self.caption_dropout}: must be in [0, 1]")
+        if not self.decode_memory > 0:
+            raise ValueError(f"data.decode_memory={self.decode_memory}: must be > 0 (a multiple of the bucket's clip)")
 
     @staticmethod
     def read_meta(sample: dict) -> tuple[str, ClipMeta]:
@@ -46,17 +49,24 @@ class VideoSource:
                                            f"({self.table.frame_counts[0]} frames at {self.table.fps} fps)")
         caption = choose_caption(len(meta.captions), dropout=self.caption_dropout, rng=rng)
         return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
-                       choice={"meta": meta, "caption": caption, "name": key})
+                       choice={"meta": meta, "caption": caption, "name": key}, flags=caption_flags(meta, key=key))
+
+    def limits(self, bucket: Bucket) -> Limits:
+        """One sample's deadline and decode memory bound (wan_train.data.decode.Limits)."""
+        return Limits.for_bucket(bucket, timeout=self.decode_timeout, memory_factor=self.decode_memory)
 
     def load(self, planned: Planned, *, rng: random.Random) -> dict:
+        return self.load_clip(planned, rng=rng, limits=self.limits(planned.bucket))
+
+    def load_clip(self, planned: Planned, *, rng: random.Random, limits: Limits) -> dict:
         meta, name, bucket = planned.choice["meta"], planned.choice["name"], planned.bucket
         video = next(planned.sample[ext] for ext in VIDEO_EXTENSIONS if ext in planned.sample)
         fps = self.table.fps
         start = choose_start(meta, frames=bucket.frames, fps=fps, mode=self.clip_start, span=self.span, rng=rng,
                              key=name)
         indices = frame_indices(meta, start=start, frames=bucket.frames, fps=fps)
-        with deadline(self.decode_timeout, key=name):
-            frames = decode_frames(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name)
+        frames = decode_frames(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name,
+                               expect=expected(meta), limits=limits)
         caption = planned.choice["caption"]
         return {
             "video": crop_to_bucket(frames, bucket, mode=self.crop, rng=rng),
@@ -74,3 +84,13 @@ class VideoSource:
             "url": [item["url"] for item in items],
             "start": [item["start"] for item in items],
         }
+
+
+def caption_flags(meta: ClipMeta, *, key: str) -> list[tuple[str, str]]:
+    """(flag, detail) for a sample trained despite something the user should know: empty captions (parse_meta
+    makes whitespace-only ones empty) train the unconditional branch whenever they are chosen."""
+    empty = sum(not caption for caption in meta.captions)
+    if not empty:
+        return []
+    which = "its caption is" if len(meta.captions) == 1 else f"{empty} of its {len(meta.captions)} captions are"
+    return [("empty_caption", f"{key}: {which} empty: trained as the unconditional branch (the empty prompt)")]

@@ -9,6 +9,7 @@ import os
 import random
 import subprocess
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,9 +22,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from wan_train.config import ConfigError, validate
 from wan_train.data import DataConfig, DataMetrics, WanDataModule
-from wan_train.data.datamodule import batch_to_model, make_source
+from wan_train.data.datamodule import batch_to_model, make_source, max_member_bytes
 from wan_train.data.errors import SampleError
 from wan_train.data.shards import expand_urls, read_samples
+from wan_train.data.skiplog import SKIPPED_FILE, SkipLog
+from wan_train.data.skiplog import summary as skip_summary
+from wan_train.data.stream import Tally
 from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
@@ -64,23 +68,31 @@ def build_dit(cfg) -> WanDiT:
     return dit
 
 
-def held_out_batches(data: DataConfig, count: int, shards: list[str]) -> list[dict]:
+def held_out_batches(data: DataConfig, count: int, shards: list[str], *, split: str = "held-out",
+                     skip_log: SkipLog | None = None) -> list[dict]:
     """The first `count` usable clips of `shards` (data.val_shards, else the training shards; or a named set of
     data.val_sets), centre-cropped, no caption dropout: one-sample batches (video as model input), fixed for the
-    whole run."""
+    whole run. Bad samples are skipped like training ones and named in `skip_log` under `split`."""
     fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "reference_dropout": 0.0, "clip_start": "centre",
                           "crop": "centre"})
-    source, out = make_source(fixed, expand_urls(data.shards)), []
-    for sample in read_samples(expand_urls(shards), on_error=lambda error: None):
+    source, out, tally = make_source(fixed, expand_urls(data.shards)), [], Tally(Counter(), Counter())
+    samples = read_samples(expand_urls(shards), max_member_bytes=max_member_bytes(data))
+    for sample in samples:
         try:
+            if "__error__" in sample:
+                raise sample["__error__"]
             planned = source.plan(sample, rng=random.Random(0))
             batch = source.collate([source.load(planned, rng=random.Random(0))])
         except SampleError as error:  # a bad held-out sample is skipped like any other
-            log.warning("held-out: skipping %s", error)
+            tally.error(error, url=sample["__url__"], key=sample["__key__"], epoch=None, worker=None)
             continue
+        for flag, detail in planned.flags:
+            tally.note(flag, detail, url=planned.url, key=planned.key, epoch=None, worker=None)
         out.append(batch_to_model(batch))
         if len(out) == count:
             break
+    if skip_log is not None:
+        skip_log.record(tally.take_events(), step=0, split=split)
     return out
 
 
@@ -132,9 +144,13 @@ def prepare(cfg: DictConfig) -> Session:
         dit.extend_shots(cfg.model.shots)
     place_base(dit, placement(cfg), compute_dtype=compute_dtype(cfg))
     count = cfg.flow.held_out_samples
+    # every rank reads the held-out clips; rank 0 names the bad ones
+    skips = SkipLog(Path(cfg.run_dir) / SKIPPED_FILE) if detect_launch().rank == 0 else None
     module = FlowMatchingModule(cfg, dit=dit, encoders=encoders, boundary=size.boundary,
-                                held_out=held_out_batches(data, count, data.val_shards or data.shards),
-                                held_out_sets={name: held_out_batches(data, count, shards)
+                                held_out=held_out_batches(data, count, data.val_shards or data.shards,
+                                                          skip_log=skips),
+                                held_out_sets={name: held_out_batches(data, count, shards, split=f"held-out/{name}",
+                                                                      skip_log=skips)
                                                for name, shards in data.val_sets.items()})
     return Session(cfg, module, data, Path(cfg.run_dir), partner=frozen_partner(cfg), base=base)
 
@@ -247,8 +263,11 @@ def fit(session: Session, *, max_steps: int) -> dict:
     ckpt_path = _resume_path(cfg, run_dir)
     # Lightning cannot see that our loader resumes (its position is the DataModule's state), and says otherwise
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
-    trainer.fit(session.module, datamodule=WanDataModule(session.data, group_size=cfg.strategy.sequence_parallel),
+    trainer.fit(session.module, datamodule=WanDataModule(session.data, group_size=cfg.strategy.sequence_parallel,
+                                                         skipped_path=run_dir / SKIPPED_FILE),
                 ckpt_path=ckpt_path)
+    if trainer.is_global_zero and (skipped := skip_summary(run_dir / SKIPPED_FILE)):
+        log.info(skipped)
     if requeue is not None and requeue.requeued_at is not None:  # checkpointed and requeued: not finished
         _finish_loggers(trainer)
         return {"step": trainer.global_step, "requeued": True, "resumed_from": str(ckpt_path) if ckpt_path else None}

@@ -1,0 +1,153 @@
+"""The parent side of the decoding process (decoder_child.py): one per process that decodes (each DataLoader
+worker, or the main process), started on first use and again after a decode it had to kill.
+
+The two talk over a Unix socket: a request sends the video bytes and waits for the frames until the sample's
+deadline; the frames come back in a memory file (memfd) whose descriptor rides with the reply, mapped here
+without a copy (where there is no memfd, through the socket itself); past it, the decoding
+process is killed (SIGKILL: native code stops too) and the sample is skipped as `timeout`. A decoder that dies on
+its own (a crash in a codec, the kernel's OOM killer) skips the sample as `undecodable` / `memory_limit` and is
+restarted for the next one. Its stderr (ffmpeg's complaints about broken streams) goes to a temporary file, not
+the training log; its last lines are quoted when it dies."""
+
+from __future__ import annotations
+
+import atexit
+import json
+import mmap
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wan_train.data.errors import SampleError
+
+CHILD = Path(__file__).with_name("decoder_child.py")
+HEADER_BYTES = 8
+READY = {"ready": True}  # the decoding process's first reply, once it has imported what it needs
+START_TIMEOUT = 120.0  # seconds for that (a cold import from network storage can be slow)
+# one thread per decoder, and a small malloc arena count: the memory cap counts what threads reserve
+CHILD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
+
+
+class DecoderProcess:
+    def __init__(self):
+        self.process: subprocess.Popen | None = None
+        self.socket: socket.socket | None = None
+        self.stderr = None
+
+    def decode(self, video: bytes, header: dict, *, timeout: float | None, key: str) -> tuple[dict, np.ndarray | None]:
+        """Send one request; returns the reply header and the frames (None if refused). timeout: seconds, or None
+        for no limit."""
+        if self.process is None or self.process.poll() is not None:
+            self._start(key)  # not the sample's time: the deadline starts after
+        end = None if timeout is None else time.monotonic() + timeout
+        raw = json.dumps({**header, "nbytes": len(video)}).encode()
+        try:
+            self.socket.sendall(len(raw).to_bytes(HEADER_BYTES, "big") + raw)
+            self.socket.sendall(video)
+            reply, fds = self._reply(end, key)
+        except (BrokenPipeError, ConnectionResetError):
+            raise self._died(key) from None
+        if not reply["ok"]:
+            return reply, None
+        shape = tuple(reply["shape"])
+        nbytes = int(np.prod(shape))
+        if fds:  # the frames in a memory file of their own: mapped, not copied
+            with os.fdopen(fds[0], "rb") as memory:
+                buffer = mmap.mmap(memory.fileno(), nbytes) if nbytes else bytearray()
+        else:
+            buffer = self._read(nbytes, end, key)
+        return reply, np.frombuffer(buffer, np.uint8).reshape(shape)
+
+    def _reply(self, end: float | None, key: str) -> tuple[dict, list[int]]:
+        """The reply's header, and the file descriptor that came with it (the frames), if any."""
+        head, fds = bytearray(), []
+        while len(head) < HEADER_BYTES:
+            self._wait(end, key)
+            data, received, _, _ = socket.recv_fds(self.socket, HEADER_BYTES - len(head), 1)
+            if not data:
+                raise self._died(key)
+            head += data
+            fds += received
+        return json.loads(self._read(int.from_bytes(head, "big"), end, key)), fds
+
+    def _read(self, n: int, end: float | None, key: str) -> bytearray:
+        """Exactly n bytes (a bytearray: frames read into it need no copy to be writable)."""
+        out = bytearray(n)
+        view, got = memoryview(out), 0
+        while got < n:
+            self._wait(end, key)
+            chunk = self.socket.recv_into(view[got:])
+            if chunk == 0:
+                raise self._died(key)
+            got += chunk
+        return out
+
+    def _wait(self, end: float | None, key: str) -> None:
+        """Until the decoding process says something; past the deadline it is killed."""
+        wait = None if end is None else end - time.monotonic()
+        if wait is not None and (wait <= 0 or not select.select([self.socket], [], [], wait)[0]):
+            self.kill()
+            raise SampleError("timeout", f"{key}: decoding took longer than its deadline; the decoder was killed")
+
+    def _start(self, key: str) -> None:
+        """Start the decoding process and wait for its imports (its first reply, READY)."""
+        self.kill()
+        self.stderr = tempfile.TemporaryFile()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.process = subprocess.Popen([sys.executable, str(CHILD), str(theirs.fileno())],
+                                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
+                                            env={**os.environ, **CHILD_ENV}, pass_fds=(theirs.fileno(),))
+        finally:
+            theirs.close()
+        self.socket = ours
+        try:
+            ready, _ = self._reply(time.monotonic() + START_TIMEOUT, key)
+        except SampleError as error:  # not the sample's fault: no sample could be decoded
+            raise RuntimeError(f"the decoding process ({CHILD}) did not start: {error}") from None
+        if ready != READY:
+            raise RuntimeError(f"the decoding process ({CHILD}) did not start: it said {ready}")
+
+    def _died(self, key: str) -> SampleError:
+        code = self.process.wait()
+        self.stderr.seek(0)
+        tail = self.stderr.read()[-500:].decode(errors="replace").strip().replace("\n", " | ")
+        self.kill()
+        how = f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+        # SIGKILL that we did not send is the kernel's OOM killer
+        reason = "memory_limit" if code == -signal.SIGKILL else "undecodable"
+        return SampleError(reason, f"{key}: the decoder process died ({how}){': ' + tail if tail else ''}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+        if self.socket is not None:
+            self.socket.close()
+            self.socket = None
+
+
+_DECODER: tuple[int, DecoderProcess] | None = None
+
+
+def decoder() -> DecoderProcess:
+    """This process's decoder (a forked DataLoader worker starts its own: the parent's pipes are not its own)."""
+    global _DECODER
+    if _DECODER is None or _DECODER[0] != os.getpid():
+        _DECODER = (os.getpid(), DecoderProcess())
+    return _DECODER[1]
+
+
+@atexit.register
+def _stop() -> None:
+    if _DECODER is not None and _DECODER[0] == os.getpid():
+        _DECODER[1].kill()
