@@ -7,11 +7,12 @@ import json
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, inject_adapter_in_model
 from safetensors.torch import save_file
 
 from tests.helpers import rel_err
 from wan_train.lora import LoraWeights, applied, load_lora
+from wan_train.lora import merged as merged_weights
 from wan_train.models import CheckpointError, WanDiT, get_size
 from wan_train.models.checkpoint.dit_layouts import DIFFUSERS, from_official
 
@@ -220,6 +221,8 @@ def broken(tmp_path, reference, change):
      r"full-weight delta \(\.diff\).*diffusion_model\.blocks\.0\.norm3\.diff"),
     (lambda t: t.update({"diffusion_model.head.head.diff_b": torch.zeros(64)}), r"\.diff_b.*head\.head\.diff_b"),
     (lambda t: t.update({"diffusion_model.blocks.0.self_attn.q.dora_scale": torch.zeros(1, 256)}), r"DoRA"),
+    (lambda t: t.update({"blocks.0.self_attn.q.lora_magnitude_vector.default.weight": torch.zeros(256)}),
+     r"DoRA \(peft's lora_magnitude_vector\).*self_attn\.q\.lora_magnitude_vector\.default\.weight"),
 ])
 def test_bad_files_name_the_file_and_key(tmp_path, model, reference, change, message):
     path = broken(tmp_path, reference, change)
@@ -236,3 +239,64 @@ def test_not_a_lora_file(tmp_path, model):
         load_lora(tmp_path / "dit.safetensors", model=model)
     with pytest.raises(CheckpointError, match="no such LoRA file"):
         load_lora(tmp_path / "missing.safetensors", model=model)
+
+
+# ------------------------------------------------------------------------------------------------ peft adapter names
+
+def diffsynth_lora(model, seed):
+    """A LoRA as DiffSynth-Studio's trainer leaves it: peft's inject_adapter_in_model on the DiT with lora_alpha = rank
+    (its only choice), the trainable parameters of model.state_dict() with "pipe.dit." removed, saved as they are:
+    keys `blocks.0.self_attn.q.lora_A.default.weight`, no alpha anywhere. Returns the peft-injected model too."""
+    config = LoraConfig(r=RANK, lora_alpha=RANK, target_modules=TARGETS)
+    injected = inject_adapter_in_model(config, copy.deepcopy(model))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in injected.named_parameters():
+            if p.requires_grad:  # B starts at zero: random factors make the adapter matter
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    trainable = {n for n, p in injected.named_parameters() if p.requires_grad}
+    return injected, {k: v.contiguous() for k, v in injected.state_dict().items() if k in trainable}
+
+
+def test_diffsynth_studio_files_give_the_same_output_as_the_peft_layout(tmp_path, model, inputs):
+    injected, state = diffsynth_lora(model, seed=5)
+    assert all(".default.weight" in k and not k.startswith(("base_model", "pipe.")) for k in state)
+    save_file(state, tmp_path / "epoch-4.safetensors")
+    lora = load_lora(tmp_path / "epoch-4.safetensors", model=model)
+    assert len(lora.modules) == 2 * 10 and {m.scale for m in lora.modules.values()} == {1.0}
+    with torch.no_grad():
+        expected = injected(**inputs)
+    assert (expected - model(**inputs)).abs().max() > 0.05  # the adapter matters: the comparisons mean something
+    torch.testing.assert_close(run(model, inputs, [(lora, 1.0)]), expected, atol=1e-5, rtol=1e-5)
+
+    # the same factors in peft's saved layout (adapter name removed, prefixed) read back as the same adapter, so the
+    # outputs are bit-identical; merging it (merge.py) gives the per-token output to float tolerance
+    peft_layout = {f"base_model.model.{k.replace('.default.weight', '.weight')}": v for k, v in state.items()}
+    save_file(peft_layout, tmp_path / "peft.safetensors")
+    peft_lora = load_lora(tmp_path / "peft.safetensors", model=model, alpha=RANK)
+    assert lora.modules.keys() == peft_lora.modules.keys()
+    assert all(torch.equal(m.A, peft_lora.modules[n].A) and torch.equal(m.B, peft_lora.modules[n].B)
+               and m.scale == peft_lora.modules[n].scale for n, m in lora.modules.items())
+    out = run(model, inputs, [(tmp_path / "epoch-4.safetensors", 0.7)])
+    assert torch.equal(out, run(model, inputs, [(peft_lora, 0.7)]))
+    with torch.no_grad(), merged_weights(model, [(tmp_path / "epoch-4.safetensors", 0.7)]):
+        torch.testing.assert_close(model(**inputs), out, atol=1e-5, rtol=1e-5)
+
+
+def test_any_adapter_name_is_read_and_two_in_one_file_are_refused(tmp_path, model, reference):
+    named = {k.removeprefix("base_model.model.").replace(".weight", ".style.weight"): v
+             for k, v in reference[0].items()}
+    save_file(named, tmp_path / "style.safetensors")
+    assert len(load_lora(tmp_path / "style.safetensors", model=model, alpha=ALPHA).modules) == 2 * 10
+
+    default = {k.replace(".style.", ".default."): v.clone() for k, v in named.items() if k.startswith("blocks.0.")}
+    save_file({**named, **default}, tmp_path / "two.safetensors")
+    with pytest.raises(CheckpointError, match=r"two\.safetensors: keys of 2 peft adapters, (?=.*'style')(?=.*'default')"
+                                              r".*ambiguous"):
+        load_lora(tmp_path / "two.safetensors", model=model)
+    # the same module with and without the name: one tensor too many, named, never one silently kept
+    bare = {k.replace(".default.", "."): v.clone() for k, v in default.items()}
+    save_file({**default, **bare}, tmp_path / "twice.safetensors")
+    with pytest.raises(CheckpointError, match=r"(?s)given twice.*(?=.*cross_attn\.k\.lora_A\.default\.weight)"
+                                              r"(?=.*cross_attn\.k\.lora_A\.weight)"):
+        load_lora(tmp_path / "twice.safetensors", model=model)

@@ -8,9 +8,10 @@ import shutil
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from tests.helpers import publish_random_adapter as publish
-from tests.helpers import randomize_, write_official_folder
+from tests.helpers import random_lora_modules, randomize_, write_official_folder
 from wan_train.inference import Adapter, Sampling, generate, load
 from wan_train.inference.cli import parse_adapters
 from wan_train.lora import (
@@ -112,6 +113,30 @@ def test_cli_export_then_import_gives_identical_outputs(t2v, wan, registry, tmp_
         with torch.no_grad(), applied(dit, [(version.file("adapter_model.safetensors"), 0.7)]):
             outputs.append(dit(x, t, context))
     assert torch.equal(outputs[0], outputs[1])
+
+
+def test_a_diffsynth_studio_file_applies_by_path_imports_and_merges(t2v, wan, registry, tmp_path):
+    """DiffSynth-Studio's Wan LoRA files (peft's adapter name in the keys, lora_alpha = rank, no alpha stored):
+    generate.py's lora=FILE applies them, `import` registers them and `merge` folds them in, all with one result."""
+    dit = t2v.dits[None]
+    modules = random_lora_modules(dit, seed=11, rank=4, alpha=4.0, std=0.2)
+    path = tmp_path / "epoch-4.safetensors"
+    save_file({f"{m}.lora_{r}.default.weight": getattr(mod, r) for m, mod in modules.items() for r in "AB"}, path)
+    base = generate(t2v, "x", settings=SMALL, decode=False)
+    by_path = generate(t2v, "x", settings=SMALL, decode=False, adapters=parse_adapters(f"{path}:0.8"))
+    assert (by_path - base).abs().max() > 1e-3
+    assert main(["--root", str(registry), "import", str(path), "--client", "acme", "--name", "ds", "--size", "tiny",
+                 "--base", str(wan)]) == 0
+    by_ref = generate(t2v, "x", settings=SMALL, decode=False,
+                      adapters=parse_adapters("acme/ds:0.8", root=str(registry)))
+    assert torch.equal(by_ref, by_path)
+    assert main(["--root", str(registry), "merge", "acme/ds:0.8", "--base", str(wan), "--out", str(tmp_path / "m"),
+                 "--dtype", "fp32"]) == 0
+    x, t, context = torch.randn(1, 16, 2, 4, 4), torch.tensor([500.0]), torch.randn(1, 5, dit.config.text_dim)
+    with torch.no_grad(), applied(dit, [(path, 0.8)]):
+        expected = dit(x, t, context)
+    with torch.no_grad():
+        torch.testing.assert_close(load_dit(tmp_path / "m")(x, t, context), expected, rtol=0, atol=1e-5)
 
 
 def test_cli_export_of_a_pair_writes_two_files_with_their_slots(wan, tmp_path):

@@ -16,9 +16,12 @@ from safetensors import safe_open
 
 import wan_train.lora.formats as formats
 from tests.helpers import rel_err
-from wan_train.lora import LoraModule, LoraWeights, applied
+from wan_train.lora import LoraModule, LoraWeights, Registry, applied, outside_blocks, unreadable_by
+from wan_train.lora.cli import main
+from wan_train.lora.consumers import DIFFUSERS_LOADER
 from wan_train.lora.formats import FORMATS, SUFFIX, read_lora, write_lora
-from wan_train.models import CheckpointError, save_dit
+from wan_train.lora.resolve import DENSE, EXPERT_KEY
+from wan_train.models import CheckpointError, WanDiT, get_size, save_dit
 
 STRENGTH = 0.7
 BLOCK_LINEARS = ["self_attn.q", "self_attn.k", "self_attn.v", "self_attn.o", "cross_attn.q", "cross_attn.k",
@@ -254,6 +257,119 @@ def test_diffusers_converts_the_comfyui_and_kohya_files(tmp_path, model, inputs,
     pipe.load_lora_weights(str(path), adapter_name="ours")
     expected = run(model, inputs, [(LoraWeights(source=Path("original"), modules=blocks_adapter), 1.0)])
     assert rel_err(diffusers_forward(pipe.transformer, inputs), expected) <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------------ what loaders read
+
+IMAGE_LINEARS = ["cross_attn.k_img", "cross_attn.v_img"]
+
+
+def blocks(model, linears, indices=None):
+    return [f"blocks.{i}.{m}" for i in (indices or range(model.config.num_layers)) for m in linears]
+
+
+SELECTIONS = {  # (I2V model?, our module names): adapters from our presets, partial ones, and imported ones
+    "every block Linear": (False, lambda m: block_names(m)),
+    "+ head.head": (False, lambda m: block_names(m) + ["head.head"]),
+    "+ text_embedding.0": (False, lambda m: block_names(m) + ["text_embedding.0"]),
+    "+ time_embedding.2": (False, lambda m: block_names(m) + ["time_embedding.2"]),
+    "+ time_projection.1": (False, lambda m: block_names(m) + ["time_projection.1"]),
+    "attn_qkvo (no ffn)": (False, lambda m: blocks(m, BLOCK_LINEARS[:8])),
+    "self_attn": (False, lambda m: blocks(m, BLOCK_LINEARS[:4])),
+    "block 1 only": (False, lambda m: blocks(m, BLOCK_LINEARS, [1])),
+    "i2v with k_img, v_img": (True, lambda m: blocks(m, BLOCK_LINEARS + IMAGE_LINEARS)),
+    "i2v without them": (True, lambda m: blocks(m, BLOCK_LINEARS)),
+    "i2v k_img alone": (True, lambda m: blocks(m, BLOCK_LINEARS + IMAGE_LINEARS[:1])),
+    "i2v image pair in block 0 only": (True, lambda m: blocks(m, BLOCK_LINEARS) + blocks(m, IMAGE_LINEARS, [0])),
+    "i2v + img_emb.proj.1": (True, lambda m: blocks(m, BLOCK_LINEARS + IMAGE_LINEARS) + ["img_emb.proj.1"]),
+}
+
+
+@pytest.fixture(scope="module")
+def i2v_model():
+    return WanDiT(get_size("tiny-i2v").dit)
+
+
+@pytest.mark.parametrize("fmt", ["comfyui", "kohya"])
+@pytest.mark.parametrize("selection", SELECTIONS)
+def test_unreadable_by_predicts_whether_diffusers_reads_the_file(tmp_path, model, i2v_model, selection, fmt):
+    """unreadable_by names diffusers exactly when diffusers refuses what we wrote: WanPipeline.lora_state_dict is the
+    key conversion every load_lora_weights call runs (ComfyUI keys: ValueError on the .alpha of a module outside the
+    blocks; musubi keys: IndexError outside the blocks, KeyError for a missing block Linear)."""
+    pytest.importorskip("diffusers")
+    from diffusers import WanPipeline
+
+    i2v, names = SELECTIONS[selection]
+    path = target(tmp_path, fmt)
+    write_lora(path, random_adapter(i2v_model if i2v else model, names(i2v_model if i2v else model)), format=fmt)
+    try:
+        WanPipeline.lora_state_dict(str(path))
+        refused = None
+    except (ValueError, KeyError, IndexError) as error:
+        refused = error
+    said = unreadable_by(names(i2v_model if i2v else model), format=fmt)
+    assert bool(said) == (refused is not None), f"unreadable_by says {said}; diffusers raised {refused!r}"
+    assert set(said) <= {DIFFUSERS_LOADER}
+    for name in outside_blocks(names(i2v_model if i2v else model)):
+        assert name in said[DIFFUSERS_LOADER]  # the warning names the modules diffusers cannot take
+
+
+def test_peft_and_diffusers_files_are_read_whole(adapter):
+    assert outside_blocks(adapter) == ["head.head", "text_embedding.0", "time_projection.1"]
+    assert unreadable_by(adapter, format="diffusers") == {} and unreadable_by(adapter, format="peft") == {}
+    with pytest.raises(ValueError, match="format='lora'"):
+        unreadable_by(adapter, format="lora")
+
+
+@pytest.fixture()
+def registry_root(tmp_path, model, adapter):
+    """Two registry versions as an import of another trainer's file leaves them: acme/distill (every block Linear
+    plus head.head, text_embedding.0 and time_projection.1), acme/head (head.head alone)."""
+    root = tmp_path / "adapters"
+    for name, modules in (("distill", adapter), ("head", {"head.head": adapter["head.head"]})):
+        stage = tmp_path / f"stage-{name}"
+        write_lora(stage, modules, format="peft", metadata={EXPERT_KEY: DENSE})
+        Registry(root).publish("acme", name, stage, {
+            "kind": "style", "trigger_words": [], "experts": [DENSE], "weights": {DENSE: "adapter_model.safetensors"},
+            "base": {"name": "tiny", "checkpoint": None, "identity": {DENSE: None}}, "steps": {}, "scores": {}})
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["comfyui", "kohya"])
+def test_export_warns_when_diffusers_cannot_load_it_and_blocks_only_gives_a_file_it_loads(
+        tmp_path, model, inputs, adapter, registry_root, diffusers_folder, capsys, fmt):
+    root = str(registry_root)
+    assert main(["--root", root, "export", "acme/distill", "--format", fmt, "--out", str(tmp_path / "all")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert f"{DIFFUSERS_LOADER} cannot load it" in printed and "--blocks-only drops" in printed
+    assert all(m in printed for m in ("head.head", "text_embedding.0", "time_projection.1"))
+    entry = json.loads((tmp_path / "all" / "export.json").read_text())["files"][0]
+    assert entry["dropped_modules"] == [] and "head.head" in entry["unreadable_by"][DIFFUSERS_LOADER]
+    whole = tmp_path / "all" / entry["file"]
+    with pytest.raises((ValueError, IndexError)):  # the warning is true
+        diffusers_pipeline(diffusers_folder).load_lora_weights(str(whole), adapter_name="ours")
+    assert read_lora(whole, model=model).modules.keys() == adapter.keys()  # ComfyUI / musubi-tuner read it all
+
+    assert main(["--root", root, "export", "acme/distill", "--format", fmt, "--out", str(tmp_path / "blocks"),
+                 "--blocks-only"]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "dropping 3 module(s) outside the transformer blocks" in printed and "cannot load" not in printed
+    entry = json.loads((tmp_path / "blocks" / "export.json").read_text())["files"][0]
+    assert entry["dropped_modules"] == ["head.head", "text_embedding.0", "time_projection.1"]
+    assert entry["unreadable_by"] == {}
+    pipe = diffusers_pipeline(diffusers_folder)
+    pipe.load_lora_weights(str(tmp_path / "blocks" / entry["file"]), adapter_name="ours")
+    pipe.set_adapters(["ours"], [STRENGTH])
+    kept = LoraWeights(source=Path("blocks"), modules={m: v for m, v in adapter.items() if m.startswith("blocks.")})
+    expected = run(model, inputs, [(kept, STRENGTH)])
+    assert rel_err(expected, run(model, inputs, [(LoraWeights(source=Path("all"), modules=adapter), STRENGTH)])) > 1e-3
+    assert rel_err(diffusers_forward(pipe.transformer, inputs), expected) <= 1e-4
+
+    # nothing inside the blocks: refused, and no file written
+    assert main(["--root", root, "export", "acme/head", "--format", fmt, "--out", str(tmp_path / "none"),
+                 "--blocks-only"]) == 1
+    assert "adapts no Linear inside the transformer blocks" in " ".join(capsys.readouterr().out.split())
+    assert not (tmp_path / "none").exists()
 
 
 # ------------------------------------------------------------------------------------------------ files, metadata

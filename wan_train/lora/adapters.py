@@ -10,6 +10,11 @@ Files (.safetensors) and how their keys map to our (official Wan) module names:
 - peft / diffusers: `<prefix><module>.lora_A.weight` [r, in], `.lora_B.weight` [out, r], optional `.alpha`; prefix
   `base_model.model.`, `transformer.`, `diffusion_model.` or none; module in official naming
   (`blocks.0.self_attn.q`) or diffusers naming (`blocks.0.attn1.to_q`, renamed by dit_layouts.rename_key).
+- a peft model's raw state_dict: the same with peft's adapter name inside the key, `.lora_A.<name>.weight` /
+  `.lora_B.<name>.weight` (name usually `default`). DiffSynth-Studio's trainer saves its Wan LoRAs so
+  (`blocks.0.self_attn.q.lora_A.default.weight`, "pipe.dit." already removed by its --remove_prefix_in_ckpt), with
+  lora_alpha = rank and no alpha stored: its GeneralLoRALoader drops the name and applies them at scale 1, which is
+  what the default below gives. A file holding two adapter names is refused: which one is meant is not knowable.
 - ComfyUI: the same with `.lora_down.weight` / `.lora_up.weight` (= A / B) and usually `diffusion_model.`.
 - kohya / musubi-tuner: `lora_unet_<module with '.' -> '_'>.lora_down.weight` / `.lora_up.weight` / `.alpha`; the
   underscored name is looked up among the model's own Linear names (official and diffusers spelling), since
@@ -22,8 +27,8 @@ alpha_pattern, kohya's `ss_network_alpha`) or, for a peft folder's `adapter_mode
 the file is an error.
 
 Not supported, and refused with the keys named (never skipped): full-weight deltas `.diff` / `.diff_b` (some
-ComfyUI files; they also target norms and modulation tables, which no Linear hook reaches), DoRA `.dora_scale`,
-LyCORIS LoHa / LoKr, conv `lora_mid`, and LoRA biases.
+ComfyUI files; they also target norms and modulation tables, which no Linear hook reaches), DoRA (`.dora_scale`,
+peft's `lora_magnitude_vector`), LyCORIS LoHa / LoKr, conv `lora_mid`, and LoRA biases.
 """
 
 from __future__ import annotations
@@ -50,10 +55,15 @@ _ROLES = {".lora_A.weight": "A", ".lora_B.weight": "B", ".lora_down.weight": "A"
           ".alpha": "alpha"}
 _UNSUPPORTED = {
     ".diff": "a full-weight delta (.diff)", ".diff_b": "a full bias delta (.diff_b)",
-    ".dora_scale": "DoRA (.dora_scale)", ".lora_mid.weight": "a conv LoRA (lora_mid)",
+    ".dora_scale": "DoRA (.dora_scale)", ".lora_magnitude_vector": "DoRA (peft's lora_magnitude_vector)",
+    ".lora_magnitude_vector.weight": "DoRA (peft's lora_magnitude_vector)",
+    ".lora_mid.weight": "a conv LoRA (lora_mid)",
     ".lora_A.bias": "a LoRA bias", ".lora_B.bias": "a LoRA bias", ".lora_down.bias": "a LoRA bias",
     ".lora_up.bias": "a LoRA bias",
 }
+# peft's adapter name inside a key (a peft model's state_dict, DiffSynth-Studio's files): `.lora_A.default.weight`.
+# peft adapter names never hold a '.' (they are ModuleDict keys).
+_ADAPTER_NAME = re.compile(r"\.(lora_A|lora_B|lora_magnitude_vector)\.([^.]+)\.(weight|bias)$")
 _UNSUPPORTED_PARTS = re.compile(r"\.(hada|lokr)_\w+$")  # LyCORIS LoHa / LoKr
 _DOTTED_PREFIXES = ("base_model.model.", "transformer.", "diffusion_model.")
 _UNDERSCORED_PREFIXES = ("lora_unet_", "lora_transformer_")
@@ -183,17 +193,22 @@ def _strip_prefixes(name: str) -> str:
     return name
 
 
-def _split_key(key: str) -> tuple[str, str] | tuple[None, str]:
-    """`<module><suffix>` -> (module, role), or (None, why it is not usable)."""
+def _split_key(key: str) -> tuple[str | None, str, str | None]:
+    """`<module><suffix>` -> (module, role, peft adapter name or None), or (None, why it is not usable, None)."""
+    named = _ADAPTER_NAME.search(key)
+    adapter = named[2] if named else None
+    if named:
+        key = f"{key[:named.start()]}.{named[1]}.{named[3]}"
     for suffix, why in _UNSUPPORTED.items():
         if key.endswith(suffix):
-            return None, f"unsupported: {why}"
+            return None, f"unsupported: {why}", None
     if _UNSUPPORTED_PARTS.search(key):
-        return None, "unsupported: LyCORIS LoHa / LoKr"
+        return None, "unsupported: LyCORIS LoHa / LoKr", None
     for suffix, role in _ROLES.items():
         if key.endswith(suffix):
-            return key[: -len(suffix)], role
-    return None, "not a LoRA tensor (expected .lora_A/.lora_B/.lora_down/.lora_up .weight or .alpha)"
+            return key[: -len(suffix)], role, adapter
+    return None, ("not a LoRA tensor (expected .lora_A/.lora_B/.lora_down/.lora_up .weight, peft's "
+                  ".lora_A.<adapter>.weight, or .alpha)"), None
 
 
 def _build(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str], targets: _Targets,
@@ -205,8 +220,10 @@ def _build(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
 
     groups: dict[str, dict[str, tuple[str, torch.Tensor]]] = {}  # our module -> role -> (file key, tensor)
     file_names: dict[str, str] = {}  # our module -> the module path as the file spells it
+    split = {key: _split_key(key) for key in tensors}
+    _check_one_adapter(path, split)
     for key, tensor in tensors.items():
-        raw, role = _split_key(key)
+        raw, role, _ = split[key]
         if raw is None:
             problem(role, key)
             continue
@@ -217,7 +234,11 @@ def _build(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
         if file_names.setdefault(name, raw) != raw:
             problem("modules given twice (under two names)", f"{file_names[name]} and {raw} -> {name}")
             continue
-        groups.setdefault(name, {})[role] = (key, tensor)
+        group = groups.setdefault(name, {})
+        if role in group:  # e.g. .lora_A.weight beside .lora_down.weight or .lora_A.default.weight
+            problem("tensors given twice (under two key spellings)", f"{group[role][0]} and {key}")
+            continue
+        group[role] = (key, tensor)
 
     file_alpha = _metadata_alpha(metadata, path)
     modules, defaulted = {}, []
@@ -256,6 +277,19 @@ def _build(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str
                     "alpha = rank (scale 1); pass alpha= if it was trained with another lora_alpha", path,
                     len(defaulted), len(modules))
     return LoraWeights(source=path, modules=modules)
+
+
+def _check_one_adapter(path: Path, split: dict[str, tuple[str | None, str, str | None]]) -> None:
+    """A file holding two peft adapters (`.lora_A.default.weight` beside `.lora_A.style.weight`) is ambiguous:
+    applying both, or one chosen by key order, would silently give neither adapter's output."""
+    first: dict[str, str] = {}  # adapter name -> its first key
+    for key, (_, _, adapter) in split.items():
+        if adapter is not None:
+            first.setdefault(adapter, key)
+    if len(first) > 1:
+        found = ", ".join(f"{name!r} (e.g. {key})" for name, key in first.items())
+        raise CheckpointError(f"{path}: keys of {len(first)} peft adapters, {found}: ambiguous, a LoRA file must hold "
+                              f"one adapter (save each on its own, e.g. peft's save_pretrained(selected_adapters=...))")
 
 
 def _metadata_alpha(metadata: dict[str, str], path: Path) -> Callable[[str], float | None]:

@@ -4,9 +4,11 @@ command line (--root, default ./adapters).
     list [CLIENT]                               every version: kind, experts, base, steps, promoted, scores
     show REF [--config]                         a version's manifest (the resolved training config with --config)
     verify REF                                  file sizes and sha256s against the manifest
-    export REF --format comfyui|diffusers|kohya|peft --out DIR [--dtype bf16]
+    export REF --format comfyui|diffusers|kohya|peft --out DIR [--dtype bf16] [--blocks-only]
                                                 one file per expert (a Wan2.2 pair: two) + export.json naming the
-                                                loader slot of each
+                                                loader slot of each and the known loaders that cannot read it
+                                                (diffusers reads comfyui / kohya files only for block Linears:
+                                                a warning names the modules; --blocks-only drops the rest)
     import FILE [FILE] --client C --name N --size SIZE [--experts high_noise low_noise] [--base CKPT]
                                                 another tool's LoRA (any layout load_lora reads) as a new version
     merge REF[:W] [REF[:W] ...] --base CKPT --out DIR
@@ -28,7 +30,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from wan_train.lora.adapters import LoraWeights, load_lora
+from wan_train.lora.adapters import LoraModule, LoraWeights, load_lora
+from wan_train.lora.consumers import outside_blocks, unreadable_by
 from wan_train.lora.formats import FORMATS, SUFFIX, read_lora, write_lora
 from wan_train.lora.identity import base_identity, check_base
 from wan_train.lora.merge import merge
@@ -113,25 +116,47 @@ def cmd_export(args) -> int:
     registry = Registry(args.root)
     version = registry.get(args.ref)
     registry.verify(version)
+    # every expert's modules first: a refusal leaves no file of a pair behind
+    selected = {key: export_modules(version_lora(version, key), what=f"{version.ref} ({key})",
+                                    blocks_only=args.blocks_only) for key in version.manifest["weights"]}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     identities = version.manifest["base"].get("identity", {})
     stem = f"{version.client}_{version.adapter}_{version.version}"
     files = []
-    for key in version.manifest["weights"]:
-        lora = version_lora(version, key)
+    for key, (modules, dropped) in selected.items():
         path = out / f"{stem}{'' if key == DENSE else '_' + key}{SUFFIX[args.format]}"
         metadata = {EXPERT_KEY: key, "wan_train.ref": version.ref}
         if identities.get(key):
             metadata[BASE_KEY] = identities[key]
-        write_lora(path, lora.modules, format=args.format, metadata=metadata, dtype=DTYPES[args.dtype])
+        write_lora(path, modules, format=args.format, metadata=metadata, dtype=DTYPES[args.dtype])
+        unreadable = unreadable_by(modules, format=args.format)
+        for loader, why in unreadable.items():
+            hint = "; --blocks-only drops the modules outside the blocks" if outside_blocks(modules) else ""
+            console.print(f"[yellow]warning: {path.name}: {loader} cannot load it: {why} (for diffusers, "
+                          f"--format diffusers loads every module{hint})[/]")
         files.append({"file": path.name, "expert": key, "slot": SLOTS[args.format][key],
-                      "base_identity": identities.get(key)})
+                      "base_identity": identities.get(key), "dropped_modules": dropped,
+                      "unreadable_by": unreadable})
     _write_json(out / "export.json", {"ref": version.ref, "format": args.format, "dtype": args.dtype,
                                       "trigger_words": version.manifest.get("trigger_words", []), "files": files})
     for f in files:
         console.print(f"{out / f['file']}  ->  {f['slot']}")
     return 0
+
+
+def export_modules(lora: LoraWeights, *, what: str, blocks_only: bool) -> tuple[dict[str, LoraModule], list[str]]:
+    """The modules to export, and those --blocks-only drops (the Linears outside the transformer blocks: head,
+    text / time embeddings, time projection, image projection), named in a warning."""
+    dropped = outside_blocks(lora.modules) if blocks_only else []
+    modules = {name: m for name, m in lora.modules.items() if name not in dropped}
+    if not modules:
+        raise ValueError(f"export --blocks-only: {what} adapts no Linear inside the transformer blocks "
+                         f"(only {', '.join(dropped)}); nothing would be left to export")
+    if dropped:
+        console.print(f"[yellow]--blocks-only: {what}: dropping {len(dropped)} module(s) outside the transformer "
+                      f"blocks, so the export is not the whole adapter: {', '.join(dropped)}[/]")
+    return modules, dropped
 
 
 def cmd_import(args) -> int:
@@ -235,6 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=FORMATS, required=True)
     p.add_argument("--out", required=True, help="folder for the file(s) and export.json")
     p.add_argument("--dtype", choices=DTYPES, default="fp32", help="factor dtype (alpha stays exact)")
+    p.add_argument("--blocks-only", action="store_true",
+                   help="export only the Linears inside the transformer blocks (musubi-tuner's Wan LoRA scope), "
+                        "dropping head / embedding / projection modules with a warning: diffusers' loader cannot "
+                        "read those from comfyui or kohya files")
     p.set_defaults(run=cmd_export)
     p = sub.add_parser("import", help="register another tool's LoRA file(s)")
     p.add_argument("files", nargs="+")

@@ -19,6 +19,9 @@ alpha = scale * r is written as the shortest decimal that divides back to exactl
 reads back exactly whenever alpha is a float32 number (integers, halves, any bf16 value); JSON (peft, diffusers)
 keeps the float64 alpha as is. (For a few arbitrary scales and ranks no float alpha divides back, e.g. 0.1 with
 r = 3; those read back one ulp away.)
+
+Which known loaders of each format read a file holding a given set of modules (diffusers reads comfyui and kohya
+files only for block Linears): consumers.py.
 """
 
 from __future__ import annotations
