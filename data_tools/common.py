@@ -1,10 +1,7 @@
 """What every data tool shares: a rich progress bar, the end-of-run summary, atomic file writes."""
 
-import contextlib
 import io
-import os
 import tarfile
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +11,11 @@ from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColu
 from rich.table import Table
 from rich.text import Text
 
+# every tool's writes: a temp file beside the target (umask permissions), fsynced, renamed only when complete,
+# so readers never see half a shard and a killed run leaves at most a `.NAME.tmp-<hex>` file behind
+from wan_train.fileio.durable import atomic_path, write_bytes as write_atomic  # noqa: F401 (re-exported)
+
 console = Console(stderr=True)
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 
 class RateColumn(ProgressColumn):
@@ -37,23 +36,6 @@ def summary(title: str, rows: dict[str, object]) -> None:
     console.print(table)
 
 
-@contextlib.contextmanager
-def atomic_path(final: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `final`; it is renamed onto `final` only if the body succeeds, so readers
-    never see a half-written file and a killed run leaves at most a `.tmp` file behind."""
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; shards on shared storage must be readable
-    try:
-        yield Path(tmp)
-        os.replace(tmp, final)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # tar member fields that would otherwise come from the writing machine and moment: shards are byte-reproducible
 TAR_FIELDS = {"mtime": 0, "uid": 0, "gid": 0, "uname": "", "gname": "", "mode": 0o644}
 
@@ -64,12 +46,6 @@ def add_tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     for field, value in TAR_FIELDS.items():
         setattr(info, field, value)
     tar.addfile(info, io.BytesIO(data))
-
-
-def write_atomic(final: str | Path, data: bytes) -> Path:
-    with atomic_path(final) as tmp:
-        tmp.write_bytes(data)
-    return Path(final)
 
 
 def shard_urls(parser, patterns: list[str], *, option: str = "") -> list[str]:

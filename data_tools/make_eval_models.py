@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from data_tools.common import console, summary
+from data_tools.common import atomic_path, console, summary
 from data_tools.random_weights import randomize_, randomize_i3d_
 
 IMAGE_SIZE = 32  # pixels per side the tiny image towers see (ViT-B/32 sees 224)
@@ -74,10 +74,8 @@ def write_i3d(path: str | Path, *, seed: int = 0) -> Path:
     from eval.i3d import InceptionI3d
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.partial")
-    torch.save(randomize_i3d_(InceptionI3d(), seed).state_dict(), temp)
-    temp.replace(path)
+    with atomic_path(path) as temp:
+        torch.save(randomize_i3d_(InceptionI3d(), seed).state_dict(), temp)
     return path
 
 

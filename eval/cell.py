@@ -14,8 +14,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +25,7 @@ from eval.i3d import load_i3d
 from eval.real import real_statistics
 from eval.scorers import build_scorers, resolve_device, score_videos
 from wan_train.config.schema import GenerateConfig
+from wan_train.fileio import durable
 from wan_train.inference.cli import generate_videos, parse_adapters, read_prompts
 from wan_train.inference.loading import is_run_folder, run_checkpoint
 from wan_train.lora import Registry
@@ -201,13 +200,6 @@ def write_json(path: Path, value) -> None:
 
 
 def write_text(path: Path, text: str) -> None:
-    """Atomically (a temp file beside `path`, then rename): a killed sweep never leaves half a result."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    """Atomically and durably (a temp file beside `path`, fsynced, renamed; the umask's permissions, not
+    mkstemp's 0600): a killed sweep never leaves half a result."""
+    durable.write_text(path, text)

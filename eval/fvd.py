@@ -15,8 +15,6 @@ import dataclasses
 import hashlib
 import json
 import logging
-import os
-import uuid
 from pathlib import Path
 
 import torch
@@ -25,6 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 from torchmetrics.image.fid import FrechetInceptionDistance
 
 from eval.i3d import MIN_FRAMES, NUM_CLASSES, RESOLUTION, I3DFeatures
+from wan_train.fileio.durable import write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -132,19 +131,13 @@ class RealStats:
         return Path(directory) / f"fvd_real_{hashlib.sha256(key.encode()).hexdigest()[:16]}.safetensors"
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temp file beside `path`, then rename): a killed run never leaves half a cache."""
+        """Write atomically and durably (temp file beside `path`, fsynced, renamed): a killed run never leaves half
+        a cache."""
         path = Path(path)
         tensors = {"mu": self.mu.double().contiguous().cpu(), "sigma": self.sigma.double().contiguous().cpu(),
                    "count": torch.tensor([self.count], dtype=torch.int64)}
         meta = {"fingerprint": self.fingerprint, "protocol": json.dumps(self.protocol.as_dict(), sort_keys=True)}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            tmp.write_bytes(safetensors_bytes(tensors, metadata=meta))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return write_bytes(path, safetensors_bytes(tensors, metadata=meta))
 
     @classmethod
     def load(cls, path: str | Path, *, protocol: Protocol, fingerprint: str | None = None) -> RealStats:

@@ -2,9 +2,10 @@
 
     saved = save_video("out/fox.mp4", video_B3FHW[0], fps=16, metadata={"prompt": ..., "seed": 0, ...})
 
-writes out/fox.mp4, out/fox.png and out/fox.json, each atomically (a temporary file beside it, renamed), so a
-reader never sees a half-written file. The mp4 encoder here is also the one data_tools uses for demo data and
-shards (wan_train never imports data_tools, so it lives on this side).
+writes out/fox.mp4, out/fox.png and out/fox.json, each atomically and durably (wan_train.fileio.durable: a
+temporary file beside it, fsynced, renamed), so a reader never sees a half-written file. The mp4 encoder here is
+also the one data_tools uses for demo data and shards (wan_train never imports data_tools, so it lives on this
+side).
 
 Odd sizes: H.264 in yuv420p subsamples chroma 2x2 and x264 refuses odd widths and heights, so the mp4 alone gets
 the last row and/or column repeated (edge replication, at most one pixel each way); the preview, to_uint8 and the
@@ -13,13 +14,9 @@ metadata keep the exact generated size.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
-import os
-import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -28,6 +25,8 @@ import av
 import numpy as np
 import torch
 from PIL import Image
+
+from wan_train.fileio.durable import atomic_file
 
 # x264's bytes depend on its thread count (so on the CPU count), and its macroblock-tree rate control gave
 # different bytes for the same frames in a few percent of encodes; one thread and mbtree=0 never did.
@@ -61,7 +60,7 @@ def write_mp4(path: str | Path, frames: np.ndarray, *, fps: float, **options) ->
     """encode_mp4(frames, fps=fps, **options) written atomically to `path`."""
     path = Path(path)
     data = encode_mp4(frames, fps=fps, **options)
-    with _atomic_file(path) as f:
+    with atomic_file(path) as f:
         f.write(data)
     return path
 
@@ -128,7 +127,7 @@ def write_gif(path: str | Path, frames_uint8: np.ndarray, *, fps: float) -> Path
     path = Path(path)
     images = [Image.fromarray(frame) for frame in frames_uint8]
     delay_ms = 10 * max(1, round(100 / fps))
-    with _atomic_file(path) as f:
+    with atomic_file(path) as f:
         images[0].save(f, format="GIF", save_all=True, append_images=images[1:], duration=delay_ms, loop=0)
     return path
 
@@ -164,28 +163,11 @@ def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: d
     preview_path = None
     if preview == "png":
         preview_path = path.with_suffix(".png")
-        with _atomic_file(preview_path) as f:
+        with atomic_file(preview_path) as f:
             contact_sheet(frames).save(f, format="PNG")
     elif preview == "gif":
         preview_path = write_gif(path.with_suffix(".gif"), frames, fps=fps)
     metadata_path = path.with_suffix(".json")
-    with _atomic_file(metadata_path) as f:
+    with atomic_file(metadata_path) as f:
         f.write(metadata_json.encode())
     return SavedVideo(video=path, preview=preview_path, metadata=metadata_path)
-
-
-@contextlib.contextmanager
-def _atomic_file(final: Path) -> Iterator[io.BufferedWriter]:
-    """A binary file opened beside `final` (parents created) and renamed onto it only if the body succeeds: a
-    killed run leaves `final` as it was, never half-written; a failed body leaves no temporary file."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.{uuid.uuid4().hex[:12]}.tmp")
-    # mode 0o666 through the umask, as a plain open() would create `final` (mkstemp would make it 0600)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            yield f
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

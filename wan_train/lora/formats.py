@@ -39,6 +39,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
 
+from wan_train.fileio.durable import atomic_path
 from wan_train.lora.adapters import LoraModule, LoraWeights, load_lora
 from wan_train.models import CheckpointError, WanDiT
 from wan_train.models.checkpoint.dit_layouts import DIFFUSERS, from_official
@@ -236,15 +237,7 @@ def _factor(t: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
 
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temp file beside `path`, renamed over it only once complete (no reader sees half a file).
-    The temp file is created like any other (not mkstemp's 0600), so the result gets the usual permissions."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
+    """Write through a temp file beside `path`, fsynced and renamed over it only once complete (no reader sees half
+    a file, nor after a power cut); the file gets the umask's permissions (wan_train.fileio.durable)."""
+    with atomic_path(path) as tmp:
         write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 
+from wan_train.fileio.durable import fsync_dir, write_text
+
 try:
     import fcntl
 except ImportError:  # Windows: no advisory locks, so concurrent promote / record_scores may lose an update
@@ -42,7 +44,7 @@ _VERSION = re.compile(r"v(\d{4,})")
 _VERSION_RULE = "'v' and 4 or more digits without extra leading zeros, e.g. v0001"
 _REF_FORMS = "'client/adapter' (promoted, else newest), 'client/adapter@latest' or 'client/adapter/v0002'"
 _STAGING = ".staging-"
-_TMP = ".tmp-"  # infix of the temp files behind atomic writes (".manifest.json.tmp-<hex>")
+_TMP = ".tmp-"  # infix of fileio.durable's temp files behind atomic writes (".manifest.json.tmp-<hex>")
 _LOCK = ".lock"
 _STALE_STAGING_S = 3600  # a staging folder untouched this long belongs to a crashed writer
 _PUBLISH_TRIES = 100  # each lost race means another writer published, so this bounds only absurd contention
@@ -101,12 +103,12 @@ class Registry:
         try:
             body["files"] = {rel: _copy(source / rel, staging / rel) for rel in relpaths}
             for dirpath, _, _ in os.walk(staging):
-                _fsync_dir(Path(dirpath))
+                fsync_dir(dirpath)
             name = self._land(staging, folder, body, explicit=version)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return self._load(client, adapter, name)
 
     def _land(self, staging: Path, folder: Path, body: dict, *, explicit: str | None) -> str:
@@ -114,7 +116,7 @@ class Registry:
         for _ in range(1 if explicit else _PUBLISH_TRIES):
             name = explicit or _next_version(folder)
             body["version"] = name
-            _write_text(staging / MANIFEST, _dumps(body))
+            write_text(staging / MANIFEST, _dumps(body))  # durable inside staging before the rename publishes it
             try:
                 os.rename(staging, folder / name)
                 return name
@@ -214,7 +216,7 @@ class Registry:
             path = folder / PROMOTED
             history = _read_json(path).get("history", []) if path.exists() else []
             history.append({"version": version.version, "time": _now(), "require": require, "forced": bool(force)})
-            _write_atomic(path, _dumps({"version": version.version, "history": history}))
+            write_text(path, _dumps({"version": version.version, "history": history}))
         return version
 
     def record_scores(self, ref: str, scores: Mapping[str, float]) -> AdapterVersion:
@@ -224,7 +226,7 @@ class Registry:
         with _locked(version.path.parent):  # two evaluators recording different metrics must not drop either
             manifest = _read_json(version.path / MANIFEST)  # fresh: another writer may have added scores
             manifest["scores"] = {**manifest["scores"], **scores}
-            _write_atomic(version.path / MANIFEST, _dumps(manifest))
+            write_text(version.path / MANIFEST, _dumps(manifest))
         return self._load(version.client, version.adapter, version.version)
 
 
@@ -430,40 +432,6 @@ def _read_json(path: Path) -> dict:
     if not isinstance(obj, dict):
         raise RegistryError(f"{path} is corrupt: expected a JSON object, found {type(obj).__name__}")
     return obj
-
-
-def _write_text(path: Path, text: str) -> None:
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    # Not tempfile.mkstemp: its 0600 mode would make a shared registry unreadable to the team; open() honours umask.
-    tmp = path.with_name(f".{path.name}{_TMP}{uuid.uuid4().hex}")
-    try:
-        _write_text(tmp, text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make renames and new entries in ``folder`` durable (POSIX); a no-op where folders cannot be opened."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager

@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from wan_train.fileio.durable import atomic_path, remove_leftovers
+
 
 class HeldOutLoss(L.Callback):
     """Logs `val/loss` (and per sigma quantile, and `val/<set>/loss` of named extra sets) before the first step,
@@ -58,12 +60,12 @@ class Throughput(L.Callback):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints are written to a temporary file and renamed: a run killed mid-write leaves the previous
-    checkpoint intact and never a truncated one that `resume=auto` would pick."""
+    """Checkpoints are written to a temporary file, fsynced and renamed (wan_train.fileio.durable): a run killed
+    mid-write, or a machine losing power, leaves the previous checkpoint intact and never a truncated one that
+    `resume=auto` would pick."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+        remove_leftovers(path.parent)  # the temp file of a save killed an hour ago or more (a whole checkpoint)

@@ -28,6 +28,7 @@ from wan_train.data.shards import expand_urls, read_samples
 from wan_train.data.skiplog import SKIPPED_FILE, SkipLog
 from wan_train.data.skiplog import summary as skip_summary
 from wan_train.data.stream import Tally
+from wan_train.fileio.durable import write_text
 from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
@@ -97,8 +98,9 @@ def held_out_batches(data: DataConfig, count: int, shards: list[str], *, split: 
 
 
 def write_run_info(cfg: DictConfig, run_dir: Path) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    """config.yaml and git_revision.txt, each written atomically and durably (every rank writes them; the last
+    rename wins)."""
+    write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
                              cwd=Path(__file__).parent).stdout.strip()
@@ -106,7 +108,7 @@ def write_run_info(cfg: DictConfig, run_dir: Path) -> None:
                                cwd=Path(__file__).parent).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         rev, dirty = "unknown", ""
-    (run_dir / "git_revision.txt").write_text(rev + (" (with uncommitted changes)" if dirty else "") + "\n")
+    write_text(run_dir / "git_revision.txt", rev + (" (with uncommitted changes)" if dirty else "") + "\n")
 
 
 def loggers(cfg, run_dir: Path) -> list:

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from wan_train.fileio.durable import atomic_directory, recover_directory
 from wan_train.models.checkpoint.dit_layouts import (
     CONFIG_CLASSES, LAYOUTS, config_from_json, config_from_shapes, config_to_json, detect_layout, from_official,
     is_unused, to_official,
@@ -29,7 +30,7 @@ from wan_train.models.checkpoint.dit_layouts import (
 from wan_train.models.checkpoint.errors import CheckpointError
 from wan_train.models.checkpoint.state_dict import MAX_LISTED, report
 from wan_train.models.checkpoint.safetensors_io import (
-    TensorInfo, atomic_directory, index_files, iter_tensors, shard_files_from_index, write_json, write_sharded,
+    TensorInfo, index_files, iter_tensors, shard_files_from_index, write_json, write_sharded,
 )
 from wan_train.models.dit.config import DiTConfig
 from wan_train.models.dit.model import WanDiT
@@ -80,7 +81,8 @@ def save_dit(model: WanDiT, path: str | Path, *, layout: str = "official", max_s
              state_dict: dict[str, torch.Tensor] | None = None) -> Path:
     """Write ``config.json`` and the weights (sharded above ``max_shard_size``) in the official or diffusers layout:
     the model's own, or ``state_dict`` (e.g. gathered from FSDP shards, or averaged). The folder appears
-    atomically; an existing folder at ``path`` is replaced."""
+    atomically and durably, with the umask's permissions; an existing folder at ``path`` stays whole until the
+    new one replaces it in one step (wan_train.fileio.durable.atomic_directory)."""
     if layout not in LAYOUTS:
         raise ValueError(f"layout={layout!r}; expected one of {LAYOUTS}")
     config_json = config_to_json(model.config, layout)
@@ -98,6 +100,7 @@ def save_dit(model: WanDiT, path: str | Path, *, layout: str = "official", max_s
 def _resolve(path: Path, expert: str | None) -> _Source:
     if expert is not None and expert not in EXPERTS:
         raise ValueError(f"expert={expert!r}; expected one of {EXPERTS}")
+    recover_directory(path)  # a save_dit interrupted mid-replacement (where folders cannot be exchanged)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file():
@@ -119,6 +122,8 @@ def _resolve(path: Path, expert: str | None) -> _Source:
 
 
 def _expert_folder(path: Path, expert: str | None) -> Path:
+    for sub in (*_OFFICIAL_EXPERT_DIRS.values(), *_PIPELINE_EXPERT_DIRS.values()):
+        recover_directory(path / sub)  # each expert is its own save_dit
     official = {e: path / d for e, d in _OFFICIAL_EXPERT_DIRS.items()}
     if all(p.is_dir() for p in official.values()):
         return official[_require_expert(path, expert)]

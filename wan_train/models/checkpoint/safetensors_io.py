@@ -1,17 +1,12 @@
 """Safetensors checkpoints: header-only indexing (names, dtypes, shapes, truncation checks before any data is
-read), streaming loads shard by shard, sharded writes with a Hugging Face style ``.index.json``, and atomic
-folder writes (a temp folder renamed into place, so no reader ever sees half a checkpoint)."""
+read), streaming loads shard by shard, and sharded writes with a Hugging Face style ``.index.json`` into the temp
+folder of a wan_train.fileio.durable.atomic_directory (which makes the folder appear whole and durable)."""
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import shutil
 import struct
-import tempfile
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,7 +116,8 @@ def parse_size(size: int | str) -> int:
 def write_sharded(tensors: dict[str, torch.Tensor], folder: Path, *, basename: str, max_shard_size: int | str,
                   metadata: dict[str, str] | None = None) -> list[Path]:
     """Write ``basename.safetensors``, or ``basename-0000k-of-0000N.safetensors`` shards plus
-    ``basename.safetensors.index.json`` when the tensors exceed ``max_shard_size`` bytes."""
+    ``basename.safetensors.index.json`` when the tensors exceed ``max_shard_size`` bytes. The shards are written
+    in place, unsynced: ``folder`` is an atomic_directory's temp folder, which fsyncs all of it before the swap."""
     limit = parse_size(max_shard_size)
     shards: list[dict[str, torch.Tensor]] = [{}]
     shard_bytes = 0
@@ -138,7 +134,6 @@ def write_sharded(tensors: dict[str, torch.Tensor], folder: Path, *, basename: s
     meta = {"format": "pt", **(metadata or {})}
     for name, shard in zip(names, shards, strict=True):
         save_file({k: v.detach().to("cpu").contiguous() for k, v in shard.items()}, str(folder / name), metadata=meta)
-        _fsync(folder / name)
     if n > 1:
         index = {
             "metadata": {"total_size": sum(t.numel() * t.element_size() for t in tensors.values())},
@@ -149,30 +144,5 @@ def write_sharded(tensors: dict[str, torch.Tensor], folder: Path, *, basename: s
 
 
 def write_json(path: Path, obj: dict) -> None:
+    """Written in place, like the shards: into an atomic_directory's temp folder, which fsyncs all of it."""
     path.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
-    _fsync(path)
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as f:
-        os.fsync(f.fileno())
-
-
-@contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temp folder beside ``path``; on success it replaces ``path`` by rename, on error it is removed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        old = path.with_name(f".{path.name}.old-{uuid.uuid4().hex[:8]}")
-        os.rename(path, old)
-        os.rename(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, path)
