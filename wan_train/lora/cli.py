@@ -30,6 +30,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from wan_train.fileio.durable import write_text
 from wan_train.lora.adapters import LoraModule, LoraWeights, load_lora
 from wan_train.lora.consumers import outside_blocks, unreadable_by
 from wan_train.lora.formats import FORMATS, SUFFIX, read_lora, write_lora
@@ -234,9 +235,7 @@ def cmd_promote(args) -> int:
 
 
 def _write_json(path: Path, value: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(value, indent=2, ensure_ascii=False) + "\n")
 
 
 # ------------------------------------------------------------------------------------------------------ parser

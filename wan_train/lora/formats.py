@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -39,7 +38,7 @@ import torch
 from peft import LoraConfig
 from safetensors.torch import save_file
 
-from wan_train.fileio.durable import atomic_path
+from wan_train.fileio.durable import atomic_directory, atomic_path
 from wan_train.lora.adapters import LoraModule, LoraWeights, load_lora
 from wan_train.models import CheckpointError, WanDiT
 from wan_train.models.checkpoint.dit_layouts import DIFFUSERS, from_official
@@ -73,8 +72,8 @@ def write_lora(path: str | os.PathLike, modules: Mapping[str, LoraModule], *, fo
                metadata: Mapping[str, str] | None = None, dtype: torch.dtype | None = None) -> list[Path]:
     """Write `modules` (keys: our official module names such as `blocks.0.self_attn.q`, `blocks.3.ffn.0`) to `path`
     in `format` (module docstring); returns the files written. dtype: the factor dtype (None: as given); alpha
-    never takes it. Every file is written atomically (a temp file beside it, then os.replace); a peft folder's
-    two files each so. metadata: extra safetensors string metadata (e.g. {"wan_train.base_hash": ...}) stored in
+    never takes it. Every file is written atomically (a temp file beside it, fsynced, then renamed); a peft folder
+    is assembled beside `path` and replaces it whole (wan_train.fileio.durable.atomic_directory). metadata: extra safetensors string metadata (e.g. {"wan_train.base_hash": ...}) stored in
     every .safetensors written."""
     if format not in FORMATS:
         raise ValueError(f"write_lora: format={format!r}; expected one of {FORMATS}")
@@ -99,12 +98,11 @@ def write_lora(path: str | os.PathLike, modules: Mapping[str, LoraModule], *, fo
     if format != "peft":
         _atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=file_metadata))
         return [path]
-    path.mkdir(parents=True, exist_ok=True)
     config_json = _peft_config(modules, alphas)
-    weights, config_path = path / PEFT_WEIGHTS, path / PEFT_CONFIG
-    _atomic(weights, lambda tmp: save_file(tensors, str(tmp), metadata=file_metadata))
-    _atomic(config_path, lambda tmp: tmp.write_text(json.dumps(config_json, indent=2, sort_keys=True)))
-    return [weights, config_path]
+    with atomic_directory(path) as folder:  # weights and config swapped in together, never one without the other
+        save_file(tensors, str(folder / PEFT_WEIGHTS), metadata=file_metadata)
+        (folder / PEFT_CONFIG).write_text(json.dumps(config_json, indent=2, sort_keys=True))
+    return [path / PEFT_WEIGHTS, path / PEFT_CONFIG]
 
 
 def read_lora(path: str | os.PathLike, *, model: WanDiT, alpha: float | None = None) -> LoraWeights:
