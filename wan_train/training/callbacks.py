@@ -8,6 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from wan_train.models.checkpoint.pickles import load_pickled
+
 
 class HeldOutLoss(L.Callback):
     """Logs `val/loss` (and per sigma quantile, and `val/<set>/loss` of named extra sets) before the first step,
@@ -67,3 +69,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         tmp = path.with_name(f".{path.name}.tmp")
         torch.save(checkpoint, tmp)
         os.replace(tmp, path)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Weights only, whatever Lightning asks (its default left it to torch, False below 2.6): a crafted file
+        is refused, and any unreadable one is a CheckpointError naming it."""
+        return load_pickled(path, map_location=map_location or "cpu")
