@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from wan_train.models.checkpoint.pickles import load_pickled
+
 NUM_CLASSES = 400
 RESOLUTION = 224  # every frame is resized straight to 224x224, as the TF reference does (no crop)
 LOGITS_CHANNELS = 1024  # Mixed_5c output
@@ -239,15 +241,20 @@ def weights_hash(path: str | Path) -> str:
 def load_i3d(path: str | Path, *, layout: str | None = None) -> I3DFeatures:
     """Load any of the three I3D files into an `I3DFeatures` (eval mode, on the CPU).
 
-    A TorchScript archive is recognised by its `code/` folder. For a state dict the layout (which fixes the
-    BatchNorm eps) comes from `layout` or else from the file name (`rgb_imagenet*`, `i3d_pretrained_400*`);
-    keys may carry DataParallel's `module.` prefix, and only `*.num_batches_tracked` may be missing.
+    A TorchScript archive (recognised by its `code/` folder) is a program, not weights: it runs only when asked for
+    by name, `layout="i3d_torchscript"` or a file named `i3d_torchscript*`. For a state dict the layout (which fixes
+    the BatchNorm eps) comes from `layout` or else from the file name (`rgb_imagenet*`, `i3d_pretrained_400*`);
+    it is read weights-only (no code runs), keys may carry DataParallel's `module.` prefix, and only
+    `*.num_batches_tracked` may be missing.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"I3D weights not found: {path}")
     sha = weights_hash(path)
     if _is_torchscript(path):
+        if (layout or _name_layout(path)) != TORCHSCRIPT:
+            raise ValueError(f"{path}: a TorchScript archive, i.e. a program that runs when loaded; to run it as "
+                             f"StyleGAN-V's I3D, pass layout={TORCHSCRIPT!r} or name it {TORCHSCRIPT}*.pt")
         try:
             with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; this file exists only as one
                 warnings.simplefilter("ignore", DeprecationWarning)
@@ -270,10 +277,14 @@ def _is_torchscript(path: Path) -> bool:
         return any(name.split("/")[1:2] == ["code"] for name in archive.namelist())
 
 
+def _name_layout(path: Path) -> str | None:
+    return next((layout for layout in (*BN_EPS, TORCHSCRIPT) if path.name.startswith(layout)), None)
+
+
 def _layout_from_name(path: Path) -> str:
-    for layout in BN_EPS:
-        if path.name.startswith(layout):
-            return layout
+    layout = _name_layout(path)
+    if layout in BN_EPS:
+        return layout
     raise ValueError(f"{path}: cannot tell the state-dict layout from the file name; pass layout= one of "
                      f"{sorted(BN_EPS)} (piergiaj rgb_imagenet.pt uses BatchNorm eps 1e-3, the VideoGPT/TATS "
                      "i3d_pretrained_400.pt 1e-5)")
@@ -282,11 +293,7 @@ def _layout_from_name(path: Path) -> str:
 def _checked_state_dict(path: Path, net: nn.Module) -> dict[str, torch.Tensor]:
     """The file's tensors under our names, complete: anything missing (but num_batches_tracked), unexpected or
     of the wrong shape is an error naming the file and the keys."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise ValueError(f"{path}: not a TorchScript archive nor a torch state dict ({type(err).__name__}: "
-                         f"{err})") from err
+    state = load_pickled(path)  # a CheckpointError (a ValueError) naming the file
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: expected a flat state dict of tensors, got {type(state).__name__}")
     state = {k.removeprefix("module."): v for k, v in state.items()}

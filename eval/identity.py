@@ -11,12 +11,16 @@ it is read with local_files_only, so nothing downloads.
 
 import json
 import logging
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from transformers import AutoImageProcessor, CLIPModel, Dinov2Model, ViTModel
+
+from wan_train.models import CheckpointError
+from wan_train.models.checkpoint.pickles import why
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +70,12 @@ def read_model_type(folder) -> str:
 
 
 def load_pretrained(cls, folder, **kwargs):
-    """`cls.from_pretrained` from a local folder that refuses to fill missing weights at random."""
-    model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    """`cls.from_pretrained` from a local folder that refuses to fill missing weights at random; a
+    pytorch_model.bin is read weights-only (transformers does so), one holding more than weights is refused."""
+    try:
+        model, info = cls.from_pretrained(folder, local_files_only=True, output_loading_info=True, **kwargs)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(f"{folder}: its PyTorch weights file {why(e)}") from None
     missing = sorted(info["missing_keys"])
     if missing:
         raise ValueError(f"{folder}: the weights lack {len(missing)} tensors that {cls.__name__} needs "

@@ -1,6 +1,7 @@
 """Test helpers: random weights in which every parameter matters (data_tools.random_weights), relative error,
-tiny models in the official file formats."""
+tiny models in the official file formats, a pickle payload."""
 
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -130,3 +131,14 @@ def publish_random_adapter(root, client, name, dits: dict, *, seed, size="tiny",
     manifest = {"kind": "style", "trigger_words": ["acme style"], "experts": list(dits), "weights": weights,
                 "base": {"name": size, "checkpoint": None, "identity": identity}, "steps": {}, "scores": {}}
     return Registry(root).publish(client, name, stage, manifest)
+
+
+class Payload:
+    """A pickle payload: unpickled, it creates `marker`, so the file exists only if a loader ran code from the
+    pickle (torch.save a dict holding one to make a crafted checkpoint)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return Path.touch, (Path(self.marker),)

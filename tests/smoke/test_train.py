@@ -1,17 +1,23 @@
 """train.py's run(cfg) end to end on the CPU with the quickstart's zero-download setup: a 2-step run writes
 the run folder (config, git revision, checkpoints, CSV and W&B-offline metrics, exported weights), and a run
-stopped after step k and resumed with resume=auto reproduces the uninterrupted run's losses exactly."""
+stopped after step k and resumed with resume=auto reproduces the uninterrupted run's losses exactly (from the
+checkpoint before a damaged newest one too); a crafted resume= file is refused before its code runs."""
 
 import csv
 import json
+import logging
+import re
+import shutil
 import time
 
 import pytest
 import torch
 
 from data_tools.make_demo import make_demo
+from tests.helpers import Payload
 from wan_train.config import compose_config
-from wan_train.models import load_dit
+from wan_train.models import CheckpointError, load_dit
+from wan_train.models.checkpoint.pickles import load_pickled
 from wan_train.training.run import run
 
 
@@ -75,6 +81,29 @@ def test_stopped_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tm
     full, resumed = losses(tmp_path / "full"), losses(tmp_path / "resumed")
     assert sorted(full) == sorted(resumed) == list(range(6))
     assert resumed == full  # bit for bit: weights, optimizer, scheduler, data position, sigma and noise
+
+
+def test_resume_auto_skips_a_truncated_newest_checkpoint_and_redoes_its_steps(demo, tmp_path, caplog):
+    common = {"trainer.checkpoint_every_n_steps": "2", "logger.wandb": "false", "trainer.max_steps": "4"}
+    run(config(demo, tmp_path / "full", **common))
+    shutil.copytree(tmp_path / "full" / "checkpoints", tmp_path / "resumed" / "checkpoints")
+    newest = tmp_path / "resumed" / "checkpoints" / "step=0000004.ckpt"
+    newest.write_bytes(newest.read_bytes()[:1000])  # a crash or a full disk outside our atomic writes
+    with caplog.at_level(logging.WARNING):
+        metrics = run(config(demo, tmp_path / "resumed", **common, resume="auto"))
+    assert f"skipping the damaged checkpoint {newest}" in caplog.text
+    assert metrics["resumed_from"].endswith("step=0000002.ckpt") and metrics["step"] == 4
+    assert losses(tmp_path / "resumed") == {k: v for k, v in losses(tmp_path / "full").items() if k >= 2}
+    assert load_pickled(newest)["global_step"] == 4  # saved over the damaged one
+
+
+def test_a_crafted_resume_file_is_refused_naming_it(demo, tmp_path):
+    crafted = tmp_path / "step=0000002.ckpt"
+    torch.save({"state_dict": {}, "global_step": 2, "payload": Payload(tmp_path / "MARKER")}, crafted)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(str(crafted))}: holds a pickled .*could run code"):
+        run(config(demo, tmp_path / "run", **{"trainer.max_steps": "2", "logger.wandb": "false",
+                                              "resume": f"'{crafted}'"}))
+    assert not (tmp_path / "MARKER").exists()
 
 
 def test_a_run_killed_mid_training_resumes_from_its_newest_checkpoint(demo, tmp_path):

@@ -21,6 +21,7 @@ from wan_train.lora import add_adapter, merge_adapter
 from wan_train.models import (
     EXPERTS, CheckpointError, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit, load_wan,
 )
+from wan_train.models.checkpoint.pickles import load_pickled
 from wan_train.models.checkpoint.wan_files import OFFICIAL_EXPERT_DIRS
 
 DIT_PREFIX = "dit."  # FlowMatchingModule.dit in a Lightning checkpoint's state_dict
@@ -45,11 +46,6 @@ def run_checkpoints(run_dir: Path) -> dict[int, Path]:
         if match:
             found[int(match.group(1))] = path
     return found
-
-
-def newest_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
-    found = run_checkpoints(run_dir)
-    return max(found.items()) if found else None
 
 
 def run_checkpoint(run_dir: Path, step: int | None) -> tuple[int, Path]:
@@ -126,7 +122,9 @@ def dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool, st
             raise CheckpointError(f"{path} is a sharded checkpoint (FSDP / DeepSpeed): run `python -m "
                                   f"wan_train.training.consolidate {run_dir} --step {step}` first")
         path = single
-    state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+    state = load_pickled(path)  # memory-mapped
+    if not isinstance(state, dict) or not isinstance(state.get("state_dict"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint (no state_dict)")
     weights = {k[len(DIT_PREFIX):]: v for k, v in state["state_dict"].items() if k.startswith(DIT_PREFIX)}
     if ema:
         shadow = state.get("callbacks", {}).get(EMA_STATE, {}).get("shadow")

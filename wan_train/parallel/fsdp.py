@@ -31,6 +31,8 @@ try:  # torch >= 2.5
 except ImportError:
     from torch.distributed._tensor import DTensor, distribute_tensor
 
+from wan_train.models.checkpoint.distributed import SafeFileSystemReader, load_distributed
+from wan_train.models.checkpoint.pickles import load_pickled
 from wan_train.models.dit.model import WanBlock
 from wan_train.parallel.strategy import SHARDING
 
@@ -83,8 +85,9 @@ class FSDPStrategy(ModelParallelStrategy):
 
     def load_checkpoint(self, checkpoint_path, weights_only: bool | None = None) -> dict[str, Any]:
         """A shard folder at the same world size, or one file (consolidated, or from a ddp run) at any. A LoRA
-        checkpoint holds the trained weights only: they must be exactly this run's, and the frozen base stays."""
-        from torch.distributed.checkpoint import FileSystemReader, load
+        checkpoint holds the trained weights only: they must be exactly this run's, and the frozen base stays.
+        Every file is read weights-only, whatever `weights_only` Lightning passes (wan_train.models.checkpoint
+        .pickles): Lightning's own readers would unpickle meta.pt and DCP's .metadata unrestricted."""
         from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
                                                              get_optimizer_state_dict, set_model_state_dict,
                                                              set_optimizer_state_dict)
@@ -92,23 +95,22 @@ class FSDPStrategy(ModelParallelStrategy):
         path = Path(self.broadcast(checkpoint_path))
         frozen_left_out = self._frozen_left_out()
         if path.is_dir():
-            if not frozen_left_out:
-                return super().load_checkpoint(path, weights_only=weights_only)
-            stored = {key.removeprefix("state_dict."): tuple(meta.size) for key, meta
-                      in FileSystemReader(path).read_metadata().state_dict_metadata.items()
-                      if key.startswith("state_dict.")}
-            trained_only = StateDictOptions(ignore_frozen_params=True)
-            state = {"state_dict": get_model_state_dict(self.model, options=trained_only)}
-            _check_trained(path, stored, {n: tuple(t.shape) for n, t in state["state_dict"].items()})
+            options = StateDictOptions(ignore_frozen_params=frozen_left_out)
+            state = {"state_dict": get_model_state_dict(self.model, options=options)}
+            if frozen_left_out:
+                stored = {key.removeprefix("state_dict."): tuple(meta.size) for key, meta
+                          in SafeFileSystemReader(path).read_metadata().state_dict_metadata.items()
+                          if key.startswith("state_dict.")}
+                _check_trained(path, stored, {n: tuple(t.shape) for n, t in state["state_dict"].items()})
             state.update({f"optimizer_{i}": get_optimizer_state_dict(self.model, optimizer)
                           for i, optimizer in enumerate(self.optimizers)})
-            load(state, checkpoint_id=path)
-            set_model_state_dict(self.model, state["state_dict"], options=StateDictOptions(strict=False))
+            load_distributed(state, path)
+            set_model_state_dict(self.model, state["state_dict"], options=StateDictOptions(strict=not frozen_left_out))
             for i, optimizer in enumerate(self.optimizers):
                 set_optimizer_state_dict(self.model, optimizer, state[f"optimizer_{i}"])
-            return torch.load(path / METADATA, map_location="cpu", weights_only=weights_only)
+            return load_pickled(path / METADATA)
         # one file: every rank reads it (memory-mapped) and keeps its own shards
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=weights_only)
+        checkpoint = load_pickled(path, mmap=True)
         if frozen_left_out:
             _check_trained(path, {n: tuple(t.shape) for n, t in checkpoint["state_dict"].items()},
                            {n: tuple(p.shape) for n, p in self.model.named_parameters() if p.requires_grad})

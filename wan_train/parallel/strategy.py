@@ -63,7 +63,7 @@ def build_strategy(cfg):
         return FSDPStrategy(sharding_strategy=strategy.sharding_strategy, state_dict_type=strategy.state_dict_type,
                             cpu_offload=strategy.offload_parameters, timeout=timeout)
     if strategy.name == "deepspeed":
-        from lightning.pytorch.strategies import DeepSpeedStrategy
+        from wan_train.parallel.deepspeed import DeepSpeedStrategy  # Lightning's, resuming weights-only
 
         config = deepspeed_config(strategy, micro_batch=cfg.data.batch_size,
                                   accumulate=cfg.trainer.accumulate_grad_batches, precision=cfg.trainer.precision,
@@ -73,6 +73,7 @@ def build_strategy(cfg):
 
 
 def own_checkpoint_io(cfg) -> bool:
-    """Whether the run writes plain single-file checkpoints (our atomic CheckpointIO); sharded engines write their
-    own directories."""
+    """Whether the run writes plain single-file checkpoints (our atomic CheckpointIO, which also reads them
+    weights-only); sharded engines write their own directories and read them weights-only themselves
+    (wan_train.parallel.fsdp, wan_train.parallel.deepspeed)."""
     return cfg.strategy.name in ("auto", "ddp")

@@ -1,6 +1,5 @@
 """Callbacks: the held-out loss on its schedule, throughput in the progress bar, atomic checkpoint writes."""
 
-import os
 import time
 from pathlib import Path
 
@@ -9,6 +8,7 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from wan_train.fileio.durable import atomic_path, remove_leftovers
+from wan_train.models.checkpoint.pickles import load_pickled
 
 
 class HeldOutLoss(L.Callback):
@@ -69,3 +69,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         with atomic_path(path) as tmp:
             torch.save(checkpoint, tmp)
         remove_leftovers(path.parent)  # the temp file of a save killed an hour ago or more (a whole checkpoint)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None):
+        """Weights only, whatever Lightning asks (its default left it to torch, False below 2.6): a crafted file
+        is refused, and any unreadable one is a CheckpointError naming it."""
+        return load_pickled(path, map_location=map_location or "cpu")

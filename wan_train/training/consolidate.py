@@ -3,8 +3,8 @@
     python -m wan_train.training.consolidate RUN_DIR [--step N] [--export [--ema]]
 
 FSDP (strategy=fsdp, state_dict_type=sharded) and DeepSpeed ZeRO write `checkpoints/step=N.ckpt/` as a folder of
-per-rank shards. This gathers it with Lightning's own readers (torch.distributed.checkpoint for FSDP, DeepSpeed's
-zero_to_fp32 for ZeRO) into `RUN_DIR/consolidated/step=N.ckpt`, a plain Lightning checkpoint (weights, optimizer
+per-rank shards. This gathers it (torch.distributed.checkpoint for FSDP, DeepSpeed's zero_to_fp32 for ZeRO, every
+file read weights-only) into `RUN_DIR/consolidated/step=N.ckpt`, a plain Lightning checkpoint (weights, optimizer
 state, loops, callbacks) that `resume=` takes with any strategy and world size, and that generate.py / eval read
 (`ckpt=RUN_DIR step=N`). Single-file checkpoints (ddp, auto) need none of this.
 
@@ -26,6 +26,9 @@ from omegaconf import OmegaConf
 from wan_train.inference.loading import dit_from_run, run_checkpoint
 from wan_train.lora import base_identity
 from wan_train.models import EXPERTS, load_dit, save_dit
+from wan_train.models.checkpoint.distributed import read_distributed
+from wan_train.models.checkpoint.pickles import load_pickled, weights_only_loads
+from wan_train.parallel.deepspeed import LATEST, deepspeed_tag, pickled_types
 from wan_train.parallel.fsdp import METADATA, native_optimizer_state
 from wan_train.training.adapters import export_adapter
 from wan_train.training.callbacks import AtomicCheckpointIO
@@ -33,7 +36,6 @@ from wan_train.training.callbacks import AtomicCheckpointIO
 log = logging.getLogger(__name__)
 
 CONSOLIDATED = "consolidated"
-DEEPSPEED_LATEST = "latest"  # DeepSpeed writes the tag of its newest save here
 
 
 def checkpoint_kind(path: Path) -> str:
@@ -42,31 +44,32 @@ def checkpoint_kind(path: Path) -> str:
         return "file"
     if (path / METADATA).is_file() or any(path.glob("*.distcp")):
         return "fsdp"
-    if (path / DEEPSPEED_LATEST).is_file() or any(path.glob("*/mp_rank_*_model_states.pt")):
+    if (path / LATEST).is_file() or any(path.glob("*/mp_rank_*_model_states.pt")):
         return "deepspeed"
     raise ValueError(f"{path}: a folder that is neither an FSDP (meta.pt, *.distcp) nor a DeepSpeed (latest, "
                      "*/mp_rank_*_model_states.pt) sharded checkpoint")
 
 
 def load_full(path: Path) -> dict:
-    """The whole Lightning checkpoint at `path` (a file, or an FSDP / DeepSpeed shard folder) in CPU memory."""
+    """The whole Lightning checkpoint at `path` (a file, or an FSDP / DeepSpeed shard folder) in CPU memory, every
+    file read weights-only (a crafted one is refused, naming it: wan_train.models.checkpoint.pickles)."""
     kind = checkpoint_kind(path)
     if kind == "file":
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return load_pickled(path)
     if kind == "fsdp":
-        from lightning.fabric.utilities.load import _load_distributed_checkpoint
-
-        checkpoint = _load_distributed_checkpoint(path)
+        checkpoint = read_distributed(path)
+        checkpoint.update(load_pickled(path / METADATA))  # loops, callbacks, ... beside the shards (Lightning's)
         optimizers = sorted((k for k in checkpoint if k.startswith("optimizer_")), key=lambda k: int(k.split("_")[1]))
         # optimizer states are keyed by parameter name in the shards; a plain checkpoint numbers them
         checkpoint["optimizer_states"] = [native_optimizer_state(checkpoint.pop(k)) for k in optimizers]
         return checkpoint
     from lightning.pytorch.utilities.deepspeed import convert_zero_checkpoint_to_fp32_state_dict
 
-    with tempfile.TemporaryDirectory() as scratch:
-        out = Path(scratch) / "full.ckpt"
-        convert_zero_checkpoint_to_fp32_state_dict(str(path), str(out))
-        return torch.load(out, map_location="cpu", weights_only=False)  # written just now by Lightning
+    deepspeed_tag(path)  # `latest` names a sub-folder, not a path elsewhere
+    # Lightning's conversion (DeepSpeed's zero_to_fp32 merge plus the Lightning state of rank 0's model file),
+    # with each of its torch.load calls weights-only: see wan_train.parallel.deepspeed
+    with tempfile.TemporaryDirectory() as scratch, weights_only_loads(allow=pickled_types()):
+        return convert_zero_checkpoint_to_fp32_state_dict(str(path), str(Path(scratch) / "full.ckpt"))
 
 
 def consolidate(run_dir: str | Path, step: int | None = None) -> Path:

@@ -29,7 +29,6 @@ from wan_train.data.skiplog import SKIPPED_FILE, SkipLog
 from wan_train.data.skiplog import summary as skip_summary
 from wan_train.data.stream import Tally
 from wan_train.fileio.durable import write_text
-from wan_train.inference.loading import newest_checkpoint
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
 from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
@@ -43,6 +42,7 @@ from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
 from wan_train.training.placement import compute_dtype, load_dtype, placement, planned
 from wan_train.training.requeue import RequeueOnSignal
+from wan_train.training.resume import newest_intact, resume_path
 from wan_train.training.trainable import apply_trainable
 from wan_train.training.validation import ValidationVideos
 
@@ -178,6 +178,8 @@ def run(cfg: DictConfig) -> dict:
         raise ConfigError(str(error)) from None
     if cfg.memory.budget is not None:
         cfg = planned(cfg)
+    if cfg.resume not in ("auto", "never"):
+        resume_path(cfg.resume, Path(cfg.run_dir))  # a damaged file fails now, before the model is built
     write_run_info(cfg, Path(cfg.run_dir))
     if cfg.expert.name == "both":
         metrics = run_both_experts(cfg)
@@ -218,7 +220,7 @@ def run_both_experts(cfg: DictConfig) -> dict:
     sessions = {e: prepare(expert_config(cfg, e)) for e in EXPERTS}
     for expert, session in sessions.items():  # each samples validation videos with the other's current weights
         session.partner = next(s.module.dit for e, s in sessions.items() if e != expert)
-    done = {e: (newest_checkpoint(s.run_dir) or (0, None))[0] if cfg.resume == "auto" else 0
+    done = {e: (newest_intact(s.run_dir) or (0, None))[0] if cfg.resume == "auto" else 0
             for e, s in sessions.items()}
     results = {}
     while any(done[e] < cfg.trainer.max_steps for e in EXPERTS):
@@ -262,7 +264,7 @@ def fit(session: Session, *, max_steps: int) -> dict:
         log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, logger=loggers(cfg, run_dir),
         default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
         plugins=plugins(cfg), limit_val_batches=0, num_sanity_val_steps=0)
-    ckpt_path = _resume_path(cfg, run_dir)
+    ckpt_path = resume_path(cfg.resume, run_dir)
     # Lightning cannot see that our loader resumes (its position is the DataModule's state), and says otherwise
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     trainer.fit(session.module, datamodule=WanDataModule(session.data, group_size=cfg.strategy.sequence_parallel,
@@ -313,15 +315,6 @@ def plugins(cfg) -> list:
     if detect_launch().kind == "slurm":
         out.append(SLURMEnvironment(auto_requeue=False))
     return out
-
-
-def _resume_path(cfg, run_dir: Path) -> Path | None:
-    if cfg.resume == "never":
-        return None
-    if cfg.resume == "auto":
-        newest = newest_checkpoint(run_dir)
-        return newest[1] if newest else None
-    return Path(cfg.resume)
 
 
 def _devices(value: str):

@@ -3,14 +3,13 @@ with one readable error, and loading into a model built on the meta device."""
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from wan_train.models.checkpoint.errors import CheckpointError
+from wan_train.models.checkpoint.pickles import load_pickled
 from wan_train.models.checkpoint.safetensors_io import index_files, iter_tensors, shard_files_from_index
 
 MAX_LISTED = 5
@@ -18,8 +17,8 @@ TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Tensors of one file by name. ``.pth`` files are memory-mapped (``torch.load(weights_only=True)``: no
-    code runs); ``.safetensors`` tensors are read lazily from the file's map as they are touched."""
+    """Tensors of one file by name. ``.pth`` files are memory-mapped and read weights-only (load_pickled: no code
+    runs); ``.safetensors`` tensors are read lazily from the file's map as they are touched."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: file not found")
@@ -29,11 +28,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         return dict(iter_tensors(index_files(shard_files_from_index(path))))
     if path.suffix not in TORCH_SUFFIXES:
         raise CheckpointError(f"{path}: expected a .safetensors or a PyTorch ({'/'.join(TORCH_SUFFIXES)}) file")
-    try:
-        # the legacy pre-zip format cannot be memory-mapped; it is read whole
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from None
+    state = load_pickled(path)  # memory-mapped unless in the legacy pre-zip format, which cannot be
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: expected a flat dict of tensors (a state dict), got {type(state).__name__}")
     return state

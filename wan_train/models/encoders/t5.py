@@ -14,6 +14,7 @@ tokens (EOS included); here the tail is zeroed instead of cut, which is what the
 from __future__ import annotations
 
 import html
+import pickle
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, UMT5Config, UMT5EncoderModel
 
 from wan_train.models.checkpoint.errors import CheckpointError
+from wan_train.models.checkpoint.pickles import why
 from wan_train.models.checkpoint.state_dict import (
     MAX_LISTED, assign_parameters, check_state_dict, read_state_dict, report,
 )
@@ -178,6 +180,8 @@ def _load_hf_folder(folder: Path, *, dtype: torch.dtype | None) -> UMT5EncoderMo
                                                        output_loading_info=True)
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{folder}: cannot load a UMT5 encoder ({e})") from None
+    except pickle.UnpicklingError as e:  # a pytorch_model.bin, which transformers reads weights-only
+        raise CheckpointError(f"{folder}: its PyTorch weights file {why(e)}") from None
     report(f"{folder}: the checkpoint does not match the UMT5 encoder its config.json describes", {
         # from_pretrained would fill missing weights with random values: refuse instead
         "missing keys": sorted(info["missing_keys"]),
