@@ -4,8 +4,10 @@ shard's lost samples counted from its stats, empty captions flagged, and every e
 
 import io
 import json
-import multiprocessing
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import pytest
 
@@ -19,6 +21,7 @@ from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
 from wan_train.fileio.jsonl import append_jsonl, read_jsonl
 
+ROOT = Path(__file__).resolve().parents[2]
 TABLE = BucketTable(resolutions=("144p",), durations=(0.5, 1.0), fps=8.0)
 GOOD = {"caption": "a clip", "fps": 12.0, "num_frames": 24, "width": 96, "height": 64, "duration": 2.0}
 
@@ -167,19 +170,19 @@ def test_the_skip_log_names_each_event_once_across_a_resume(tmp_path, caplog):
     assert any("1 more samples skipped or flagged (empty_caption: 1)" in line for line in lines)
 
 
-def _append_many(path, writer, n):
-    for i in range(n):
-        append_jsonl(path, [{"writer": writer, "i": i, "pad": "x" * 3000}, {"writer": writer, "i": i, "second": 1}])
+APPENDER = """
+import sys
+from wan_train.fileio.jsonl import append_jsonl
+path, writer = sys.argv[1], int(sys.argv[2])
+for i in range(50):
+    append_jsonl(path, [{"writer": writer, "i": i, "pad": "x" * 3000}, {"writer": writer, "i": i, "second": 1}])
+"""
 
 
 def test_appends_from_many_processes_stay_whole_lines(tmp_path):
     path = tmp_path / "skipped.jsonl"
-    context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_append_many, args=(path, w, 50)) for w in range(4)]
-    for w in writers:
-        w.start()
-    for w in writers:
-        w.join()
+    writers = [subprocess.Popen([sys.executable, "-c", APPENDER, str(path), str(w)], cwd=ROOT) for w in range(4)]
+    assert [w.wait() for w in writers] == [0] * 4
     records = read_jsonl(path)
     assert len(records) == 4 * 50 * 2 and len(path.read_bytes().splitlines()) == 400
     for w in range(4):  # each block of two lines stays together

@@ -72,21 +72,17 @@ _renameat2 = _load_renameat2()
 def fsync_dir(folder: str | os.PathLike) -> None:
     """Make the entries of `folder` durable (files created, renamed or removed in it). A no-op on Windows, where
     folders cannot be opened, and on filesystems that cannot sync a folder (EINVAL)."""
-    if os.name == "nt":
-        return
-    fd = os.open(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    except OSError as error:
-        if error.errno not in _UNSUPPORTED:
-            raise
-    finally:
-        os.close(fd)
+    if os.name != "nt":
+        _fsync(folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
 
 
 def fsync_file(path: str | os.PathLike) -> None:
     """Make a file's content durable, whoever wrote it (fsync flushes the file, not the descriptor)."""
-    fd = os.open(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows' _commit needs a writable handle
+    _fsync(path, os.O_RDWR if os.name == "nt" else os.O_RDONLY)  # Windows' _commit needs a writable handle
+
+
+def _fsync(path: str | os.PathLike, flags: int) -> None:
+    fd = os.open(path, flags)
     try:
         os.fsync(fd)
     except OSError as error:

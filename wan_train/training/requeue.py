@@ -49,7 +49,7 @@ class RequeueOnSignal(L.Callback):
             return
         step = trainer.global_step
         path = self.checkpoint_dir / f"step={step:07d}.ckpt"
-        trainer.save_checkpoint(path)  # collective: every rank calls it
+        trainer.save_checkpoint(path, weights_only=False)  # collective: every rank calls it; a whole checkpoint
         self.requeued_at = step
         if trainer.is_global_zero:
             requeue_job(path)

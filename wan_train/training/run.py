@@ -275,7 +275,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
     if requeue is not None and requeue.requeued_at is not None:  # checkpointed and requeued: not finished
         _finish_loggers(trainer)
         return {"step": trainer.global_step, "requeued": True, "resumed_from": str(ckpt_path) if ckpt_path else None}
-    trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt")
+    # a whole checkpoint (optimizer, loops, loader position), said explicitly: Lightning logs its default otherwise
+    trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt", weights_only=False)
     export(session, ema, is_global_zero=trainer.is_global_zero)
     _finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
