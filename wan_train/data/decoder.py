@@ -2,8 +2,8 @@
 worker, or the main process), started on first use and again after a decode it had to kill.
 
 The two talk over a Unix socket: a request sends the video bytes and waits for the frames until the sample's
-deadline; the frames come back in a memory file (memfd) whose descriptor rides with the reply, mapped here
-without a copy (where there is no memfd, through the socket itself); past it, the decoding
+deadline; the frames come back through a memory file (memfd) both map, copied out of it once (where there is no
+memfd, through the socket itself); past it, the decoding
 process is killed (SIGKILL: native code stops too) and the sample is skipped as `timeout`. A decoder that dies on
 its own (a crash in a codec, the kernel's OOM killer) skips the sample as `undecodable` / `memory_limit` and is
 restarted for the next one. Its stderr (ffmpeg's complaints about broken streams) goes to a temporary file, not
@@ -32,6 +32,7 @@ CHILD = Path(__file__).with_name("decoder_child.py")
 HEADER_BYTES = 8
 READY = {"ready": True}  # the decoding process's first reply, once it has imported what it needs
 START_TIMEOUT = 120.0  # seconds for that (a cold import from network storage can be slow)
+POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the frames' pages at once, not one fault at a time
 # one thread per decoder, and a small malloc arena count: the memory cap counts what threads reserve
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 
@@ -40,6 +41,7 @@ class DecoderProcess:
     def __init__(self):
         self.process: subprocess.Popen | None = None
         self.socket: socket.socket | None = None
+        self.arena: mmap.mmap | None = None  # the decoding process's frames arrive at its start
         self.stderr = None
 
     def decode(self, video: bytes, header: dict, *, timeout: float | None, key: str) -> tuple[dict, np.ndarray | None]:
@@ -59,12 +61,13 @@ class DecoderProcess:
             return reply, None
         shape = tuple(reply["shape"])
         nbytes = int(np.prod(shape))
-        if fds:  # the frames in a memory file of their own: mapped, not copied
+        if fds:  # a new arena (the first, or a larger one)
             with os.fdopen(fds[0], "rb") as memory:
-                buffer = mmap.mmap(memory.fileno(), nbytes) if nbytes else bytearray()
-        else:
-            buffer = self._read(nbytes, end, key)
-        return reply, np.frombuffer(buffer, np.uint8).reshape(shape)
+                self.arena = mmap.mmap(memory.fileno(), reply["arena"], flags=mmap.MAP_SHARED | POPULATE)
+        if reply["arena"] is None:
+            return reply, np.frombuffer(self._read(nbytes, end, key), np.uint8).reshape(shape)
+        # copied out: the next reply reuses the arena
+        return reply, np.frombuffer(self.arena, np.uint8, count=nbytes).reshape(shape).copy()
 
     def _reply(self, end: float | None, key: str) -> tuple[dict, list[int]]:
         """The reply's header, and the file descriptor that came with it (the frames), if any."""
@@ -134,6 +137,7 @@ class DecoderProcess:
         if self.socket is not None:
             self.socket.close()
             self.socket = None
+        self.arena = None
 
 
 _DECODER: tuple[int, DecoderProcess] | None = None

@@ -8,8 +8,8 @@ its deadline, and a decode whose working memory would pass the sample's bound is
 the stream's real size) and capped while it runs (RLIMIT_DATA).
 
 Protocol, over the Unix socket whose descriptor is argv[1] (both ways): 8-byte big-endian length, a JSON header of
-that length, then its payload: the video bytes of a request; the frames of a reply, in a memfd whose descriptor
-comes with the header's first byte (or, without memfd, as bytes after the header).
+that length, then its payload: the video bytes of a request; the frames of a reply, at the start of the arena, a
+memfd shared with the parent (see Arena; without memfd, as bytes after the header).
 Request: {"key", "indices" (sorted, distinct source frames), "size" [w, h] or [-1, -1] (native), "expect"
 (declared {"width", "height", "fps", "num_frames"}, or null), "memory" (bytes, or null), "nbytes" (video)}.
 Reply: {"ok": true, "shape": [N, H, W, 3], "resize": [w, h] or null (the parent still has to scale: the fallback
@@ -38,6 +38,7 @@ SLACK = 64 << 20  # allocator and library overhead on top of the estimate, for t
 # less, or round the rate); the size must match exactly
 FPS_TOLERANCE = 0.01
 FRAMES_TOLERANCE = 0.01
+POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # fault the frames' pages in at once, not one by one
 
 
 class Refused(Exception):
@@ -131,9 +132,31 @@ def read_decord(video: bytes, indices: list[int], *, size: tuple[int, int], expe
         check_timing(expect, frames=frames, fps=fps, key=key)
     indices = clamp(indices, frames=frames, expect=expect, key=key)
     try:
-        return reader.get_batch(indices).asnumpy()
+        return as_numpy(reader.get_batch(indices))
     except Exception as error:
         raise _failure(key, f"decoding frames {indices[0]}..{indices[-1]} failed ({error})", error) from None
+
+
+class _DLPack:
+    """A decord NDArray as numpy's from_dlpack takes it (decord gives a bare capsule)."""
+
+    def __init__(self, array):
+        self.array = array
+
+    def __dlpack__(self, stream=None, **_):
+        return self.array.to_dlpack()
+
+    def __dlpack_device__(self):
+        return 1, 0  # kDLCPU, device 0
+
+
+def as_numpy(array) -> np.ndarray:
+    """decord's frames as numpy without a copy (they are copied once, into the arena); a copy where this numpy
+    cannot take a DLPack tensor."""
+    try:
+        return np.from_dlpack(_DLPack(array))
+    except (AttributeError, TypeError, RuntimeError, BufferError):
+        return array.asnumpy()
 
 
 def check_timing(expect: dict, *, frames: int, fps: float, key: str) -> None:
@@ -217,25 +240,48 @@ def _exactly(channel: socket.socket, n: int) -> bytes:
     return bytes(data)
 
 
+class Arena:
+    """The memory file (memfd) frames go through, mapped once here and once in the parent and reused: a fresh one
+    per reply would cost more than the copy into it (the kernel zeroes every new page). A larger reply replaces it
+    with a larger one, whose descriptor rides with that reply."""
+
+    def __init__(self):
+        self.fd, self.map = -1, None
+
+    def put(self, frames: np.ndarray) -> int | None:
+        """Copy `frames` to the start of the arena; returns the descriptor to send if the arena is new."""
+        fresh = None
+        if self.map is None or frames.nbytes > len(self.map):
+            self.close()
+            self.fd = fresh = os.memfd_create("wan_train-frames", os.MFD_CLOEXEC)
+            os.ftruncate(self.fd, frames.nbytes)
+            self.map = mmap.mmap(self.fd, frames.nbytes, flags=mmap.MAP_SHARED | POPULATE)
+        np.copyto(np.frombuffer(self.map, np.uint8, count=frames.nbytes).reshape(frames.shape), frames)
+        return fresh
+
+    def close(self) -> None:
+        if self.map is not None:
+            self.map.close()
+            os.close(self.fd)
+            self.map = None
+
+
+ARENA = Arena()
+
+
 def _send(channel: socket.socket, header: dict, frames: np.ndarray | None = None) -> None:
-    """The header; frames go in a memfd whose descriptor rides with it (Linux), else after it on the socket."""
-    raw = json.dumps(header).encode()
+    """The header; frames go through the arena (Linux: the header says so, and a new arena's descriptor comes
+    with its first byte), else after the header on the socket."""
+    arena = frames is not None and frames.nbytes > 0 and hasattr(os, "memfd_create")
+    fresh = ARENA.put(frames) if arena else None
+    raw = json.dumps(header if frames is None else {**header, "arena": len(ARENA.map) if arena else None}).encode()
     message = HEADER.pack(len(raw)) + raw
-    if frames is None or not hasattr(os, "memfd_create"):
-        channel.sendall(message)
-        if frames is not None:
-            channel.sendall(memoryview(np.ascontiguousarray(frames)).cast("B"))
-        return
-    fd = os.memfd_create("wan_train-frames", os.MFD_CLOEXEC)
-    try:
-        if frames.nbytes:
-            os.ftruncate(fd, frames.nbytes)
-            with mmap.mmap(fd, frames.nbytes) as memory:
-                np.copyto(np.frombuffer(memory, np.uint8).reshape(frames.shape), frames)
-        socket.send_fds(channel, [message[:1]], [fd])
-        channel.sendall(message[1:])
-    finally:
-        os.close(fd)
+    if fresh is not None:
+        socket.send_fds(channel, [message[:1]], [fresh])
+        message = message[1:]
+    channel.sendall(message)
+    if frames is not None and not arena:
+        channel.sendall(memoryview(np.ascontiguousarray(frames)).cast("B"))
 
 
 if __name__ == "__main__":
