@@ -3,7 +3,6 @@
 import io
 import tarfile
 from collections.abc import Iterator
-from pathlib import Path
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,

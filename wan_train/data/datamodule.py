@@ -129,23 +129,20 @@ def _check_not_together(config: DataConfig) -> None:
 
 def make_source(config: DataConfig, urls: list[str]):
     _check_not_together(config)
-    if config.kind == "video" and config.shots:
-        return MultiShotSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
-                               crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
-                               decode_memory=config.decode_memory, shots=config.shots)
-    if config.kind == "video" and config.references:
-        return ReferenceSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
-                               crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
-                               decode_memory=config.decode_memory, references=config.references, reference_frames=config.reference_frames,
-                               reference_gap=config.reference_gap, reference_crop=config.reference_crop,
-                               reference_dropout=config.reference_dropout)
-    if config.kind == "video":
-        return VideoSource(config.table(), caption_dropout=config.caption_dropout, clip_start=config.clip_start,
-                           crop=config.crop, span=config.span, decode_timeout=config.decode_timeout,
-                           decode_memory=config.decode_memory)
     if config.kind == "latents":
         return LatentSource(load_empty_prompt(config, urls), caption_dropout=config.caption_dropout)
-    raise ValueError(f"data.kind={config.kind!r}: expected one of {list(KINDS)}")
+    if config.kind != "video":
+        raise ValueError(f"data.kind={config.kind!r}: expected one of {list(KINDS)}")
+    video = dict(caption_dropout=config.caption_dropout, clip_start=config.clip_start, crop=config.crop,
+                 span=config.span, decode_timeout=config.decode_timeout, decode_memory=config.decode_memory)
+    if config.shots:
+        return MultiShotSource(config.table(), shots=config.shots, **video)
+    if config.references:
+        return ReferenceSource(config.table(), references=config.references,
+                               reference_frames=config.reference_frames, reference_gap=config.reference_gap,
+                               reference_crop=config.reference_crop, reference_dropout=config.reference_dropout,
+                               **video)
+    return VideoSource(config.table(), **video)
 
 
 def batch_to_model(batch: dict) -> dict:

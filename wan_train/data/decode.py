@@ -72,11 +72,9 @@ def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], ke
     request = {"key": key, "indices": unique, "size": list(size), "expect": expect, "memory": limits.memory}
     try:
         reply, batch = decoder().decode(video, request, timeout=limits.remaining(key), key=key)
-    except SampleError as error:
-        if error.reason == "timeout":
-            raise SampleError("timeout", f"{key}: decoding took longer than {limits.seconds:g} s; the decoding "
-                                         "process was killed") from None
-        raise
+    except TimeoutError:
+        raise SampleError("timeout", f"{key}: decoding took longer than {limits.seconds:g} s; the decoding process "
+                                     "was killed") from None
     if not reply["ok"]:
         raise SampleError(reply["reason"], reply["message"])
     if reply["resize"] is not None:

@@ -46,7 +46,7 @@ class DecoderProcess:
 
     def decode(self, video: bytes, header: dict, *, timeout: float | None, key: str) -> tuple[dict, np.ndarray | None]:
         """Send one request; returns the reply header and the frames (None if refused). timeout: seconds, or None
-        for no limit."""
+        for no limit; past it the decoding process is killed and TimeoutError raised."""
         if self.process is None or self.process.poll() is not None:
             self._start(key)  # not the sample's time: the deadline starts after
         end = None if timeout is None else time.monotonic() + timeout
@@ -98,7 +98,7 @@ class DecoderProcess:
         wait = None if end is None else end - time.monotonic()
         if wait is not None and (wait <= 0 or not select.select([self.socket], [], [], wait)[0]):
             self.kill()
-            raise SampleError("timeout", f"{key}: decoding took longer than its deadline; the decoder was killed")
+            raise TimeoutError(key)
 
     def _start(self, key: str) -> None:
         """Start the decoding process and wait for its imports (its first reply, READY)."""
@@ -114,8 +114,9 @@ class DecoderProcess:
         self.socket = ours
         try:
             ready, _ = self._reply(time.monotonic() + START_TIMEOUT, key)
-        except SampleError as error:  # not the sample's fault: no sample could be decoded
-            raise RuntimeError(f"the decoding process ({CHILD}) did not start: {error}") from None
+        except (SampleError, TimeoutError) as error:  # not the sample's fault: no sample could be decoded
+            raise RuntimeError(f"the decoding process ({CHILD}) did not start within {START_TIMEOUT:g} s: "
+                               f"{error if isinstance(error, SampleError) else 'no answer'}") from None
         if ready != READY:
             raise RuntimeError(f"the decoding process ({CHILD}) did not start: it said {ready}")
 

@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load as load_safetensors
 
 from wan_train.data.buckets import Bucket, BucketTable
-from wan_train.data.captions import choose_caption
+from wan_train.data.captions import caption_flags, choose_caption
 from wan_train.data.errors import SampleError
 from wan_train.data.stream import Planned, stack
 
@@ -50,12 +50,9 @@ class LatentSource:
         if not isinstance(captions, list) or not captions or not all(isinstance(c, str) for c in captions):
             raise SampleError("bad_metadata", f"{key}: latent .json 'captions' must be a non-empty list of strings")
         caption = choose_caption(len(captions), dropout=self.caption_dropout, rng=rng)
-        empty = sum(not c.strip() for c in captions)
-        flags = [("empty_caption", f"{key}: {empty} of its {len(captions)} cached captions are empty: trained as the "
-                                   "unconditional branch")] if empty else []
         return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
                        choice={"caption": caption, "prompt": "" if caption is None else captions[caption], "name": key},
-                       flags=flags)
+                       flags=caption_flags(captions, key=key))
 
     def load(self, planned: Planned, *, rng: random.Random) -> dict:
         name, caption = planned.choice["name"], planned.choice["caption"]

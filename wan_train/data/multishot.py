@@ -27,14 +27,14 @@ import random
 from dataclasses import dataclass
 
 from wan_train.data.buckets import Bucket
-from wan_train.data.captions import choose_caption
+from wan_train.data.captions import caption_flags, choose_caption
 from wan_train.data.clips import choose_start, frame_indices
 from wan_train.data.decode import cover_size, crop_to_bucket, decode_frames, expected
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta
 from wan_train.data.references import within
 from wan_train.data.stream import Planned
-from wan_train.data.video import VideoSource, caption_flags
+from wan_train.data.video import VideoSource
 
 
 def check_shot_options(*, shots: int) -> None:
@@ -88,7 +88,7 @@ class MultiShotSource(VideoSource):
         run, (bucket, frames) = rng.choice(options)
         return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
                        choice={"meta": meta, "caption": caption, "name": key, "run": run, "frames": frames},
-                       flags=caption_flags(meta, key=key))
+                       flags=caption_flags(meta.captions, key=key))
 
     def _layout(self, meta: ClipMeta, run: list[tuple[int, tuple[float, float]]]) -> tuple[Bucket, int] | str:
         """(bucket over the run's total length, frames per shot), or why the run cannot make a sample."""

@@ -70,19 +70,22 @@ class Tally:
     flagged: Counter
     events: list[dict] = field(default_factory=list)
 
-    def note(self, reason: str, detail: str, *, url: str | None, key: str | None, count: int = 1, epoch: int,
-             worker: int) -> None:
+    def note(self, reason: str, detail: str, *, url: str | None, key: str | None, count: int = 1,
+             epoch: int | None, worker: int | None) -> None:
+        """epoch / worker: None for a sample outside the stream (a held-out clip)."""
         skipped = reason not in FLAGS
         (self.skipped if skipped else self.flagged)[reason] += count
         self.events.append({"shard": url, "key": key or None, "reason": reason, "detail": detail, "count": count,
                             "skipped": skipped, "epoch": epoch, "worker": worker})
 
-    def error(self, error: SampleError, *, url: str | None, key: str | None, epoch: int, worker: int) -> None:
+    def error(self, error: SampleError, *, url: str | None, key: str | None, epoch: int | None,
+              worker: int | None) -> None:
         self.note(error.reason, str(error), url=error.url or url, key=error.key or key, count=error.count,
                   epoch=epoch, worker=worker)
 
-    def counts(self) -> tuple[dict[str, int], dict[str, int]]:
-        return dict(self.skipped), dict(self.flagged)
+    def position(self, epoch: int, next: int, pending: list[int]) -> Position:
+        """The worker's position with its counts as they stand."""
+        return Position(epoch, next, pending, dict(self.skipped), dict(self.flagged))
 
     def take_events(self) -> list[dict]:
         events, self.events = self.events, []
@@ -172,14 +175,12 @@ class BucketedStream(IterableDataset):
             if len(members) >= self.batch_size:
                 batch = self._load(members, epoch, count, full=True)
                 if batch is not None:
-                    yield self._finish(batch, slot, Position(epoch, index + 1, _waiting(buckets), *tally.counts()),
-                                       tally)
+                    yield self._finish(batch, slot, tally.position(epoch, index + 1, _waiting(buckets)), tally)
         for bucket in sorted(buckets):
             batch = self._load(buckets[bucket], epoch, count, full=False)
             if batch is not None:
                 rest = _waiting(buckets)
-                after = Position(epoch, index + 1, rest) if rest else Position(epoch + 1, 0, [])
-                after.skipped, after.flagged = tally.counts()
+                after = tally.position(epoch, index + 1, rest) if rest else tally.position(epoch + 1, 0, [])
                 yield self._finish(batch, slot, after, tally)
 
     def _load(self, members: list[Planned], epoch: int, count, *, full: bool) -> list[dict] | None:

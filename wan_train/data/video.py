@@ -4,7 +4,7 @@ import random
 from dataclasses import dataclass
 
 from wan_train.data.buckets import Bucket, BucketTable
-from wan_train.data.captions import choose_caption
+from wan_train.data.captions import caption_flags, choose_caption
 from wan_train.data.clips import CLIP_SPANS, CLIP_STARTS, choose_start, frame_indices, longest_span
 from wan_train.data.decode import CROPS, Limits, cover_size, crop_to_bucket, decode_frames, expected
 from wan_train.data.errors import SampleError
@@ -49,7 +49,8 @@ class VideoSource:
                                            f"({self.table.frame_counts[0]} frames at {self.table.fps} fps)")
         caption = choose_caption(len(meta.captions), dropout=self.caption_dropout, rng=rng)
         return Planned(key=sample["__key__"], url=sample.get("__url__", ""), bucket=bucket, sample=sample,
-                       choice={"meta": meta, "caption": caption, "name": key}, flags=caption_flags(meta, key=key))
+                       choice={"meta": meta, "caption": caption, "name": key},
+                       flags=caption_flags(meta.captions, key=key))
 
     def limits(self, bucket: Bucket) -> Limits:
         """One sample's deadline and decode memory bound (wan_train.data.decode.Limits)."""
@@ -85,12 +86,3 @@ class VideoSource:
             "start": [item["start"] for item in items],
         }
 
-
-def caption_flags(meta: ClipMeta, *, key: str) -> list[tuple[str, str]]:
-    """(flag, detail) for a sample trained despite something the user should know: empty captions (parse_meta
-    makes whitespace-only ones empty) train the unconditional branch whenever they are chosen."""
-    empty = sum(not caption for caption in meta.captions)
-    if not empty:
-        return []
-    which = "its caption is" if len(meta.captions) == 1 else f"{empty} of its {len(meta.captions)} captions are"
-    return [("empty_caption", f"{key}: {which} empty: trained as the unconditional branch (the empty prompt)")]

@@ -73,8 +73,8 @@ def write_lora(path: str | os.PathLike, modules: Mapping[str, LoraModule], *, fo
     """Write `modules` (keys: our official module names such as `blocks.0.self_attn.q`, `blocks.3.ffn.0`) to `path`
     in `format` (module docstring); returns the files written. dtype: the factor dtype (None: as given); alpha
     never takes it. Every file is written atomically (a temp file beside it, fsynced, then renamed); a peft folder
-    is assembled beside `path` and replaces it whole (wan_train.fileio.durable.atomic_directory). metadata: extra safetensors string metadata (e.g. {"wan_train.base_hash": ...}) stored in
-    every .safetensors written."""
+    is assembled beside `path` and replaces it whole (wan_train.fileio.durable.atomic_directory). metadata: extra
+    safetensors string metadata (e.g. {"wan_train.base_hash": ...}) stored in every .safetensors written."""
     if format not in FORMATS:
         raise ValueError(f"write_lora: format={format!r}; expected one of {FORMATS}")
     path = Path(path)

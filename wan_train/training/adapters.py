@@ -14,7 +14,6 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from wan_train.data.shards import expand_urls, fingerprint
-from wan_train.fileio.durable import atomic_directory
 from wan_train.lora import adapter_modules
 from wan_train.lora.formats import write_lora
 from wan_train.lora.registry import AdapterVersion, Registry
@@ -28,14 +27,13 @@ def export_adapter(dit: nn.Module, folder: Path, *, base: str, expert: str | Non
                    weights: dict | None = None) -> Path | None:
     """Write the injected adapter (or `weights`, e.g. the EMA shadow) as a peft folder; None for DoRA, whose
     magnitude vectors only the run folder's checkpoints carry. The folder appears whole (weights and config of one
-    export, never one of each), replacing an existing one in one step."""
+    export, never one of each), replacing an existing one in one step (write_lora's peft folder)."""
     try:
         modules = adapter_modules(dit, weights)
     except ValueError as error:
         log.warning("%s not written: %s", folder, error)
         return None
-    with atomic_directory(folder) as tmp:
-        write_lora(tmp, modules, format="peft", metadata={BASE_KEY: base, EXPERT_KEY: expert or DENSE})
+    write_lora(folder, modules, format="peft", metadata={BASE_KEY: base, EXPERT_KEY: expert or DENSE})
     return folder
 
 

@@ -77,11 +77,10 @@ def held_out_batches(data: DataConfig, count: int, shards: list[str], *, split: 
     fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "reference_dropout": 0.0, "clip_start": "centre",
                           "crop": "centre"})
     source, out, tally = make_source(fixed, expand_urls(data.shards)), [], Tally(Counter(), Counter())
-    samples = read_samples(expand_urls(shards), max_member_bytes=max_member_bytes(data))
+    samples = read_samples(expand_urls(shards), max_member_bytes=max_member_bytes(data),
+                           on_error=lambda error: tally.error(error, url=None, key=None, epoch=None, worker=None))
     for sample in samples:
         try:
-            if "__error__" in sample:
-                raise sample["__error__"]
             planned = source.plan(sample, rng=random.Random(0))
             batch = source.collate([source.load(planned, rng=random.Random(0))])
         except SampleError as error:  # a bad held-out sample is skipped like any other
