@@ -6,6 +6,8 @@ naming the file."""
 import logging
 import pickle
 import re
+import subprocess
+import sys
 from collections import OrderedDict
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from wan_train.training.callbacks import AtomicCheckpointIO
 from wan_train.training.consolidate import consolidate, load_full, main
 from wan_train.training.resume import newest_intact, resume_path
 
+ROOT = Path(__file__).resolve().parents[2]
 FORMATS = ["zip", "legacy"]  # torch.save's format since 1.6, and the pre-1.6 plain pickle stream
 
 
@@ -258,6 +261,18 @@ def test_consolidate_refuses_a_crafted_deepspeed_model_states_file(tmp_path, mar
     folder = deepspeed_folder(run, model={**MODEL_STATES, "payload": Payload(marker)})
     with refused(folder / "global_step2" / "mp_rank_00_model_states.pt"):
         consolidate(run, 2)
+
+
+def test_the_consolidate_command_refuses_it_in_one_line(tmp_path, marker):
+    """The reported case as a user meets it: python -m wan_train.training.consolidate RUN --step N."""
+    run = run_folder(tmp_path / "run")
+    folder = deepspeed_folder(run, model={**MODEL_STATES, "payload": Payload(marker)})
+    done = subprocess.run([sys.executable, "-m", "wan_train.training.consolidate", str(run), "--step", "2"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"error: {folder / 'global_step2' / 'mp_rank_00_model_states.pt'}: holds a pickled getattr, which "
+        "weights-only loading refuses: unpickling it could run code")
 
 
 def test_consolidate_refuses_a_crafted_deepspeed_optimizer_shard(tmp_path, marker):

@@ -25,7 +25,7 @@ from omegaconf import OmegaConf
 
 from wan_train.inference.loading import dit_from_run, run_checkpoint
 from wan_train.lora import base_identity
-from wan_train.models import EXPERTS, load_dit, save_dit
+from wan_train.models import EXPERTS, CheckpointError, load_dit, save_dit
 from wan_train.models.checkpoint.distributed import read_distributed
 from wan_train.models.checkpoint.pickles import load_pickled, weights_only_loads
 from wan_train.parallel.deepspeed import LATEST, deepspeed_tag, pickled_types
@@ -133,4 +133,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (CheckpointError, ValueError, FileNotFoundError) as error:  # bad input: one line naming the file
+        sys.exit(f"error: {error}")
