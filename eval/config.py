@@ -60,6 +60,9 @@ class SweepConfig(GenerateConfig):
 
 
 def register() -> None:
+    from wan_train.parallel.slurm import register_resolver
+
+    register_resolver()  # ${wan_slurm:...} in conf/eval/hydra/launcher/slurm.yaml
     ConfigStore.instance().store(name="sweep_schema", node=SweepConfig)
 
 

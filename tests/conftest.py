@@ -3,8 +3,13 @@ import torch
 
 
 def pytest_report_header(config):
+    from tests.slurm_cluster import missing_programs
+
     cuda = torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA: gpu tests skipped"
-    return f"torch {torch.__version__} ({cuda})"
+    missing = missing_programs()
+    slurm = (f"not installed ({', '.join(missing)}): SLURM tests skipped" if missing else
+             "a one-machine cluster starts for the SLURM tests (tests/slurm_cluster.py)")
+    return [f"torch {torch.__version__} ({cuda})", f"slurm: {slurm}"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -19,3 +24,21 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A real one-machine SLURM cluster (tests/slurm_cluster.py) for the whole session, or a skip that says why
+    (slurm-wlm or munge not installed, not root, a daemon that would not start)."""
+    from tests.slurm_cluster import Cluster, ClusterUnavailable
+
+    cluster = Cluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        cluster.start()
+    except ClusterUnavailable as error:
+        cluster.stop()
+        pytest.skip(f"no SLURM cluster: {error}")
+    Cluster.active = cluster
+    yield cluster
+    Cluster.active = None
+    cluster.stop()

@@ -1,17 +1,19 @@
-"""Running train.py the way SLURM starts it, on one CPU machine: slurm/*.sbatch with stand-ins for srun and
-scontrol (tests/fake_slurm/), which start one `python train.py` per task with the variables srun sets."""
+"""Running train.py the way SLURM starts it: slurm/submit and slurm/*.sbatch on the real one-machine cluster of
+tests/slurm_cluster.py (the `slurm_cluster` fixture), and one plain process for reference."""
 
 import csv
 import os
-import socket
+import re
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from data_tools.make_demo import make_demo
+from tests.slurm_cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
-FAKE_SLURM = ROOT / "tests" / "fake_slurm"
 
 
 def make_shards(root: Path) -> Path:
@@ -44,36 +46,74 @@ def metrics(run_dir) -> dict[str, dict[int, float]]:
     return out
 
 
-def slurm_env(tmp_path, *, ntasks: int) -> dict:
-    """The variables an `sbatch --ntasks-per-node=N` job sees, on this host, with the stand-ins first on PATH."""
-    port = free_port_above(15000)  # Lightning's SLURM rendezvous port is 15000 + the job id's last 4 digits
-    return {**os.environ, "PATH": f"{FAKE_SLURM}:{os.environ['PATH']}", "SLURM_JOB_ID": str(port - 15000),
-            "SLURM_JOB_NAME": "wan_train", "SLURM_NTASKS": str(ntasks), "SLURM_NTASKS_PER_NODE": str(ntasks),
-            "SLURM_NNODES": "1", "SLURM_NODELIST": "localhost", "SLURM_SUBMIT_DIR": str(ROOT),
-            "SLURM_CPUS_PER_TASK": "1", "WAN_PYTHON": sys.executable, "FAKE_SCONTROL_LOG": str(tmp_path / "scontrol")}
-
-
-def free_port_above(low: int) -> int:
-    for port in range(low + 1000 + os.getpid() % 7000, low + 9999):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise RuntimeError("no free port")
-
-
-def one_task(shards, run_dir, **overrides) -> subprocess.CompletedProcess:
-    """python train.py ... in this process's environment (no launcher)."""
+def one_task(shards, run_dir, *, threads: int | None = None, **overrides) -> subprocess.CompletedProcess:
+    """python train.py ... in this process's environment (no launcher); `threads` sets OMP_NUM_THREADS (a SLURM
+    task runs with one per CPU it was given: slurm/clusters/default.env)."""
+    env = {**os.environ, **({"OMP_NUM_THREADS": str(threads)} if threads else {})}
     return subprocess.run([sys.executable, "train.py", *train_args(shards, run_dir, **overrides)], cwd=ROOT,
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, env=env)
+
+
+@dataclass
+class Job:
+    """A submitted job of the session's cluster."""
+
+    cluster: Cluster
+    id: int
+    cwd: Path
+
+    @property
+    def info(self) -> dict[str, str]:
+        return self.cluster.job(self.id)
+
+    @property
+    def output(self) -> str:
+        path = Path(self.info.get("StdOut") or self.cwd / f"wan_train-{self.id}.out")
+        return path.read_text(errors="replace") if path.is_file() else ""
+
+    def wait(self, *, timeout: float = 300, on_restart=None) -> dict[str, str]:
+        return self.cluster.wait(self.id, timeout=timeout, on_restart=on_restart)
+
+    def wait_for(self, pattern: str, path: Path, *, timeout: float = 180) -> None:
+        """Until `pattern` (a regex) appears in the text file `path` (train.log, the job's output)."""
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if path.is_file() and re.search(pattern, path.read_text(errors="replace")):
+                return
+            if self.info.get("JobState") not in ("PENDING", "RUNNING", "CONFIGURING"):
+                raise AssertionError(f"job {self.id} is {self.info.get('JobState')} before {pattern!r}: "
+                                     f"{self.output[-3000:]}")
+            time.sleep(0.1)
+        raise TimeoutError(f"no {pattern!r} in {path} after {timeout:.0f} s")
+
+    def signal(self, name: str) -> None:
+        """scancel --signal=NAME: to every task of the job's steps (as --signal=NAME@N does), not the batch shell."""
+        subprocess.run(["scancel", f"--signal={name}", str(self.id)], env=self.cluster.env, check=True)
+
+
+def submit(template: str, shards, run_dir, *, sbatch: tuple[str, ...] = (), cwd: Path | None = None,
+           **overrides) -> Job:
+    """slurm/submit [sbatch options] slurm/TEMPLATE ... on the session's cluster, from `cwd` (outside the
+    repository); returns the job."""
+    cluster = Cluster.active
+    assert cluster is not None, "needs the slurm_cluster fixture"
+    cwd = Path(cwd or Path(run_dir).parent)
+    cwd.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([str(ROOT / "slurm" / "submit"), "--parsable", *sbatch, str(ROOT / "slurm" / template),
+                           *train_args(shards, run_dir, **overrides)], cwd=cwd,
+                          env={**cluster.env, "WAN_PYTHON": sys.executable}, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Job(cluster, int(done.stdout.strip().split(";")[0]), cwd)
 
 
 def sbatch(tmp_path, shards, run_dir, *, ntasks: int = 2, **overrides) -> subprocess.CompletedProcess:
-    """bash slurm/train_single_node.sbatch ... as a job of `ntasks` tasks on this host."""
-    return subprocess.run(["bash", "slurm/train_single_node.sbatch", *train_args(shards, run_dir, **overrides)],
-                          cwd=ROOT, env=slurm_env(tmp_path, ntasks=ntasks), capture_output=True, text=True)
+    """slurm/submit slurm/train_single_node.sbatch ... with trainer.devices=ntasks, waited for: the job's output
+    as stdout and 0 for a COMPLETED job."""
+    job = submit("train_single_node.sbatch", shards, run_dir, cwd=tmp_path, **{"trainer.devices": str(ntasks)},
+                 **overrides)
+    info = job.wait()
+    code = 0 if info["JobState"] == "COMPLETED" else int(info.get("ExitCode", "1:0").split(":")[0]) or 1
+    return subprocess.CompletedProcess(["sbatch"], code, job.output, f"job {job.id}: {info.get('JobState')}")
 
 
 def tail(done: subprocess.CompletedProcess) -> str:

@@ -134,14 +134,19 @@ def test_bad_cells_fail_before_generating(trained, tmp_path, overrides, message)
     assert not (tmp_path / "cells").exists()
 
 
-def test_cells_run_as_submitit_jobs(trained, tmp_path, wandb_env):
-    """The SLURM path without sbatch: Hydra's submitit launcher in its local mode pickles each cell into its own
-    process, as conf/eval/hydra/launcher/slurm.yaml does on a cluster; the report runs after the jobs."""
+@pytest.mark.slow
+def test_cells_run_as_slurm_jobs_on_the_cpu_partition(trained, tmp_path, wandb_env, slurm_cluster):
+    """hydra/launcher=slurm (conf/eval/hydra/launcher/slurm.yaml, Hydra's submitit launcher) on the real test
+    cluster's CPU partition: one job per cell, no GPU asked for with device=cpu; the report runs after the jobs."""
     out = tmp_path / "sweep"
-    args = [sys.executable, "-m", "eval.sweep", "-m", "hydra/launcher=submitit_local", f"ckpt={trained}",
-            "step=1,2", "prompt=[a red circle]", "steps=1", "num_frames=5", f"out={out}", "wandb.enabled=false"]
-    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, env=wandb_env)
+    args = [sys.executable, "-m", "eval.sweep", "-m", "hydra/launcher=slurm", "hydra.launcher.partition=cpu",
+            "device=cpu", f"ckpt={trained}", "step=1,2", "prompt=[a red circle]", "steps=1", "num_frames=5",
+            f"out={out}", "wandb.enabled=false"]
+    done = subprocess.run(args, cwd=ROOT, capture_output=True, text=True,
+                          env={**wandb_env, "SLURM_CONF": slurm_cluster.env["SLURM_CONF"]}, timeout=400)
     assert done.returncode == 0, done.stderr[-4000:]
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [r["step"] for r in rows] == ["1", "2"]
-    assert sorted(p.name for p in (out / "hydra").iterdir() if p.is_dir()) == [".submitit", "0", "1"]
+    assert sorted(p.name for p in (out / "hydra").iterdir() if p.is_dir()) == ["0", "1", "submitit"]
+    script = next((out / "hydra" / "submitit").glob("*/*_submission.sh")).read_text()
+    assert "#SBATCH --array=0-1" in script and "#SBATCH --partition=cpu" in script and "gpus" not in script

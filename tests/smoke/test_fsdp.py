@@ -1,7 +1,8 @@
-"""strategy=fsdp for real on the CPU: torch FSDP2 over gloo, 2 SLURM tasks (tests/fake_slurm/), each holding half of
-every DiT weight. It trains like one process with the doubled batch and like DDP on the same 2 tasks (activation
-checkpointing and EMA on, LoRA too); its shard folders resume exactly at the same world size, and consolidate into
-one file that holds DDP's weights, optimizer state and EMA and resumes like DDP's checkpoint on one process.
+"""strategy=fsdp for real on the CPU: torch FSDP2 over gloo, 2 tasks of a job on the tests' real SLURM cluster
+(tests/slurm_cluster.py), each holding half of every DiT weight. It trains like one process with the doubled
+batch and like DDP on the same 2 tasks (activation checkpointing and EMA on, LoRA too); its shard folders resume
+exactly at the same world size, and consolidate into one file that holds DDP's weights, optimizer state and EMA
+and resumes like DDP's checkpoint on one process.
 
 Weights are compared with DDP's: against one process, a different summation order of the same gradients moves
 a few weights by ~1e-5 through Adam's normalisation, for DDP as much as for FSDP (the losses agree to 2e-5)."""
@@ -25,7 +26,7 @@ from wan_train.lora.cli import main as lora_cli
 from wan_train.models import WanDiT, get_size, load_dit, save_dit
 from wan_train.training.consolidate import checkpoint_kind, consolidate, export
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("slurm_cluster")]
 
 COMMON = {"model.activation_checkpointing": "true", "trainer.ema_decay": "0.5"}
 VIDEOS = {"validation.every_n_steps": "4", "validation.steps": "2", "validation.num_frames": "5",
@@ -195,4 +196,4 @@ def test_lora_under_fsdp_keeps_the_adapter_only_and_resumes_exactly(shards, tmp_
     shutil.copytree(resumed / "checkpoints" / "step=0000002.ckpt", other / "checkpoints" / "step=0000002.ckpt")
     done = sbatch(tmp_path, shards, other, **{"data.batch_size": "2", "strategy": "fsdp"}, **{**lora, "lora.rank": "8"})
     assert done.returncode != 0
-    assert "the checkpoint's trained weights do not match this run's" in done.stderr
+    assert "the checkpoint's trained weights do not match this run's" in done.stdout  # the job's output

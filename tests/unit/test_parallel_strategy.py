@@ -133,6 +133,37 @@ def test_train_sweeps_have_the_submitit_slurm_launcher():
 
     register()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=["hydra/launcher=slurm", "recipe=quickstart"], return_hydra_config=True)
-    assert get_class(cfg.hydra.launcher._target_).__name__ == "SlurmLauncher"
-    assert cfg.hydra.launcher.gpus_per_node == 1 and cfg.hydra.launcher.max_num_timeout == 10
+        cpu = compose("config", overrides=["hydra/launcher=slurm", "recipe=quickstart"], return_hydra_config=True)
+        gpu = compose("config", overrides=["hydra/launcher=slurm", "trainer=gpu", "trainer.devices=4",
+                                           "data.num_workers=3"], return_hydra_config=True)
+    assert get_class(cpu.hydra.launcher._target_).__name__ == "SlurmLauncher"
+    assert cpu.hydra.launcher.max_num_timeout == 10
+    # the allocation follows the run: no GPU request on a CPU run, one task per device, workers + 1 CPUs
+    assert (cpu.hydra.launcher.gpus_per_node, cpu.hydra.launcher.tasks_per_node, cpu.hydra.launcher.mem_gb) == (
+        None, 1, None)
+    assert (gpu.hydra.launcher.gpus_per_node, gpu.hydra.launcher.tasks_per_node, gpu.hydra.launcher.cpus_per_task,
+            gpu.hydra.launcher.mem_gb) == (4, 4, 4, 256)
+    assert cpu.hydra.sweep.dir.startswith("runs/multirun/")  # never multirun/ in the repository
+
+
+@pytest.mark.parametrize(("overrides", "options"), [
+    (["recipe=quickstart", "trainer.devices=2"], "--nodes=1 --ntasks-per-node=2 --cpus-per-task=1"),
+    (["trainer=gpu", "trainer.devices=8", "trainer.num_nodes=4", "data.num_workers=4"],
+     "--nodes=4 --ntasks-per-node=8 --cpus-per-task=5 --gpus-per-node=8 --mem=524288M"),
+    (["trainer=gpu", "trainer.devices=2", "cluster.cpus_per_task=16", "cluster.mem_per_task_gb=100"],
+     "--nodes=1 --ntasks-per-node=2 --cpus-per-task=16 --gpus-per-node=2 --mem=204800M"),
+    (["trainer.devices=2", "cluster.mem_per_task_gb=2"], "--nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --mem=4096M"),
+])
+def test_the_sbatch_allocation_comes_from_the_runs_settings(overrides, options, capsys):
+    from wan_train.training.allocation import main
+
+    assert main(overrides) == 0
+    assert capsys.readouterr().out.strip() == options
+
+
+def test_an_allocation_the_run_does_not_say_is_refused(capsys):
+    from wan_train.training.allocation import main
+
+    assert main(["trainer=gpu"]) == 2  # devices=auto: how many GPUs would that be?
+    assert capsys.readouterr().err.strip() == ("error: trainer.devices=auto: say how many devices per node SLURM "
+                                               "should give this run (trainer.devices=8)")

@@ -22,6 +22,9 @@ def recipes() -> list[str]:
 def register() -> None:
     """The schema as `train_schema`, and each recipes/NAME.yaml as option NAME of the `recipe` group, applied
     at the global package (a recipe is a list of overrides of the other groups plus values)."""
+    from wan_train.parallel.slurm import register_resolver
+
+    register_resolver()  # ${wan_slurm:...} in the SLURM launcher presets
     store = ConfigStore.instance()
     store.store(name="train_schema", node=TrainConfig)
     store.store(name="generate_schema", node=GenerateConfig)

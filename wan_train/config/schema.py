@@ -156,12 +156,16 @@ class LoggerConfig:
 @dataclass
 class ClusterConfig:
     """Where the run executes (conf/cluster/): local, or slurm (launched by slurm/*.sbatch, one task per device).
-    On SLURM the job gets requeue_signal before its time limit or preemption (sbatch --signal): every rank saves
-    the checkpoint of the current step, the job requeues itself, and the new job resumes it (resume=auto)."""
+    On SLURM the job gets requeue_signal before its time limit (sbatch --signal) and SIGTERM on preemption, at any
+    moment: at the next safe point every rank saves the checkpoint of the current step, the job is requeued, and
+    the new job resumes it (resume=auto; wan_train.training.requeue)."""
 
     name: str = "local"  # local | slurm
     requeue: bool = False  # slurm: checkpoint and requeue on requeue_signal
     requeue_signal: str = "SIGUSR1"
+    # what slurm/submit and the submitit launcher ask for (wan_train.parallel.slurm): None derives it
+    cpus_per_task: int | None = None  # None: data.num_workers + 1
+    mem_per_task_gb: float | None = None  # None: 64 per GPU task; a CPU run takes the partition's default
 
 
 @dataclass

@@ -8,6 +8,7 @@ every rank is gathered into the checkpoint, and each rank restores its own."""
 
 import logging
 import os
+import signal
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -165,6 +166,14 @@ def _rank_and_world(trainer) -> tuple[int, int]:
     return 0, 1
 
 
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """A loader worker ignores SIGTERM and the requeue warnings. On SLURM they reach every process of the job: the
+    main process records them and stops at the next step boundary, while a worker killed by one would end the run
+    at once (the loader raises on a dead worker). The main process ends its workers itself."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class WanDataModule(L.LightningDataModule):
     def __init__(self, config: DataConfig, *, group_size: int = 1, skipped_path: str | os.PathLike | None = None):
         """group_size: consecutive ranks that share each batch (sequence parallelism): the data is split over
@@ -197,7 +206,8 @@ class WanDataModule(L.LightningDataModule):
     def train_dataloader(self, **slot) -> DataLoader:
         workers = self.config.num_workers
         return DataLoader(self.dataset(**slot), batch_size=None, num_workers=workers, persistent_workers=workers > 0,
-                          prefetch_factor=2 if workers else None)
+                          prefetch_factor=2 if workers else None,
+                          worker_init_fn=leave_signals_to_the_main_process if workers else None)
 
     def on_before_batch_transfer(self, batch, dataloader_idx: int = 0):
         if isinstance(batch, dict) and "_position" in batch:

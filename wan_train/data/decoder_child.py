@@ -15,14 +15,23 @@ Request: {"key", "indices" (sorted, distinct source frames), "size" [w, h] or [-
 Reply: {"ok": true, "shape": [N, H, W, 3], "resize": [w, h] or null (the parent still has to scale: the fallback
 decoders return native frames)} + N*H*W*3 bytes, or {"ok": false, "reason", "message"}."""
 
-import contextlib
-import io
-import json
-import mmap
-import os
-import socket
-import struct
-import sys
+import signal
+
+if __name__ == "__main__":
+    # the parent alone decides this process's life (SIGKILL at a sample's deadline, EOF when it goes): a signal
+    # meant for the job (Ctrl-C, SLURM's requeue warning, SIGTERM on preemption) reaches every process of it, and
+    # would otherwise cost the sample being decoded. First of all, before the imports below.
+    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+        signal.signal(_signum, signal.SIG_IGN)
+
+import contextlib  # noqa: E402
+import io  # noqa: E402
+import json  # noqa: E402
+import mmap  # noqa: E402
+import os  # noqa: E402
+import socket  # noqa: E402
+import struct  # noqa: E402
+import sys  # noqa: E402
 
 if sys.path and os.path.abspath(sys.path[0] or ".") == os.path.dirname(os.path.abspath(__file__)):
     sys.path.pop(0)  # this folder holds wan_train.data's modules, not top-level ones

@@ -1,5 +1,8 @@
-"""Callbacks: the held-out loss on its schedule, throughput in the progress bar, atomic checkpoint writes."""
+"""Callbacks: the held-out loss on its schedule, throughput in the progress bar, plain step lines in the log,
+atomic checkpoint writes."""
 
+import logging
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +60,51 @@ class Throughput(L.Callback):
         samples = len(batch["key"]) * trainer.world_size // module.cfg.strategy.sequence_parallel
         module.log_dict({"perf/step_s": seconds, "perf/samples_per_s": samples / seconds}, prog_bar=True,
                         on_step=True, on_epoch=False)
+
+
+progress_log = logging.getLogger("wan_train.progress")
+
+
+class ProgressLines(L.Callback):
+    """Rank 0 logs a plain line every `every` optimizer steps (and at the last): step, training loss, seconds per
+    step, samples/s and the time left. They go to run_dir/train.log and, where no progress bar is drawn (a SLURM
+    job's output, a pipe), to the console."""
+
+    def __init__(self, every: int, *, bar: bool):
+        self.every = max(1, every)
+        self.bar = bar and sys.stderr.isatty()
+        self.start, self.first = 0.0, 0
+
+    def setup(self, trainer, module, stage):
+        if self.bar:  # the bar already shows these numbers on the terminal
+            for handler in logging.getLogger().handlers:
+                if type(handler) is logging.StreamHandler and not any(isinstance(f, _NotProgress)
+                                                                        for f in handler.filters):
+                    handler.addFilter(_NotProgress())
+
+    def on_train_start(self, trainer, module):
+        self.start, self.first = time.monotonic(), trainer.global_step
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        step = trainer.global_step
+        if (batch_idx + 1) % trainer.accumulate_grad_batches or not trainer.is_global_zero:
+            return
+        if step % self.every and step != trainer.max_steps:
+            return
+        metrics = trainer.callback_metrics
+        seconds = (time.monotonic() - self.start) / max(1, step - self.first)
+        left = seconds * max(0, trainer.max_steps - step)
+        loss = metrics.get("train/loss")
+        rate = metrics.get("perf/samples_per_s")
+        progress_log.info("step %d/%d  loss %s  %.2f s/step  %s samples/s  %d:%02d:%02d left", step,
+                          trainer.max_steps, f"{float(loss):.4f}" if loss is not None else "-", seconds,
+                          f"{float(rate):.1f}" if rate is not None else "-", left // 3600, left % 3600 // 60,
+                          left % 60)
+
+
+class _NotProgress(logging.Filter):
+    def filter(self, record):
+        return record.name != progress_log.name
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -35,13 +35,13 @@ from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.parallel.fsdp import full_state_dict
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
-from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, Throughput
+from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, ProgressLines, Throughput
 from wan_train.training.adapters import export_adapter, register_run
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
 from wan_train.training.placement import compute_dtype, load_dtype, placement, planned
-from wan_train.training.requeue import RequeueOnSignal
+from wan_train.training import requeue
 from wan_train.training.resume import newest_intact, resume_path
 from wan_train.training.trainable import apply_trainable
 from wan_train.training.validation import ValidationVideos
@@ -116,9 +116,27 @@ def loggers(cfg, run_dir: Path) -> list:
         out.append(CSVLogger(run_dir, name="csv"))  # csv/version_N/metrics.csv, one per (resumed) segment
     if cfg.logger.wandb:
         offline = not os.environ.get("WANDB_API_KEY")
+        # one W&B run per run folder: a resumed or requeued segment continues it (same id) instead of a new run
         out.append(WandbLogger(project=cfg.logger.project, name=cfg.logger.name or run_dir.name, save_dir=run_dir,
-                               offline=offline))
+                               offline=offline, id=wandb_run_id(run_dir), resume="allow"))
     return out
+
+
+WANDB_ID_FILE = "wandb_run_id.txt"
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """The run folder's W&B run id: made by rank 0 on the first start and kept in run_dir/wandb_run_id.txt (only
+    rank 0 logs to W&B)."""
+    path = run_dir / WANDB_ID_FILE
+    if path.is_file() and (known := path.read_text().strip()):
+        return known
+    import secrets
+
+    made = secrets.token_hex(4)  # W&B's own ids are 8 characters of [a-z0-9]
+    if detect_launch().rank == 0:
+        write_text(path, made + "\n")
+    return made
 
 
 @dataclass
@@ -184,11 +202,20 @@ def run(cfg: DictConfig) -> dict:
         metrics = run_both_experts(cfg)
     else:
         metrics = fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
-    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name and not metrics.get("requeued"):
+    stopped = metrics.get("stopped")
+    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name and not stopped:
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
-    leave_process_group(wait=not metrics.get("requeued"))
+    if stopped:  # checkpoint written and loggers finished: requeueing is the last act (SLURM kills every task)
+        metrics["stop_line"] = requeue.finish_stopped(stopped, step=metrics["step"], checkpoint=metrics["checkpoint"],
+                                                      is_global_zero=detect_launch().rank == 0, barrier=_barrier)
+    leave_process_group(wait=not stopped)
     return metrics
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
 
 
 def leave_process_group(*, wait: bool) -> None:
@@ -228,6 +255,9 @@ def run_both_experts(cfg: DictConfig) -> dict:
                 done[expert] = min(done[expert] + cfg.expert.alternate_every, cfg.trainer.max_steps)
                 results[expert] = fit(sessions[expert], max_steps=done[expert])
                 sessions[expert].module.cpu()  # the resting expert leaves the accelerator to the other
+                if stopped := results[expert].get("stopped"):  # a signal: the other expert does not start
+                    return {"stopped": stopped, "step": results[expert]["step"],
+                            "checkpoint": results[expert]["checkpoint"]}
     return {f"{e}/{k}": v for e, metrics in results.items() for k, v in metrics.items()}
 
 
@@ -238,7 +268,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="{step:07d}", save_top_k=-1,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=False,
                                  save_on_train_epoch_end=False)
-    callbacks = [held_out, Throughput(), DataMetrics(), checkpoint]
+    callbacks = [held_out, Throughput(), DataMetrics(), checkpoint,
+                 ProgressLines(cfg.trainer.log_every_n_steps, bar=cfg.trainer.enable_progress_bar)]
     ema = EMA(cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     if ema is not None:
         callbacks.append(ema)
@@ -246,10 +277,11 @@ def fit(session: Session, *, max_steps: int) -> dict:
         size = get_size(cfg.model.size)
         callbacks.append(ValidationVideos(cfg.validation, run_dir=run_dir, size=size.name, boundary=size.boundary,
                                           partner=session.partner, expert=cfg.expert.name))
-    requeue = None
+    stop = None
     if cfg.cluster.requeue:
-        requeue = RequeueOnSignal(cfg.cluster.requeue_signal, checkpoint_dir=run_dir / "checkpoints")
-        callbacks.append(requeue)
+        stop = requeue.StopOnSignal(checkpoint_dir=run_dir / "checkpoints",
+                                    checkpoint_every=cfg.trainer.checkpoint_every_n_steps)
+        callbacks.append(stop)
     if cfg.trainer.enable_progress_bar:
         callbacks.append(RichProgressBar())
     trainer = L.Trainer(
@@ -271,11 +303,16 @@ def fit(session: Session, *, max_steps: int) -> dict:
                 ckpt_path=ckpt_path)
     if trainer.is_global_zero and (skipped := skip_summary(run_dir / SKIPPED_FILE)):
         log.info(skipped)
-    if requeue is not None and requeue.requeued_at is not None:  # checkpointed and requeued: not finished
+    stopped = {"step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None}
+    if stop is not None and stop.stopped is not None:  # a signal: checkpointed at a step boundary, not finished
         _finish_loggers(trainer)
-        return {"step": trainer.global_step, "requeued": True, "resumed_from": str(ckpt_path) if ckpt_path else None}
+        return {**stopped, "stopped": stop.stopped, "checkpoint": stop.checkpoint}
     # a whole checkpoint (optimizer, loops, loader position), said explicitly: Lightning logs its default otherwise
-    trainer.save_checkpoint(run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt", weights_only=False)
+    final = run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt"
+    trainer.save_checkpoint(final, weights_only=False)
+    if stop is not None and (signum := requeue.agreed(trainer.strategy)):  # the safe point before the export
+        _finish_loggers(trainer)
+        return {**stopped, "stopped": signum, "checkpoint": final}
     export(session, ema, is_global_zero=trainer.is_global_zero)
     _finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
@@ -310,7 +347,8 @@ def _finish_loggers(trainer) -> None:
 
 def plugins(cfg) -> list:
     """Atomic single-file checkpoints (sharded engines write their own directories); under SLURM, Lightning's
-    cluster environment without its own requeue handler (RequeueOnSignal does that, into checkpoints/)."""
+    cluster environment without its own requeue handler (wan_train.training.requeue does that, into
+    checkpoints/)."""
     out = [AtomicCheckpointIO()] if own_checkpoint_io(cfg) else []
     if detect_launch().kind == "slurm":
         out.append(SLURMEnvironment(auto_requeue=False))
