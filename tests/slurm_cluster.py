@@ -247,7 +247,8 @@ def main() -> None:
     import tempfile
 
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tempfile.mkdtemp(prefix="slurm_"))
-    signal.signal(signal.SIGTERM, signal.default_int_handler)  # kill PID stops it as cleanly as Ctrl-C
+    for signum in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or kill PID stop it (even started in the background)
+        signal.signal(signum, signal.default_int_handler)
     cluster = Cluster(root)
     try:
         cluster.start()
