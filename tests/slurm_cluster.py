@@ -23,6 +23,7 @@ from typing import ClassVar
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "scontrol", "squeue", "scancel")
 NODES = {"n0": 6, "n1": 1, "n2": 1, "n3": 1}  # name -> CPUs
+REQUEUE_DELAY = 3.0  # seconds a requeued job waits in the tests (SLURM: 120)
 
 
 class ClusterUnavailable(RuntimeError):
@@ -216,9 +217,11 @@ PartitionName=urgent Nodes=n3 MaxTime=INFINITE State=UP PriorityTier=10 PreemptM
              done=("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL"),
              shorten_requeue_delay: bool = True) -> dict[str, str]:
         """Wait until the job ends in one of `done`. A requeued job waits for its BeginTime (SLURM holds it for
-        the credential lifetime, 2 minutes by default): with shorten_requeue_delay it is started at once.
+        the credential lifetime, 2 minutes by default): with shorten_requeue_delay it is started after
+        REQUEUE_DELAY seconds instead (not at once: the requeue revoked the old start's credential, and a start
+        within the same second is refused as "Job credential revoked", which fails the job).
         on_restart(info) runs once each time the job's restart count grows."""
-        deadline, restarts = time.time() + timeout, 0
+        deadline, restarts, pending_since = time.time() + timeout, 0, None
         while time.time() < deadline:
             info = self.job(job_id)
             state = info.get("JobState")
@@ -228,7 +231,12 @@ PartitionName=urgent Nodes=n3 MaxTime=INFINITE State=UP PriorityTier=10 PreemptM
                 restarts = int(info["Restarts"])
                 on_restart(info)
             if shorten_requeue_delay and state == "PENDING" and info.get("Reason") == "BeginTime":
-                self.scontrol("update", f"JobId={job_id}", "StartTime=now")
+                pending_since = pending_since or time.time()
+                if time.time() - pending_since >= REQUEUE_DELAY:
+                    self.scontrol("update", f"JobId={job_id}", "StartTime=now")
+                    pending_since = None
+            else:
+                pending_since = None
             time.sleep(0.5)
         raise TimeoutError(f"job {job_id} still {self.job(job_id).get('JobState')} after {timeout:.0f} s")
 
