@@ -4,6 +4,7 @@ exactly like one process with the doubled batch; a job stopped at any moment (ti
 start-up, during the final export, preemption by SIGTERM) ends COMPLETED after resuming, with the losses of the
 uninterrupted run; Hydra's submitit launcher runs a training sweep on the CPU partition."""
 
+import os
 import re
 import subprocess
 import sys
@@ -59,8 +60,7 @@ def test_devices_that_do_not_match_the_tasks_fail_before_training(shards, tmp_pa
     env = {"SLURM_JOB_ID": "4242", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1",
            "SLURM_PROCID": "0", "SLURM_JOB_NAME": "wan_train", "SLURM_NODELIST": "localhost"}
     bad = subprocess.run([sys.executable, "train.py", *train_args(shards, tmp_path / "bad"), "trainer.devices=1",
-                          "cluster=slurm"], cwd=ROOT, env={**__import__("os").environ, **env}, capture_output=True,
-                         text=True)
+                          "cluster=slurm"], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True)
     assert bad.returncode != 0
     assert ("trainer.devices=1 (1 per node), but slurm started 2 processes per node (--ntasks-per-node=2): set "
             "trainer.devices=2") in bad.stderr

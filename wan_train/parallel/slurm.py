@@ -43,8 +43,9 @@ def train_allocation(cfg) -> Allocation:
     """The allocation of one training job of `cfg` (the composed train config)."""
     trainer, cluster = cfg.trainer, cfg.cluster
     gpu = trainer.accelerator in ("gpu", "cuda", "auto")
-    devices = device_count(trainer.devices, "cpu" if not gpu else "gpu-unknown")
-    if devices is None or (gpu and str(trainer.devices).strip() in ("auto", "-1")):
+    unknown = gpu and str(trainer.devices).strip() in ("auto", "-1")  # the GPUs of a node not yet allocated
+    devices = None if unknown else device_count(trainer.devices, trainer.accelerator)
+    if devices is None:
         raise ValueError(f"trainer.devices={trainer.devices}: say how many devices per node SLURM should give "
                          "this run (trainer.devices=8)")
     cpus = cluster.get("cpus_per_task") or cfg.data.num_workers + 1

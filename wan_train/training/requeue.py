@@ -75,22 +75,21 @@ class StopOnSignal(L.Callback):
         if signum is None:
             return
         step = trainer.global_step
-        if step > self.started_at and step % self.checkpoint_every:  # ModelCheckpoint saves the others itself
+        if step > self.started_at:  # trained since the last checkpoint
             self.checkpoint = self.checkpoint_dir / f"step={step:07d}.ckpt"
-            trainer.save_checkpoint(self.checkpoint, weights_only=False)  # collective: a whole checkpoint
-        elif step > self.started_at:
-            self.checkpoint = self.checkpoint_dir / f"step={step:07d}.ckpt"
+            if step % self.checkpoint_every:  # ModelCheckpoint saves the scheduled ones itself
+                trainer.save_checkpoint(self.checkpoint, weights_only=False)  # collective: a whole checkpoint
         self.stopped = signum
         trainer.should_stop = True
         log.info("%s received: training stops at step %d", signal_name(signum), step)
 
 
 def finish_stopped(signum: int, *, step: int, checkpoint: Path | None, is_global_zero: bool, barrier,
-                   wait_for_kill: float = REQUEUE_WAIT) -> str:
+                   wait_for_kill: float = REQUEUE_WAIT) -> None:
     """The last act of a stopped run, after its checkpoint and loggers: rank 0 says where it stopped and, on the
     requeue signal, requeues the job. A requeued job's tasks then wait for SLURM to end them (SIGTERM back to its
-    default): a task that exited first could end the job before the requeue took hold. Returns the line; the
-    process then exits EXIT_STOPPED."""
+    default): a task that exited first could end the job before the requeue took hold. The process then exits
+    EXIT_STOPPED."""
     where = f"checkpoint {checkpoint}" if checkpoint else "no new checkpoint (nothing trained since the last one)"
     barrier()  # every rank has written its part and closed its loggers
     if signum == signal.SIGTERM:
@@ -98,7 +97,7 @@ def finish_stopped(signum: int, *, step: int, checkpoint: Path | None, is_global
                 "from it (resume=auto); after scancel, submit the same command again to continue")
         if is_global_zero:
             print(line, file=sys.stderr, flush=True)
-        return line
+        return
     line, requeued = f"stopped by {signal_name(signum)} at step {step}: {where}", False
     if is_global_zero:
         requeued, said = requeue_job()
@@ -108,7 +107,6 @@ def finish_stopped(signum: int, *, step: int, checkpoint: Path | None, is_global
     if "SLURM_JOB_ID" in os.environ and (requeued or not is_global_zero):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         time.sleep(wait_for_kill)  # SLURM ends every task of the requeued job now; after this, exit anyway
-    return line
 
 
 def requeue_job() -> tuple[bool, str]:

@@ -7,6 +7,7 @@ import gc
 import logging
 import os
 import random
+import secrets
 import subprocess
 import warnings
 from collections import Counter
@@ -131,8 +132,6 @@ def wandb_run_id(run_dir: Path) -> str:
     path = run_dir / WANDB_ID_FILE
     if path.is_file() and (known := path.read_text().strip()):
         return known
-    import secrets
-
     made = secrets.token_hex(4)  # W&B's own ids are 8 characters of [a-z0-9]
     if detect_launch().rank == 0:
         write_text(path, made + "\n")
@@ -207,8 +206,8 @@ def run(cfg: DictConfig) -> dict:
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
     if stopped:  # checkpoint written and loggers finished: requeueing is the last act (SLURM kills every task)
-        metrics["stop_line"] = requeue.finish_stopped(stopped, step=metrics["step"], checkpoint=metrics["checkpoint"],
-                                                      is_global_zero=detect_launch().rank == 0, barrier=_barrier)
+        requeue.finish_stopped(stopped, step=metrics["step"], checkpoint=metrics["checkpoint"],
+                               is_global_zero=detect_launch().rank == 0, barrier=_barrier)
     leave_process_group(wait=not stopped)
     return metrics
 
