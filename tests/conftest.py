@@ -1,3 +1,5 @@
+import os
+
 import pytest
 import torch
 
@@ -24,6 +26,17 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _environment():
+    """Each test leaves os.environ as it found it, whatever wrote to it: Lightning's SLURMEnvironment sets
+    MASTER_ADDR from a simulated SLURM_NODELIST, and every later job submitted from this process would inherit it."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 @pytest.fixture(scope="session")

@@ -90,14 +90,16 @@ def test_the_readme_cpu_command_trains_two_tasks_like_one_process(slurm_cluster,
     """README's CPU-partition command as written (slurm/submit --partition=cpu slurm/train_single_node.sbatch
     recipe=quickstart trainer.devices=2 strategy=ddp run_dir=...), run from a folder outside the repository with
     this test's small data and 4 steps appended: 2 tasks x batch 2 (DDP over gloo) give one process's losses with
-    batch 4; one summary, not one per rank; train.log has the step lines."""
+    batch 4; one summary, not one per rank; train.log has the step lines. The submitting shell holds a stale
+    MASTER_ADDR / MASTER_PORT (sbatch exports it to the job): the job rendezvouses on its own node all the same."""
     command = next(c for c in readme_slurm_commands() if "--partition=cpu" in c).split()
     assert command[:4] == ["slurm/submit", "--partition=cpu", "slurm/train_single_node.sbatch", "recipe=quickstart"]
     run_dir = tmp_path / dict(w.split("=", 1) for w in command if "=" in w and not w.startswith("-"))["run_dir"]
     quick = [a for a in train_args(shards, run_dir, **{"data.batch_size": "2"})
              if not a.startswith(("run_dir=", "recipe="))]
+    stale = {"MASTER_ADDR": "gpu017", "MASTER_PORT": "29500"}
     done = subprocess.run([str(ROOT / command[0]), "--parsable", command[1], str(ROOT / command[2]), *command[3:],
-                           *quick], cwd=tmp_path, env={**slurm_cluster.env, "WAN_PYTHON": sys.executable},
+                           *quick], cwd=tmp_path, env={**slurm_cluster.env, "WAN_PYTHON": sys.executable, **stale},
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     job = Job(slurm_cluster, int(done.stdout.strip()), tmp_path)
@@ -105,7 +107,8 @@ def test_the_readme_cpu_command_trains_two_tasks_like_one_process(slurm_cluster,
     output = job.output
     assert info["JobState"] == "COMPLETED" and info["Partition"] == "cpu", output[-3000:]
     assert info["NumTasks"] == "2" and "gres" not in info.get("TresPerNode", "")
-    assert re.search(r"1 node\(s\) x 2 task\(s\), rendezvous 127\.0\.0\.1:\d+", output)
+    rendezvous = re.search(r"1 node\(s\) x 2 task\(s\), rendezvous 127\.0\.0\.1:(\d+)", output)
+    assert rendezvous and rendezvous[1] != "29500"
     assert output.count("run folder:") == 1
     assert_same_losses(metrics(run_dir), one_process, rel=2e-5)
     log = (run_dir / "train.log").read_text()
