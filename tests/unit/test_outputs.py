@@ -78,27 +78,40 @@ def test_save_video_writes_a_decodable_mp4_with_the_right_frames(tmp_path, heigh
     np.testing.assert_allclose(mean, COLOURS[np.arange(10) % 8], atol=6)  # H.264 at crf 18: a few levels
 
 
+def cells_of(sheet: np.ndarray, height: int, width: int, rows: int, cols: int) -> list[np.ndarray]:
+    gap, label = outputs.SHEET_GAP, outputs.SHEET_LABEL
+    return [sheet[gap + r * (height + label + gap):][:height, gap + c * (width + gap):][:, :width]
+            for r in range(rows) for c in range(cols)]
+
+
 def test_png_preview_is_a_contact_sheet_of_the_exact_frames(tmp_path):
     video = solid_video(10, 33, 47)
     saved = save_video(tmp_path / "fox.mp4", video, fps=16, metadata=METADATA)
-    with Image.open(saved.preview) as image:
-        assert image.format == "PNG" and image.size == (4 * 47, 3 * 33)  # 10 frames in 4 columns
+    gap, label = outputs.SHEET_GAP, outputs.SHEET_LABEL
+    with Image.open(saved.preview) as image:  # 10 frames in 4 columns, apart, each over its index
+        assert image.format == "PNG"
+        assert image.size == (gap + 4 * (47 + gap), gap + 3 * (33 + label + gap))
         sheet = np.asarray(image.convert("RGB"))
-    cells = [sheet[r * 33:(r + 1) * 33, c * 47:(c + 1) * 47] for r in range(3) for c in range(4)]
+    cells = cells_of(sheet, 33, 47, 3, 4)
     for i in range(10):
         assert (cells[i] == COLOURS[i % 8]).all()
-    assert (cells[10] == 0).all() and (cells[11] == 0).all()
+    background = np.array(outputs.SHEET_BACKGROUND)
+    assert (cells[10] == background).all() and (cells[11] == background).all()
+    assert (sheet[:gap] == background).all() and (sheet[:, gap + 47:2 * gap + 47] == background).all()  # gaps
+    strip = sheet[gap + 33:gap + 33 + label, gap:gap + 47]
+    assert (strip != background).any(axis=-1).sum() > 10  # the frame index is written under the frame
 
 
 def test_contact_sheet_spreads_frames_evenly_over_the_video():
     frames = to_uint8(solid_video(40, 8, 6))
     sheet = np.asarray(contact_sheet(frames, columns=5, max_frames=10))
-    assert sheet.shape == (2 * 8, 5 * 6, 3)
-    picked = [sheet[r * 8, c * 6] for r in range(2) for c in range(5)]
+    gap, label = outputs.SHEET_GAP, outputs.SHEET_LABEL
+    assert sheet.shape == (gap + 2 * (8 + label + gap), gap + 5 * (6 + gap), 3)
+    picked = [cell[0, 0] for cell in cells_of(sheet, 8, 6, 2, 5)]
     expected = np.linspace(0, 39, 10).round().astype(int)
     assert expected[0] == 0 and expected[-1] == 39
     np.testing.assert_array_equal(picked, COLOURS[expected % 8])
-    assert contact_sheet(frames[:3], columns=4).size == (3 * 6, 8)  # fewer frames than columns: one short row
+    assert contact_sheet(frames[:3], columns=4).size == (gap + 3 * (6 + gap), gap + 8 + label + gap)  # one short row
 
 
 def test_gif_preview_animates_every_frame(tmp_path):

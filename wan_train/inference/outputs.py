@@ -24,7 +24,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from wan_train.fileio.durable import atomic_file
 
@@ -99,10 +99,16 @@ def _check_frames(frames: np.ndarray) -> None:
 
 # -------------------------------------------------------------------------------------------------- previews
 
+SHEET_GAP = 4  # pixels of background between cells and around them
+SHEET_LABEL = 12  # pixels of caption strip under each frame: its index in the video
+SHEET_BACKGROUND = (40, 40, 40)
+
+
 def contact_sheet(frames_uint8: np.ndarray, *, columns: int = 4, max_frames: int = 16) -> Image.Image:
     """min(F, max_frames) evenly spaced frames (first and last included), left to right then top to bottom,
-    in a grid of `columns` (fewer when there are fewer frames) without gaps: an RGB image of
-    (cols * W, rows * H) pixels; unused cells of the last row are black."""
+    in a grid of `columns` (fewer when there are fewer frames). Each cell is the frame, unscaled, over a strip
+    naming its index in the video ("#12"); cells sit SHEET_GAP pixels apart on a dark background, so frames read
+    as frames: cell (r, c) starts at (GAP + c * (W + GAP), GAP + r * (H + LABEL + GAP))."""
     _check_frames(frames_uint8)
     if columns < 1 or max_frames < 1:
         raise ValueError(f"columns and max_frames must be >= 1, got columns={columns}, max_frames={max_frames}")
@@ -111,11 +117,15 @@ def contact_sheet(frames_uint8: np.ndarray, *, columns: int = 4, max_frames: int
     picks = np.linspace(0, num_frames - 1, count).round().astype(int)
     cols = min(columns, count)
     rows = math.ceil(count / cols)
-    sheet = np.zeros((rows * height, cols * width, 3), np.uint8)
+    cell_w, cell_h = width + SHEET_GAP, height + SHEET_LABEL + SHEET_GAP
+    sheet = Image.new("RGB", (SHEET_GAP + cols * cell_w, SHEET_GAP + rows * cell_h), SHEET_BACKGROUND)
+    draw = ImageDraw.Draw(sheet)
     for cell, index in enumerate(picks):
         r, c = divmod(cell, cols)
-        sheet[r * height:(r + 1) * height, c * width:(c + 1) * width] = frames_uint8[index]
-    return Image.fromarray(sheet)
+        x, y = SHEET_GAP + c * cell_w, SHEET_GAP + r * cell_h
+        sheet.paste(Image.fromarray(frames_uint8[index]), (x, y))
+        draw.text((x + 1, y + height + 1), f"#{index}", fill=(220, 220, 220))
+    return sheet
 
 
 def write_gif(path: str | Path, frames_uint8: np.ndarray, *, fps: float) -> Path:
