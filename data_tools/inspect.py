@@ -25,6 +25,7 @@ from typing import NamedTuple
 from rich.table import Table
 
 from data_tools.common import console, progress, shard_samples_until_damaged, shard_urls, summary, write_atomic
+from wan_train.data.buckets import SIZES as BUCKET_SIZES
 from wan_train.data.buckets import BucketTable
 from wan_train.data.clips import longest_span
 from wan_train.data.errors import SampleError
@@ -54,6 +55,9 @@ class Tally:
     several_captions: int = 0
     decoded: int = 0  # samples whose every frame was decoded and counted
     bad: list[dict] = field(default_factory=list)
+    # (width, height, seconds of the longest span a clip may come from) per sample: buckets are assigned at the end,
+    # from the given table or one chosen to fit these
+    spans: list[tuple[int, int, float]] = field(default_factory=list)
 
     def merge(self, other: "Tally") -> None:
         self.shards += other.shards
@@ -65,27 +69,52 @@ class Tally:
         self.several_captions += other.several_captions
         self.decoded += other.decoded
         self.bad.extend(other.bad)
+        self.spans.extend(other.spans)
 
-    def add_meta(self, meta: ClipMeta, *, table: BucketTable) -> None:
+    def add_meta(self, meta: ClipMeta) -> None:
         start, end = meta.window
         self.seconds += end - start
-        for name, value in describe(meta, table=table).items():
+        for name, value in describe(meta).items():
             self.histograms[name][value] += 1
+        self.spans.append((meta.width, meta.height, longest_span(meta, span="shot")))
         self.caption_words.update(len(c.split()) for c in meta.captions)
         self.several_captions += len(meta.captions) > 1
 
 
-def describe(meta: ClipMeta, *, table: BucketTable) -> dict[str, str]:
-    """The histogram value of each kind for one sample. Bucket: the one the loader would assign to the longest
-    span a clip may come from (a shot, else the window)."""
+def describe(meta: ClipMeta) -> dict[str, str]:
+    """The histogram value of each kind for one sample (buckets: `bucket_counts`, once all are read)."""
     start, end = meta.window
     seconds = end - start
     bin_index = sum(seconds >= edge for edge in DURATION_EDGES)
-    bucket = table.assign(meta.width, meta.height, longest_span(meta, span="shot"))
     orientation = "landscape" if meta.width > meta.height else "portrait" if meta.width < meta.height else "square"
     return {"duration": _duration_label(bin_index), "resolution": f"{meta.width}x{meta.height}",
-            "orientation": orientation, "fps": f"{round(meta.fps, 3):g}",
-            "bucket": bucket.key if bucket else TOO_SHORT}
+            "orientation": orientation, "fps": f"{round(meta.fps, 3):g}"}
+
+
+def bucket_counts(spans: Sequence[tuple[int, int, float]], table: BucketTable) -> Counter:
+    """The bucket the loader would assign to each sample's longest span (a shot, else the window), or TOO_SHORT."""
+    return Counter(bucket.key if (bucket := table.assign(w, h, seconds)) else TOO_SHORT for w, h, seconds in spans)
+
+
+CHOICE_DURATIONS = (1.0, 2.0, 3.0, 4.0, 5.0)  # seconds a chosen table may use (Wan trains 5 s at 16 fps)
+CHOICE_SHARE = 0.9  # a chosen duration leaves at most 10% of the samples too short
+
+
+def fitting_table(spans: Sequence[tuple[int, int, float]], *, fps: float, resolutions: Sequence[str] | None = None,
+                  durations: Sequence[float] | None = None) -> BucketTable:
+    """Buckets for this data where none were given: the largest resolution that half the samples reach without
+    upscaling (else the smallest), and the longest duration that at least 90% of them last (else the shortest
+    that still makes frames). Given resolutions or durations are kept."""
+    if resolutions is None:
+        every = BucketTable(resolutions=tuple(BUCKET_SIZES), fps=fps)
+        fits = [r for r in BUCKET_SIZES if 2 * sum(every.reaches(r, w, h) for w, h, _ in spans) >= len(spans)]
+        resolutions = (fits[-1] if fits else next(iter(BUCKET_SIZES)),)
+    if durations is None:
+        ok = [d for d in CHOICE_DURATIONS
+              if sum(BucketTable(resolutions=tuple(resolutions), durations=(d,), fps=fps).assign(w, h, seconds)
+                     is not None for w, h, seconds in spans) >= CHOICE_SHARE * len(spans)]
+        durations = (ok[-1] if ok else 5 / fps,)
+    return BucketTable(resolutions=tuple(resolutions), durations=tuple(durations), fps=fps)
 
 
 def _duration_label(bin_index: int) -> str:
@@ -163,7 +192,7 @@ def _decode_all(video: bytes, *, key: str, size: tuple[int, int]) -> int:
 
 # --- one shard, many shards -------------------------------------------------------------------------------------
 
-def inspect_shard(url: str, *, table: BucketTable, decode: bool, on_sample: Callable[[], None] | None = None) -> Tally:
+def inspect_shard(url: str, *, decode: bool, on_sample: Callable[[], None] | None = None) -> Tally:
     """Tally one shard. A shard that cannot be read (from the start or part-way) adds an `unreadable_shard` entry;
     the samples read before the damage still count (all but the one being read)."""
     tally = Tally(shards=1)
@@ -175,7 +204,7 @@ def inspect_shard(url: str, *, table: BucketTable, decode: bool, on_sample: Call
         tally.samples += 1
         meta, problem = check_sample(sample, decode=decode)
         if meta is not None:
-            tally.add_meta(meta, table=table)
+            tally.add_meta(meta)
         if problem is not None:
             tally.bad.append(_bad(url, sample["__key__"], *problem))
         elif decode:
@@ -189,30 +218,35 @@ def _bad(shard: str, key: str | None, reason: str, message: str) -> dict:
     return {"shard": shard, "key": key, "reason": reason, "message": message}
 
 
-def inspect_shards(urls: Sequence[str], *, table: BucketTable, decode: bool, workers: int) -> dict:
+def inspect_shards(urls: Sequence[str], *, table: BucketTable | None = None, decode: bool, workers: int,
+                   fps: float = 16.0, resolutions: Sequence[str] | None = None,
+                   durations: Sequence[float] | None = None) -> dict:
     """Tally every shard (`workers` > 1: in that many processes, one shard per task) with a progress bar, and
-    return the stats as plain data (see `_stats`). The result does not depend on `workers`."""
+    return the stats as plain data (see `_stats`). The result does not depend on `workers`. Buckets: `table`, or
+    without one a table chosen to fit the data (fitting_table), keeping the resolutions or durations given."""
     total = Tally()
     with progress() as bar:
         shards = bar.add_task("shards", total=len(urls))
         samples = bar.add_task("samples", total=None)
         if workers <= 1:
             for url in urls:
-                total.merge(inspect_shard(url, table=table, decode=decode, on_sample=lambda: bar.advance(samples)))
+                total.merge(inspect_shard(url, decode=decode, on_sample=lambda: bar.advance(samples)))
                 bar.advance(shards)
         else:
             parts = {}  # merged in shard order once all are in, so the result does not depend on timing
-            for i, part in _in_processes(urls, table=table, decode=decode, workers=workers):
+            for i, part in _in_processes(urls, decode=decode, workers=workers):
                 parts[i] = part
                 bar.advance(shards)
                 bar.advance(samples, part.samples)
             for i in range(len(urls)):
                 total.merge(parts[i])
-    return _stats(total)
+    chosen = table is None
+    if chosen:
+        table = fitting_table(total.spans, fps=fps, resolutions=resolutions, durations=durations)
+    return _stats(total, table=table, chosen=chosen)
 
 
-def _in_processes(urls: Sequence[str], *, table: BucketTable, decode: bool,
-                  workers: int) -> Iterator[tuple[int, Tally]]:
+def _in_processes(urls: Sequence[str], *, decode: bool, workers: int) -> Iterator[tuple[int, Tally]]:
     """(shard index, tally) as shards finish. Not 'fork': the parent runs the progress bar's thread, and fork with
     threads can deadlock. 'forkserver' preloaded with this module forks workers with webdataset/torch already
     imported (start-up ~2.5x faster than 'spawn'). A worker that dies (a decoder crash) costs its shard only."""
@@ -222,7 +256,7 @@ def _in_processes(urls: Sequence[str], *, table: BucketTable, decode: bool,
     else:
         context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(urls)), mp_context=context) as pool:
-        futures = {pool.submit(inspect_shard, url, table=table, decode=decode): i for i, url in enumerate(urls)}
+        futures = {pool.submit(inspect_shard, url, decode=decode): i for i, url in enumerate(urls)}
         for future in as_completed(futures):
             i = futures[future]
             try:
@@ -232,14 +266,21 @@ def _in_processes(urls: Sequence[str], *, table: BucketTable, decode: bool,
             yield i, part
 
 
-def _stats(tally: Tally) -> dict:
+def _stats(tally: Tally, *, table: BucketTable, chosen: bool) -> dict:
     words = sorted(tally.caption_words.elements())
     captions = {"captions": len(words), "min": words[0] if words else 0, "mean": statistics.fmean(words) if words
                 else 0.0, "median": statistics.median(words) if words else 0, "max": words[-1] if words else 0,
                 "several": tally.several_captions, "empty": tally.caption_words[0]}
+    histograms = {**tally.histograms, "bucket": bucket_counts(tally.spans, table)}
+    buckets = {"resolutions": list(table.resolutions), "durations": list(table.durations), "fps": table.fps,
+               "chosen": chosen, "too_short": histograms["bucket"][TOO_SHORT], "suggested": None}
+    if not chosen and buckets["too_short"] > (1 - CHOICE_SHARE) * len(tally.spans):
+        better = fitting_table(tally.spans, fps=table.fps, resolutions=table.resolutions)
+        if better.durations != table.durations:
+            buckets["suggested"] = list(better.durations)
     return {"shards": tally.shards, "samples": tally.samples, "seconds": tally.seconds, "hours": tally.seconds / 3600,
-            "decoded": tally.decoded, "histograms": {k: _ordered(k, v) for k, v in tally.histograms.items()},
-            "captions": captions, "bad": tally.bad}
+            "decoded": tally.decoded, "histograms": {k: _ordered(k, v) for k, v in histograms.items()},
+            "buckets": buckets, "captions": captions, "bad": tally.bad}
 
 
 def _ordered(name: str, counts: Counter) -> dict[str, int]:
@@ -256,9 +297,26 @@ def render(stats: dict) -> None:
                        "decoded and counted": stats["decoded"], "bad": len(stats["bad"])})
     for name, counts in stats["histograms"].items():
         console.print(_histogram_table(name, counts))
+    console.print(bucket_note(stats), soft_wrap=True)
     summary("caption words", {k: f"{v:.1f}" if isinstance(v, float) else v for k, v in stats["captions"].items()})
     if stats["bad"]:
         console.print(_bad_table(stats["bad"]))
+
+
+def bucket_note(stats: dict) -> str:
+    """Which buckets the histogram used, and where they fit the data badly, which would."""
+    b = stats["buckets"]
+    options = (f"--resolutions {' '.join(b['resolutions'])} --durations {' '.join(f'{d:g}' for d in b['durations'])} "
+               f"--fps {b['fps']:g}")
+    if b["chosen"]:
+        return f"buckets: chosen to fit the data (none given): {options}"
+    note = f"buckets: {options}"
+    if b["too_short"]:
+        share = 100 * b["too_short"] / max(1, stats["samples"])
+        note += f"; {b['too_short']} samples ({share:.0f}%) are too short for them"
+        if b["suggested"]:
+            note += f" (--durations {' '.join(f'{d:g}' for d in b['suggested'])} would fit at least 90%)"
+    return note
 
 
 def _histogram_table(name: str, counts: dict[str, int], *, width: int = 40) -> Table:
@@ -292,9 +350,10 @@ def _parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shards", nargs="+", required=True,
                         help="brace patterns (shard-{000000..000009}.tar), globs, directories, paths or URLs")
-    parser.add_argument("--resolutions", nargs="+", help=f"bucket resolutions (default {list(defaults.resolutions)})")
+    parser.add_argument("--resolutions", nargs="+",
+                        help="bucket resolutions (default: the largest most samples reach without upscaling)")
     parser.add_argument("--durations", nargs="+", type=float,
-                        help=f"bucket durations in seconds (default {list(defaults.durations)})")
+                        help="bucket durations in seconds (default: the longest of 1-5 s that 90%% of samples last)")
     parser.add_argument("--fps", type=float, help=f"training frame rate for buckets (default {defaults.fps})")
     parser.add_argument("--workers", type=int, default=1, help="processes checking shards in parallel")
     parser.add_argument("--no-decode", action="store_true", help="skip decoding (metadata and histograms only)")
@@ -307,11 +366,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     urls = shard_urls(parser, args.shards, option="--shards")
     options = {"resolutions": args.resolutions, "durations": args.durations, "fps": args.fps}
-    try:
+    try:  # checks the given values; the table itself is used only when both resolutions and durations are given
         table = BucketTable(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items() if v is not None})
     except ValueError as error:
         parser.error(str(error))
-    stats = inspect_shards(urls, table=table, decode=not args.no_decode, workers=args.workers)
+    given = args.resolutions is not None and args.durations is not None
+    stats = inspect_shards(urls, table=table if given else None, decode=not args.no_decode, workers=args.workers,
+                           fps=table.fps, resolutions=args.resolutions, durations=args.durations)
     render(stats)
     if args.report is not None:
         write_atomic(args.report, "".join(json.dumps(entry) + "\n" for entry in stats["bad"]).encode())

@@ -78,12 +78,20 @@ class BucketTable:
         return sorted(Bucket(*self.size(r, a), f) for r in self.resolutions for a in self.aspect_ratios
                       for f in self.frame_counts)
 
+    def aspect_of(self, width: int, height: int) -> str:
+        """The table's aspect ratio nearest to width:height (in log space)."""
+        return min(self.aspect_ratios, key=lambda a: abs(math.log(_ratio(a) * height / width)))
+
+    def reaches(self, resolution: str, width: int, height: int) -> bool:
+        """A width x height clip fills `resolution` at its nearest aspect ratio without upscaling (3% slack)."""
+        return math.prod(self.size(resolution, self.aspect_of(width, height))) <= width * height * 1.03
+
     def assign(self, width: int, height: int, seconds: float) -> Bucket | None:
         """The bucket for a clip of `width` x `height` with `seconds` of usable video, or None if it is shorter
         than the shortest frame bucket. The aspect ratio is the nearest in log space; the resolution is the
         largest that needs no upscaling (the smallest one when every one would)."""
-        aspect = min(self.aspect_ratios, key=lambda a: abs(math.log(_ratio(a) * height / width)))
-        fitting = [r for r in self.resolutions if math.prod(self.size(r, aspect)) <= width * height * 1.03]
+        aspect = self.aspect_of(width, height)
+        fitting = [r for r in self.resolutions if self.reaches(r, width, height)]
         resolution = max(fitting, key=lambda r: math.prod(self.size(r, aspect))) if fitting else min(
             self.resolutions, key=lambda r: math.prod(self.size(r, aspect)))
         # frames k / fps for k < F must lie inside the clip: (F - 1) / fps < seconds
