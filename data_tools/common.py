@@ -1,31 +1,24 @@
-"""What every data tool shares: a rich progress bar, the end-of-run summary, atomic file writes."""
+"""What every data tool shares: progress (a bar or plain lines), the end-of-run summary, atomic file writes."""
 
 import io
 import tarfile
 from collections.abc import Iterator
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
 from rich.table import Table
-from rich.text import Text
 
 # every tool's writes: a temp file beside the target (umask permissions), fsynced, renamed only when complete,
 # so readers never see half a shard and a killed run leaves at most a `.NAME.tmp-<hex>` file behind
 from wan_train.fileio.durable import atomic_path, write_bytes as write_atomic  # noqa: F401 (re-exported)
+from wan_train.progress import progress as _progress
 
 console = Console(stderr=True)
 
 
-class RateColumn(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f}/s" if task.speed else "-/s")
-
-
-def progress() -> Progress:
-    """Usage: `with progress() as bar: task = bar.add_task("shards", total=n); ...; bar.advance(task)`."""
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), RateColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=console)
+def progress():
+    """Usage: `with progress() as bar: task = bar.add_task("shards", total=n); ...; bar.advance(task)`: a live
+    bar on a terminal, plain lines at least every 30 s in a log file (wan_train.progress)."""
+    return _progress(console=console)
 
 
 def summary(title: str, rows: dict[str, object]) -> None:

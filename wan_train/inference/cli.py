@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from wan_train.inference import images as imaging
 from wan_train.inference.loading import load
@@ -22,6 +21,7 @@ from wan_train.inference.presets import Sampling, official, with_overrides
 from wan_train.inference.references import check_tags, read_reference
 from wan_train.inference.solvers import SOLVERS
 from wan_train.lora.resolve import resolve_adapter
+from wan_train.progress import progress
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -178,6 +178,5 @@ def metadata(cfg, source: dict, prompt: str, seed: int, task: str, settings: Sam
             "command": OmegaConf.to_container(cfg, resolve=True)}
 
 
-def _progress() -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
-                    TimeElapsedColumn(), TimeRemainingColumn())
+def _progress():
+    return progress("steps")
