@@ -1,8 +1,20 @@
-"""Train a Wan DiT with rectified flow matching:  python train.py recipe=NAME key=value ...
+"""Train a Wan DiT with rectified flow matching (full fine-tune or LoRA), from a recipe and overrides.
 
-Recipes are in recipes/ (quickstart, lora_character, lora_style, r2v, multishot, full_high_noise, full_low_noise, ...);
-config groups in conf/. All the work is in wan_train.training.run; this file composes the config and, for the
-demo data the quickstart uses, generates it on first use."""
+usage: python train.py recipe=NAME [group=option ...] [key=value ...]
+       python train.py -m ... key=a,b                 a sweep: one run per combination
+       python train.py --cfg job recipe=NAME ...      print the composed config and exit
+
+examples:
+  python train.py recipe=quickstart                   # CPU, no downloads, a few minutes
+  python train.py recipe=quickstart trainer.max_steps=1000 run_dir=runs/quickstart_1k
+  python train.py recipe=lora_character model.checkpoint=Wan2.1-T2V-1.3B data.shards=[shards/]
+  python train.py recipe=quickstart resume=never      # start afresh (default resume=auto: from the newest checkpoint)
+
+Every key, its meaning and default: wan_train/config/schema.py; a key no schema declares is refused, also with +.
+The run folder (run_dir) gets config.yaml, train.log, checkpoints/, csv/ metrics, wandb/ and the exported weights.
+A mistake (a key, a value, a missing path) is one line on stderr and exit status 2; HYDRA_FULL_ERROR=1 shows the
+traceback. All the work is in wan_train.training.run; this file composes the config and, for the demo data the
+quickstart uses, generates it on first use."""
 
 import sys
 from pathlib import Path
@@ -14,20 +26,14 @@ signals.install_early()  # in a SLURM job: a requeue warning during the imports 
 import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from wan_train.config.compose import CONF_DIR, register  # noqa: E402
+from wan_train.config import TrainConfig, validate  # noqa: E402
+from wan_train.config.compose import CONF_DIR, groups, register, usage  # noqa: E402
+from wan_train.config.demo import DEMO  # noqa: E402
+from wan_train.config.errors import user_errors_in_one_line  # noqa: E402
+from wan_train.config.keys import check_keys, check_overrides  # noqa: E402
 from wan_train.parallel.launch import detect_launch  # noqa: E402
 from wan_train.training.requeue import EXIT_STOPPED  # noqa: E402
 from wan_train.training.run import run  # noqa: E402
-
-# folder -> (make_demo seed, clips, options): held-out clips use another seed; data=mascot is a character's,
-# data=shapes names its subjects (reference-to-video), one or two shapes per clip; data=stories cuts each clip into
-# two captioned shots (multi-shot)
-DEMO = {"data/demo": (0, 64, {}), "data/demo_val": (1, 8, {}),
-        "data/mascot": (0, 32, {"character": "zxq mascot"}), "data/mascot_val": (1, 8, {"character": "zxq mascot"}),
-        "data/shapes": (0, 64, {"subjects": True}), "data/shapes_multi": (2, 32, {"subjects": True, "multi": True}),
-        "data/shapes_val": (1, 8, {"subjects": True}),
-        "data/stories": (0, 64, {"shots": True}), "data/stories_val": (1, 8, {"shots": True})}
-
 
 def ensure_demo_data(cfg: DictConfig) -> None:
     for shards in (*cfg.data.shards, *cfg.data.val_shards, *(s for v in cfg.data.val_sets.values() for s in v)):
@@ -46,7 +52,10 @@ def ensure_demo_data(cfg: DictConfig) -> None:
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)
+@user_errors_in_one_line
 def main(cfg: DictConfig) -> None:
+    check_keys(cfg, TrainConfig)  # a key added with + that no schema declares
+    validate(cfg)  # before anything is made: the run folder, the demo data, a W&B run
     signals.install(cfg.cluster)  # cluster.requeue: the signal is recorded and acted on at the next safe point
     ensure_demo_data(cfg)
     metrics = run(cfg)
@@ -54,15 +63,29 @@ def main(cfg: DictConfig) -> None:
         raise SystemExit(EXIT_STOPPED)
     if detect_launch().rank != 0:
         return  # one summary per run, not per rank
-    losses = [(key.removesuffix("_first"), value, metrics[key.removesuffix("_first")])
-              for key, value in metrics.items() if key.endswith("loss_first")]
-    print(f"run folder: {cfg.run_dir}  step {metrics.get('step', cfg.trainer.max_steps)}")
-    for key, first, last in losses:
-        print(f"  {key}: {first:.4f} -> {last:.4f} ({100 * (last - first) / first:+.1f}%)")
+    summary(cfg, metrics)
+
+
+def summary(cfg: DictConfig, metrics: dict) -> None:
+    step = metrics.get("step", cfg.trainer.max_steps)
+    if metrics.get("finished"):
+        print(f"run folder: {cfg.run_dir}  already finished at step {step} (trainer.max_steps="
+              f"{cfg.trainer.max_steps}): nothing trained; raise trainer.max_steps to train further")
+    else:
+        print(f"run folder: {cfg.run_dir}  step {step}")
+    for key, value in metrics.items():  # the whole run's first and last held-out loss, across resumes
+        if key.endswith("loss_first"):
+            name, last = key.removesuffix("_first"), metrics[key.removesuffix("_first")]
+            change = f" ({100 * (last - value) / value:+.1f}%)" if value == value and value else ""
+            print(f"  {name}: {value:.4f} -> {last:.4f}{change}")
     if "adapter" in metrics:
         print(f"  registered adapter {metrics['adapter']} (python -m wan_train.lora show {metrics['adapter']})")
 
 
 if __name__ == "__main__":
+    if {"--help", "-h"} & set(sys.argv[1:]):  # the script's usage (Hydra's own: --hydra-help)
+        print(usage(__doc__, train=True))
+        sys.exit(0)
     register()
+    user_errors_in_one_line(check_overrides)(sys.argv[1:], TrainConfig, groups=groups(CONF_DIR))
     sys.exit(main())

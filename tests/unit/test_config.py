@@ -41,6 +41,7 @@ def test_recipes_set_what_they_say():
 
 @pytest.mark.parametrize("recipe", sorted(EXPECTED))
 def test_every_recipe_composes_and_instantiates_with_the_tiny_model(recipe, tiny_folder, tmp_path):
+    (tmp_path / "shard-000000.tar").write_bytes(b"")
     cfg = compose_config([f"recipe={recipe}", "model=tiny", f"model.checkpoint={tiny_folder}", "expert=none",
                           "lora=none", "trainer=cpu", "strategy=auto", f"data.shards=[{tmp_path}]",
                           f"run_dir={tmp_path / 'run'}"])
@@ -80,8 +81,9 @@ def test_a_moe_model_needs_an_expert(tmp_path):
 
 @pytest.mark.parametrize("expert, low, high", [("high_noise", 0.875, 1.0), ("low_noise", 0.0, 0.875)])
 def test_expert_ranges_come_from_the_model_boundary(expert, low, high, tmp_path):
+    (tmp_path / "x.tar").write_bytes(b"")
     cfg = compose_config([f"expert={expert}", "model=tiny", "model.size=tiny-moe", f"model.checkpoint={tmp_path}",
-                          "data=latents", "data.shards=[x]"])
+                          "data=latents", f"data.shards=[{tmp_path / 'x.tar'}]"])
     validate(cfg)
     module = FlowMatchingModule(cfg, dit=build_dit(compose_config(["model=tiny"])), encoders=None,
                                 boundary=get_size("tiny-moe").boundary, held_out=[])
@@ -89,7 +91,7 @@ def test_expert_ranges_come_from_the_model_boundary(expert, low, high, tmp_path)
     sigma = module.sampler.sample(4096, generator=torch.Generator().manual_seed(0), low=low, high=high)
     assert module.range.contains(sigma).all()
     both = compose_config(["expert=both", "model=tiny", "model.size=tiny-moe", f"model.checkpoint={tmp_path}",
-                           "data=latents", "data.shards=[x]", "expert.high_noise_lr=3e-5"])
+                           "data=latents", f"data.shards=[{tmp_path / 'x.tar'}]", "expert.high_noise_lr=3e-5"])
     validate(both)
     assert both.expert.alternate_every == 100 and both.expert.high_noise_lr == 3e-5
 

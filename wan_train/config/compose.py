@@ -19,6 +19,32 @@ def recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
+def groups(conf_dir: Path) -> set[str]:
+    """The config group names a command line may choose from (optim=adamw, recipe=quickstart, hydra/...)."""
+    return {p.name for p in conf_dir.iterdir() if p.is_dir()} | {"recipe", "hydra"}
+
+
+NOT_TRAIN_GROUPS = {"eval", "generate", "hydra"}  # conf/ folders that are not train.py's choices
+
+
+def group_options(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
+    """train.py's config groups and their options (group=option), recipes last."""
+    out = {g.name: sorted(p.stem for p in g.glob("*.yaml")) for g in sorted(conf_dir.iterdir())
+           if g.is_dir() and g.name not in NOT_TRAIN_GROUPS}
+    return {**out, "recipe": recipes()}
+
+
+def usage(doc: str, *, train: bool) -> str:
+    """--help: the script's own usage and examples, then train.py's groups or generate.py's keys and defaults."""
+    if train:
+        rest = "\n".join(f"  {group}: {', '.join(options)}" for group, options in group_options().items())
+        return f"{doc.strip()}\n\nconfig groups (group=option):\n{rest}\n"
+    from omegaconf import OmegaConf
+
+    keys = OmegaConf.to_yaml(OmegaConf.structured(GenerateConfig)).strip()
+    return f"{doc.strip()}\n\nkeys (key=value) and defaults:\n" + "\n".join(f"  {line}" for line in keys.splitlines()) + "\n"
+
+
 def register() -> None:
     """The schema as `train_schema`, and each recipes/NAME.yaml as option NAME of the `recipe` group, applied
     at the global package (a recipe is a list of overrides of the other groups plus values)."""

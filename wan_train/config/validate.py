@@ -2,11 +2,14 @@
 value and what is allowed."""
 
 import signal
+from collections.abc import Collection
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from wan_train.config.demo import DEMO
 from wan_train.data.datamodule import KINDS
+from wan_train.data.shards import missing_shards
 from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
 from wan_train.inference.outputs import PREVIEWS
 from wan_train.inference.presets import fast, official, with_overrides
@@ -35,7 +38,9 @@ def _allowed(key: str, value, allowed) -> None:
         raise ConfigError(f"{key}={value!r}: expected one of {list(allowed)}")
 
 
-def validate(cfg: DictConfig) -> None:
+def validate(cfg: DictConfig, *, pending: Collection[str] = DEMO) -> None:
+    """Every check of a train config, before anything is made or loaded. `pending`: shard folders that will be
+    made before training, not required to exist yet (the demo data train.py makes on first use)."""
     _allowed("model.size", cfg.model.size, SIZES)
     size = SIZES[cfg.model.size]
     for key in ("model.checkpoint", "model.encoders"):
@@ -55,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("model.encoders=None with model.checkpoint=None: raw-video training needs a VAE and text "
                           "encoder (a Wan folder, or 'builtin' for the quickstart stand-ins), or data=latents")
     _validate_data(cfg, stride=vae_stride(size.vae) * size.dit.patch_size[1])
+    _validate_shard_paths(cfg, pending=pending)
     _allowed("flow.sampler.kind", cfg.flow.sampler.kind, SAMPLER_KINDS)
     _allowed("flow.weighting", cfg.flow.weighting, WEIGHTINGS)
     SigmaSampler(**cfg.flow.sampler)  # its own range checks
@@ -264,3 +270,12 @@ def _validate_data(cfg: DictConfig, *, stride: int) -> None:
         OmegaConf.to_object(data).table()
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _validate_shard_paths(cfg: DictConfig, *, pending: Collection[str]) -> None:
+    """Local shard paths exist now, not two minutes into the run as an unreadable shard."""
+    entries = [("data.shards", e) for e in cfg.data.shards] + [("data.val_shards", e) for e in cfg.data.val_shards]
+    entries += [(f"data.val_sets.{name}", e) for name, shards in cfg.data.val_sets.items() for e in shards]
+    for key, entry in entries:
+        if str(entry) not in pending and (problem := missing_shards(entry)):
+            raise ConfigError(f"{key}: {problem}")

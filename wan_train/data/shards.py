@@ -61,6 +61,26 @@ def expand_urls(shards: str | Path | Iterable[str | Path]) -> list[str]:
     return list(dict.fromkeys(urls))
 
 
+def missing_shards(entry: str | Path) -> str | None:
+    """Why a local shard entry (a path, folder, glob or brace pattern) names no shard, or None. URLs (pipe:,
+    http(s)://, s3://) are left to the reader: only reading them can tell."""
+    for url in braceexpand.braceexpand(str(entry)):
+        if len(urlparse(url).scheme) > 1 or url.startswith("pipe:"):
+            continue
+        path = Path(url)
+        if path.is_file():
+            continue
+        if path.is_dir():
+            if not any(path.glob("*.tar")):
+                return f"{url}: a folder with no .tar shards in it"
+        elif glob.has_magic(url):
+            if not glob.glob(url):
+                return f"{url}: matches no file"
+        else:
+            return f"{url}: no such file or folder"
+    return None
+
+
 FINGERPRINT_BYTES = 1 << 16  # read from each end of a local shard
 
 

@@ -8,19 +8,23 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from wan_train.fileio.durable import atomic_path, remove_leftovers
 from wan_train.models.checkpoint.pickles import load_pickled
+from wan_train.progress import EVERY_S
 
 
 class HeldOutLoss(L.Callback):
     """Logs `val/loss` (and per sigma quantile, and `val/<set>/loss` of named extra sets) before the first step,
-    every `every` steps and at the end."""
+    every `every` steps and at the end. Its history travels in the checkpoints, so `summary()` covers the whole
+    run across resumes."""
 
     def __init__(self, every: int):
         self.every = every
         self.history: list[tuple[int, dict[str, float]]] = []
+        self.started = False  # this fit trained (False: resumed at max_steps, a finished run run again)
 
     def summary(self) -> dict[str, float]:
         """Each set's first and last loss: val/loss_first, val/loss, val/<set>/loss_first, val/<set>/loss."""
@@ -33,6 +37,13 @@ class HeldOutLoss(L.Callback):
                 out[f"{key}_first"], out[key] = first.get(key, float("nan")), last[key]
         return out
 
+    def state_dict(self) -> dict:
+        """Kept in every checkpoint: a resumed run's summary starts from the whole run's first loss."""
+        return {"history": [(step, dict(metrics)) for step, metrics in self.history]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = [(step, dict(metrics)) for step, metrics in state["history"]]
+
     def _log(self, trainer, module) -> None:
         metrics = module.held_out_loss()
         self.history.append((trainer.global_step, metrics))
@@ -40,6 +51,7 @@ class HeldOutLoss(L.Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_train_start(self, trainer, module):
+        self.started = True
         if trainer.global_step == 0:
             self._log(trainer, module)
 
@@ -66,14 +78,14 @@ progress_log = logging.getLogger("wan_train.progress")
 
 
 class ProgressLines(L.Callback):
-    """Rank 0 logs a plain line every `every` optimizer steps (and at the last): step, training loss, seconds per
-    step, samples/s and the time left. They go to run_dir/train.log and, where no progress bar is drawn (a SLURM
-    job's output, a pipe), to the console."""
+    """Rank 0 logs a plain line every `every` optimizer steps, at least every `every_s` seconds, and at the last:
+    step, training loss, seconds per step, samples/s and the time left. They go to run_dir/train.log and, where no
+    progress bar is drawn (a file, nohup, a SLURM job's output, a pipe), to the console."""
 
-    def __init__(self, every: int, *, bar: bool):
-        self.every = max(1, every)
-        self.bar = bar and sys.stderr.isatty()
-        self.start, self.first = 0.0, 0
+    def __init__(self, every: int, *, bar: bool, every_s: float = EVERY_S):
+        self.every, self.every_s = max(1, every), every_s
+        self.bar = bar
+        self.start, self.first, self.said = 0.0, 0, 0.0
 
     def setup(self, trainer, module, stage):
         if self.bar:  # the bar already shows these numbers on the terminal
@@ -84,15 +96,18 @@ class ProgressLines(L.Callback):
 
     def on_train_start(self, trainer, module):
         self.start, self.first = time.monotonic(), trainer.global_step
+        self.said = self.start
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         step = trainer.global_step
         if (batch_idx + 1) % trainer.accumulate_grad_batches or not trainer.is_global_zero:
             return
-        if step % self.every and step != trainer.max_steps:
+        now = time.monotonic()
+        if step % self.every and step != trainer.max_steps and now - self.said < self.every_s:
             return
+        self.said = now
         metrics = trainer.callback_metrics
-        seconds = (time.monotonic() - self.start) / max(1, step - self.first)
+        seconds = (now - self.start) / max(1, step - self.first)
         left = seconds * max(0, trainer.max_steps - step)
         loss = metrics.get("train/loss")
         rate = metrics.get("perf/samples_per_s")
@@ -100,6 +115,14 @@ class ProgressLines(L.Callback):
                           trainer.max_steps, f"{float(loss):.4f}" if loss is not None else "-", seconds,
                           f"{float(rate):.1f}" if rate is not None else "-", left // 3600, left % 3600 // 60,
                           left % 60)
+
+
+class StepBar(RichProgressBar):
+    """Lightning's rich bar for a step-based run: 'train' and the step count, not 'Epoch 0/-2' (the run is one
+    endless "epoch" of max_steps batches)."""
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        return "train"
 
 
 class _NotProgress(logging.Filter):

@@ -9,14 +9,16 @@ import os
 import random
 import secrets
 import subprocess
+import sys
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from omegaconf import DictConfig, OmegaConf
@@ -36,11 +38,12 @@ from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
 from wan_train.parallel.fsdp import full_state_dict
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
-from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, ProgressLines, Throughput
+from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, ProgressLines, StepBar, Throughput
 from wan_train.training.adapters import export_adapter, register_run
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
+from wan_train.training.quiet import quiet_third_party
 from wan_train.training.placement import compute_dtype, load_dtype, placement, planned
 from wan_train.training import requeue
 from wan_train.training.resume import newest_intact, resume_path
@@ -118,8 +121,14 @@ def loggers(cfg, run_dir: Path) -> list:
     if cfg.logger.wandb:
         offline = not os.environ.get("WANDB_API_KEY")
         # one W&B run per run folder: a resumed or requeued segment continues it (same id) instead of a new run
-        out.append(WandbLogger(project=cfg.logger.project, name=cfg.logger.name or run_dir.name, save_dir=run_dir,
-                               offline=offline, id=wandb_run_id(run_dir), resume="allow"))
+        import wandb
+
+        # silent: W&B's banner and end-of-run history; the run's folder is named once, by _finish_loggers
+        logger = WandbLogger(project=cfg.logger.project, name=cfg.logger.name or run_dir.name, save_dir=run_dir,
+                             offline=offline, id=wandb_run_id(run_dir), resume="allow",
+                             settings=wandb.Settings(silent=True))
+        logger._wandb_init.pop("anonymous", None)  # Lightning passes None, which W&B 0.31 warns is deprecated
+        out.append(logger)
     return out
 
 
@@ -188,6 +197,7 @@ def run(cfg: DictConfig) -> dict:
     """Train as configured; returns the final metrics (train/loss, val/loss, ...) and where things went. With
     expert=both, both A14B experts train in alternating phases (one sub-folder and one result per expert)."""
     validate(cfg)
+    quiet_third_party()
     try:
         check_launch(cfg.trainer)
     except ValueError as error:
@@ -197,12 +207,13 @@ def run(cfg: DictConfig) -> dict:
     if cfg.resume not in ("auto", "never"):
         resume_path(cfg.resume, Path(cfg.run_dir))  # a damaged file fails now, before the model is built
     write_run_info(cfg, Path(cfg.run_dir))
-    if cfg.expert.name == "both":
-        metrics = run_both_experts(cfg)
-    else:
-        metrics = fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
+    with run_log(Path(cfg.run_dir) / RUN_LOG, enabled=detect_launch().rank == 0):
+        if cfg.expert.name == "both":
+            metrics = run_both_experts(cfg)
+        else:
+            metrics = fit(prepare(cfg), max_steps=cfg.trainer.max_steps)
     stopped = metrics.get("stopped")
-    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name and not stopped:
+    if cfg.lora.enabled and cfg.lora.client and cfg.lora.name and not stopped and not metrics.get("finished"):
         version = register_run(cfg, Path(cfg.run_dir), metrics)
         metrics["adapter"] = version.ref
     if stopped:  # checkpoint written and loggers finished: requeueing is the last act (SLURM kills every task)
@@ -210,6 +221,28 @@ def run(cfg: DictConfig) -> dict:
                                is_global_zero=detect_launch().rank == 0, barrier=_barrier)
     leave_process_group(wait=not stopped)
     return metrics
+
+
+RUN_LOG = "train.log"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as on the console (conf/config.yaml)
+
+
+@contextmanager
+def run_log(path: Path, *, enabled: bool = True):
+    """Everything logged while the run trains, appended to RUN_DIR/train.log (rank 0's: the step lines, skipped
+    samples, warnings); each resumed segment adds to it."""
+    if not enabled:
+        yield
+        return
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _barrier() -> None:
@@ -257,6 +290,8 @@ def run_both_experts(cfg: DictConfig) -> dict:
                 if stopped := results[expert].get("stopped"):  # a signal: the other expert does not start
                     return {"stopped": stopped, "step": results[expert]["step"],
                             "checkpoint": results[expert]["checkpoint"]}
+    if not results:  # both experts had trained max_steps already
+        return {"finished": True, "step": cfg.trainer.max_steps}
     return {f"{e}/{k}": v for e, metrics in results.items() for k, v in metrics.items()}
 
 
@@ -267,8 +302,10 @@ def fit(session: Session, *, max_steps: int) -> dict:
     checkpoint = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="{step:07d}", save_top_k=-1,
                                  every_n_train_steps=cfg.trainer.checkpoint_every_n_steps, save_last=False,
                                  save_on_train_epoch_end=False)
+    # the live bar only on a terminal: in a file it would print once, at the end (the step lines say it there)
+    bar = cfg.trainer.enable_progress_bar and sys.stderr.isatty()
     callbacks = [held_out, Throughput(), DataMetrics(), checkpoint,
-                 ProgressLines(cfg.trainer.log_every_n_steps, bar=cfg.trainer.enable_progress_bar)]
+                 ProgressLines(cfg.trainer.log_every_n_steps, bar=bar)]
     ema = EMA(cfg.trainer.ema_decay) if cfg.trainer.ema_decay else None
     if ema is not None:
         callbacks.append(ema)
@@ -281,8 +318,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
         stop = requeue.StopOnSignal(checkpoint_dir=run_dir / "checkpoints",
                                     checkpoint_every=cfg.trainer.checkpoint_every_n_steps)
         callbacks.append(stop)
-    if cfg.trainer.enable_progress_bar:
-        callbacks.append(RichProgressBar())
+    if bar:
+        callbacks.append(StepBar())
     trainer = L.Trainer(
         max_steps=max_steps, accumulate_grad_batches=cfg.trainer.accumulate_grad_batches,
         precision=cfg.trainer.precision, accelerator=cfg.trainer.accelerator, devices=_devices(cfg.trainer.devices),
@@ -292,7 +329,7 @@ def fit(session: Session, *, max_steps: int) -> dict:
         limit_train_batches=max_steps * cfg.trainer.accumulate_grad_batches,
         gradient_clip_val=cfg.optim.gradient_clip_val,
         log_every_n_steps=cfg.trainer.log_every_n_steps, callbacks=callbacks, logger=loggers(cfg, run_dir),
-        default_root_dir=run_dir, enable_progress_bar=cfg.trainer.enable_progress_bar, enable_model_summary=False,
+        default_root_dir=run_dir, enable_progress_bar=bar, enable_model_summary=False,
         plugins=plugins(cfg), limit_val_batches=0, num_sanity_val_steps=0)
     ckpt_path = resume_path(cfg.resume, run_dir)
     # Lightning cannot see that our loader resumes (its position is the DataModule's state), and says otherwise
@@ -303,6 +340,9 @@ def fit(session: Session, *, max_steps: int) -> dict:
     if trainer.is_global_zero and (skipped := skip_summary(run_dir / SKIPPED_FILE)):
         log.info(skipped)
     stopped = {"step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None}
+    if ckpt_path is not None and not held_out.started:  # resumed at max_steps: trained, saved and exported before
+        _finish_loggers(trainer)
+        return {**held_out.summary(), **stopped, "finished": True}
     if stop is not None and stop.stopped is not None:  # a signal: checkpointed at a step boundary, not finished
         _finish_loggers(trainer)
         return {**stopped, "stopped": stop.stopped, "checkpoint": stop.checkpoint}
@@ -340,8 +380,14 @@ def export(session: Session, ema: EMA | None, *, is_global_zero: bool) -> None:
 
 def _finish_loggers(trainer) -> None:
     for logger in trainer.loggers:
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()  # writes the run's summary and closes its files (offline: syncable later)
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            folder, offline = Path(run.dir).parent, run.offline
+            run.finish()  # writes the run's summary and closes its files (offline: syncable later)
+            if offline:
+                log.info("W&B run %s offline in %s (upload: wandb sync %s)", run.id, folder, folder)
+            else:
+                log.info("W&B run %s: %s", run.id, run.url)
 
 
 def plugins(cfg) -> list:
