@@ -87,6 +87,7 @@ def test_a_resumed_run_and_a_finished_run_run_again_summarise_the_whole_run(shar
     assert re.search(r"val/loss: ([\d.]+) -> ([\d.]+)", again.stdout).groups() == whole
     assert "nan" not in again.stdout
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["step=0000002.ckpt", "step=0000004.ckpt"]
+    assert (run_dir / "exported_step.txt").read_text() == "4\n" and (run_dir / "dit").is_dir()
 
 
 @pytest.mark.slow  # each ~7 s: the imports of a training process (the keys themselves: tests/unit/test_config_keys.py)

@@ -340,7 +340,9 @@ def fit(session: Session, *, max_steps: int) -> dict:
     if trainer.is_global_zero and (skipped := skip_summary(run_dir / SKIPPED_FILE)):
         log.info(skipped)
     stopped = {"step": trainer.global_step, "resumed_from": str(ckpt_path) if ckpt_path else None}
-    if ckpt_path is not None and not held_out.started:  # resumed at max_steps: trained, saved and exported before
+    # resumed at max_steps with the export done: a finished run, run again (without its export, the last job was
+    # stopped at the safe point before it: that export is done below)
+    if ckpt_path is not None and not held_out.started and exported_step(run_dir) == trainer.global_step:
         _finish_loggers(trainer)
         return {**held_out.summary(), **stopped, "finished": True}
     if stop is not None and stop.stopped is not None:  # a signal: checkpointed at a step boundary, not finished
@@ -352,7 +354,7 @@ def fit(session: Session, *, max_steps: int) -> dict:
     if stop is not None and (signum := requeue.agreed(trainer.strategy)):  # the safe point before the export
         _finish_loggers(trainer)
         return {**stopped, "stopped": signum, "checkpoint": final}
-    export(session, ema, is_global_zero=trainer.is_global_zero)
+    export(session, ema, step=trainer.global_step, is_global_zero=trainer.is_global_zero)
     _finish_loggers(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
     metrics.update({**held_out.summary(), "step": trainer.global_step,
@@ -360,7 +362,16 @@ def fit(session: Session, *, max_steps: int) -> dict:
     return metrics
 
 
-def export(session: Session, ema: EMA | None, *, is_global_zero: bool) -> None:
+EXPORTED_FILE = "exported_step.txt"
+
+
+def exported_step(run_dir: Path) -> int | None:
+    """The step whose weights `export` last wrote into the run folder (None: none yet)."""
+    path = run_dir / EXPORTED_FILE
+    return int(path.read_text()) if path.is_file() else None
+
+
+def export(session: Session, ema: EMA | None, *, step: int, is_global_zero: bool) -> None:
     """The trained DiT (LoRA: the adapter, never the frozen base) and its EMA, written by rank 0 into the run
     folder; under FSDP every rank first takes part in gathering the shards."""
     dit, run_dir, expert = session.module.dit, session.run_dir, session.cfg.expert.name
@@ -376,6 +387,7 @@ def export(session: Session, ema: EMA | None, *, is_global_zero: bool) -> None:
         save_dit(dit, run_dir / "dit", layout="official", state_dict=weights)
         if ema is not None:
             ema.export(dit, run_dir / "dit_ema", state_dict=weights, shadow=shadow)
+    write_text(run_dir / EXPORTED_FILE, f"{step}\n")  # last: a run stopped before this exports again on resume
 
 
 def _finish_loggers(trainer) -> None:
