@@ -119,10 +119,15 @@ class ProgressLines(L.Callback):
 
 class StepBar(RichProgressBar):
     """Lightning's rich bar for a step-based run: 'train' and the step count, not 'Epoch 0/-2' (the run is one
-    endless "epoch" of max_steps batches)."""
+    endless "epoch" of max_steps batches), and the run's metrics without the logger's version number."""
 
     def _get_train_description(self, current_epoch: int) -> str:
         return "train"
+
+    def get_metrics(self, trainer, module) -> dict:
+        metrics = super().get_metrics(trainer, module)
+        metrics.pop("v_num", None)  # the logger's version number: not a metric
+        return metrics
 
 
 class _NotProgress(logging.Filter):
