@@ -87,5 +87,5 @@ if __name__ == "__main__":
         print(usage(__doc__, train=True))
         sys.exit(0)
     register()
-    user_errors_in_one_line(check_overrides)(sys.argv[1:], TrainConfig, groups=groups(CONF_DIR))
+    user_errors_in_one_line(check_overrides)(sys.argv[1:], TrainConfig, groups=groups())
     sys.exit(main())

@@ -111,8 +111,8 @@ def fitting_table(spans: Sequence[tuple[int, int, float]], *, fps: float, resolu
         resolutions = (fits[-1] if fits else next(iter(BUCKET_SIZES)),)
     if durations is None:
         ok = [d for d in CHOICE_DURATIONS
-              if sum(BucketTable(resolutions=tuple(resolutions), durations=(d,), fps=fps).assign(w, h, seconds)
-                     is not None for w, h, seconds in spans) >= CHOICE_SHARE * len(spans)]
+              if len(spans) - bucket_counts(spans, BucketTable(resolutions=tuple(resolutions), durations=(d,),
+                                                               fps=fps))[TOO_SHORT] >= CHOICE_SHARE * len(spans)]
         durations = (ok[-1] if ok else 5 / fps,)
     return BucketTable(resolutions=tuple(resolutions), durations=tuple(durations), fps=fps)
 

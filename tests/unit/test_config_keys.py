@@ -4,11 +4,11 @@ below free-form fields are the user's; local shard paths are checked at start.""
 import pytest
 
 from wan_train.config import ConfigError, GenerateConfig, TrainConfig, compose_config
-from wan_train.config.compose import CONF_DIR, groups
+from wan_train.config.compose import groups
 from wan_train.config.keys import check_keys, check_overrides, key_paths, unknown_key
 from wan_train.data.shards import missing_shards
 
-GROUPS = groups(CONF_DIR)
+GROUPS = groups()
 
 
 @pytest.mark.parametrize("key, reason", [

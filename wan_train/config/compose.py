@@ -6,7 +6,7 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from wan_train.config.schema import GenerateConfig, TrainConfig
 
@@ -19,11 +19,6 @@ def recipes() -> list[str]:
     return sorted(p.stem for p in RECIPES_DIR.glob("*.yaml"))
 
 
-def groups(conf_dir: Path) -> set[str]:
-    """The config group names a command line may choose from (optim=adamw, recipe=quickstart, hydra/...)."""
-    return {p.name for p in conf_dir.iterdir() if p.is_dir()} | {"recipe", "hydra"}
-
-
 NOT_TRAIN_GROUPS = {"eval", "generate", "hydra"}  # conf/ folders that are not train.py's choices
 
 
@@ -34,13 +29,16 @@ def group_options(conf_dir: Path = CONF_DIR) -> dict[str, list[str]]:
     return {**out, "recipe": recipes()}
 
 
+def groups() -> set[str]:
+    """The config groups train.py's command line may choose from (optim=adamw, recipe=quickstart, hydra/...)."""
+    return {*group_options(), "hydra"}
+
+
 def usage(doc: str, *, train: bool) -> str:
     """--help: the script's own usage and examples, then train.py's groups or generate.py's keys and defaults."""
     if train:
         rest = "\n".join(f"  {group}: {', '.join(options)}" for group, options in group_options().items())
         return f"{doc.strip()}\n\nconfig groups (group=option):\n{rest}\n"
-    from omegaconf import OmegaConf
-
     keys = OmegaConf.to_yaml(OmegaConf.structured(GenerateConfig)).strip()
     return f"{doc.strip()}\n\nkeys (key=value) and defaults:\n" + "\n".join(f"  {line}" for line in keys.splitlines()) + "\n"
 

@@ -42,6 +42,11 @@ class WorkerSlot:
         return self.world_size * self.num_workers
 
 
+def remote(url: str) -> bool:
+    """A URL the reader opens (pipe:, http(s)://, s3://, ...), not a local path (a one-letter scheme is a drive)."""
+    return len(urlparse(url).scheme) > 1 or url.startswith("pipe:")
+
+
 def expand_urls(shards: str | Path | Iterable[str | Path]) -> list[str]:
     """Brace patterns ('data/shard-{000000..000099}.tar'), globs, directories (their *.tar) and URLs (pipe:,
     http(s)://, s3://, kept as they are), or a list of these -> shard URLs in order, without duplicates. A plain
@@ -50,7 +55,7 @@ def expand_urls(shards: str | Path | Iterable[str | Path]) -> list[str]:
     urls = []
     for item in items:
         for url in braceexpand.braceexpand(str(item)):
-            if urlparse(url).scheme or url.startswith("pipe:") or Path(url).is_file():
+            if remote(url) or Path(url).is_file():
                 urls.append(url)
             elif Path(url).is_dir():
                 urls += sorted(str(p) for p in Path(url).glob("*.tar"))
@@ -65,7 +70,7 @@ def missing_shards(entry: str | Path) -> str | None:
     """Why a local shard entry (a path, folder, glob or brace pattern) names no shard, or None. URLs (pipe:,
     http(s)://, s3://) are left to the reader: only reading them can tell."""
     for url in braceexpand.braceexpand(str(entry)):
-        if len(urlparse(url).scheme) > 1 or url.startswith("pipe:"):
+        if remote(url):
             continue
         path = Path(url)
         if path.is_file():

@@ -55,8 +55,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
 
     jobs = [(p, cfg.seed + i) for i, p in enumerate(p for p in prompts for _ in range(cfg.num_videos_per_prompt))]
     out, written = Path(cfg.out), 0
-    with _progress() as progress:
-        bar = progress.add_task("denoising", total=len(jobs) * settings.steps)
+    with progress("steps") as bars:
+        bar = bars.add_task("denoising", total=len(jobs) * settings.steps)
         for start in range(0, len(jobs), cfg.batch_size):
             batch = jobs[start:start + cfg.batch_size]
             began = time.perf_counter()
@@ -64,7 +64,7 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
                               images=first, last_images=last, adapters=adapters, device=device, offload=offload,
                               fuse_lora=cfg.fuse_lora, allow_base_mismatch=cfg.allow_base_mismatch,
                               references=references, multishot=cfg.multishot, shot_count=cfg.shots,
-                              on_step=lambda done, total, expert: progress.update(
+                              on_step=lambda done, total, expert: bars.update(
                                   bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
             seconds = (time.perf_counter() - began) / len(batch)
             for (prompt, seed), video in zip(batch, videos, strict=True):
@@ -176,7 +176,3 @@ def metadata(cfg, source: dict, prompt: str, seed: int, task: str, settings: Sam
             "settings": dataclasses.asdict(settings), "checkpoint": source,
             "lora": [dataclasses.asdict(a) for a in adapters], "seconds_per_video": round(seconds, 3),
             "command": OmegaConf.to_container(cfg, resolve=True)}
-
-
-def _progress():
-    return progress("steps")

@@ -224,7 +224,6 @@ def run(cfg: DictConfig) -> dict:
 
 
 RUN_LOG = "train.log"
-LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # as on the console (conf/config.yaml)
 
 
 @contextmanager
@@ -234,9 +233,10 @@ def run_log(path: Path, *, enabled: bool = True):
     if not enabled:
         yield
         return
-    handler = logging.FileHandler(path, encoding="utf-8")
-    handler.setFormatter(logging.Formatter(LOG_FORMAT))
     root = logging.getLogger()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    # the console's format (hydra.job_logging in conf/config.yaml), where there is a console handler
+    handler.setFormatter(next((h.formatter for h in root.handlers if h.formatter), None) or logging.Formatter())
     root.addHandler(handler)
     try:
         yield
