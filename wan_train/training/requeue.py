@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -109,15 +110,27 @@ def finish_stopped(signum: int, *, step: int, checkpoint: Path | None, is_global
         time.sleep(wait_for_kill)  # SLURM ends every task of the requeued job now; after this, exit anyway
 
 
-def requeue_job() -> tuple[bool, str]:
-    """scontrol requeue this job (or array element): (done, what to tell the user)."""
+def requeue_job(*, tries: int = 3, pause: float = 5.0) -> tuple[bool, str]:
+    """scontrol requeue this job (or array element): (done, what to tell the user). A busy controller can time
+    scontrol out after it took the request: a failure counts as done when the job's restart count went up, and a
+    request that did not take is tried again."""
     job = os.environ.get("SLURM_JOB_ID")
     if job is None:
         return False, "not a SLURM job: run the same command again to continue (resume=auto)"
     array = os.environ.get("SLURM_ARRAY_JOB_ID")
     target = f"{array}_{os.environ['SLURM_ARRAY_TASK_ID']}" if array else job
-    result = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True)
-    if result.returncode != 0:
-        return False, (f"scontrol requeue {target} failed ({result.stderr.strip()}): submit the same command again "
-                       "to continue (resume=auto)")
-    return True, f"job {target} requeued; it continues from there (resume=auto)"
+    for attempt in range(tries):
+        result = subprocess.run(["scontrol", "requeue", target], capture_output=True, text=True)
+        if result.returncode == 0 or requeued_already(target):
+            return True, f"job {target} requeued; it continues from there (resume=auto)"
+        if attempt + 1 < tries:
+            time.sleep(pause)
+    return False, (f"scontrol requeue {target} failed ({result.stderr.strip()}): submit the same command again "
+                   "to continue (resume=auto)")
+
+
+def requeued_already(target: str) -> bool:
+    """Whether SLURM counts more restarts of the job than this run of it was started with (SLURM_RESTART_COUNT)."""
+    shown = subprocess.run(["scontrol", "show", "job", "-o", target], capture_output=True, text=True)
+    found = re.search(r"\bRestarts=(\d+)", shown.stdout)
+    return found is not None and int(found[1]) > int(os.environ.get("SLURM_RESTART_COUNT") or 0)

@@ -346,13 +346,13 @@ def fit(session: Session, *, max_steps: int) -> dict:
         _finish_loggers(trainer)
         return {**held_out.summary(), **stopped, "finished": True}
     if stop is not None and stop.stopped is not None:  # a signal: checkpointed at a step boundary, not finished
-        _finish_loggers(trainer)
+        _finish_loggers(trainer, stopped=True)
         return {**stopped, "stopped": stop.stopped, "checkpoint": stop.checkpoint}
     # a whole checkpoint (optimizer, loops, loader position), said explicitly: Lightning logs its default otherwise
     final = run_dir / "checkpoints" / f"step={trainer.global_step:07d}.ckpt"
     trainer.save_checkpoint(final, weights_only=False)
     if stop is not None and (signum := requeue.agreed(trainer.strategy)):  # the safe point before the export
-        _finish_loggers(trainer)
+        _finish_loggers(trainer, stopped=True)
         return {**stopped, "stopped": signum, "checkpoint": final}
     export(session, ema, step=trainer.global_step, is_global_zero=trainer.is_global_zero)
     _finish_loggers(trainer)
@@ -390,7 +390,9 @@ def export(session: Session, ema: EMA | None, *, step: int, is_global_zero: bool
     write_text(run_dir / EXPORTED_FILE, f"{step}\n")  # last: a run stopped before this exports again on resume
 
 
-def _finish_loggers(trainer) -> None:
+def _finish_loggers(trainer, *, stopped: bool = False) -> None:
+    """Finish the W&B run (its summary, its files). A stopped run also ends W&B's service process now: SLURM kills
+    every process of a requeued job at once, and a service killed first fails the exit's teardown."""
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             run = logger.experiment
@@ -400,6 +402,10 @@ def _finish_loggers(trainer) -> None:
                 log.info("W&B run %s offline in %s (upload: wandb sync %s)", run.id, folder, folder)
             else:
                 log.info("W&B run %s: %s", run.id, run.url)
+            if stopped:
+                import wandb
+
+                wandb.teardown()
 
 
 def plugins(cfg) -> list:
