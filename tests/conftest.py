@@ -28,6 +28,14 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _config_folder(tmp_path_factory):
+    """wan_train's per-installation files (the C2PA signer, the watermark key) in a folder of the test session,
+    never the user's ~/.config/wan_train; subprocesses inherit it."""
+    os.environ["WAN_TRAIN_CONFIG_DIR"] = str(tmp_path_factory.mktemp("wan_train_config"))
+    yield
+
+
 @pytest.fixture(autouse=True)
 def _environment():
     """Each test leaves os.environ as it found it, whatever wrote to it: Lightning's SLURMEnvironment sets

@@ -16,7 +16,7 @@ GROUPS = groups()
     ("optim.batch_size", "optim.batch_size: no such key in optim (did you mean data.batch_size?)"),
     ("trainer.max_step", "trainer.max_step: no such key in trainer (did you mean trainer.max_steps?)"),
     ("flow.sampler.means", "flow.sampler.means: no such key in flow.sampler (did you mean flow.sampler.mean?)"),
-    ("unknown.key", "unknown.key: no such key"),
+    ("nothing.here", "nothing.here: no such key"),
 ])
 def test_unknown_keys_name_the_closest_valid_ones(key, reason):
     assert unknown_key(key, TrainConfig) == reason

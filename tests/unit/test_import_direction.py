@@ -13,13 +13,14 @@ ALLOWED_INTERNAL = {
     "models": {"fileio"},
     "flow": set(),
     "lora": {"models", "fileio"},
-    "inference": {"flow", "models", "lora", "fileio", "progress"},
+    "inference": {"flow", "models", "lora", "fileio", "progress", "marking"},
+    "marking": {"fileio"},  # provenance of generated media: called by inference's output writer
     "data": {"fileio"},
     "parallel": {"models", "fileio"},  # the FSDP wrap unit is the DiT block
     "memory": {"models"},  # fills the DiT's offload hook points
     "plan": {"models", "memory", "lora", "data", "config"},  # composes a run's config; counts a meta-device DiT
     "training": {"flow", "inference", "models", "lora", "data", "parallel", "config", "memory", "plan", "fileio",
-                 "progress"},
+                 "progress", "marking"},
     "config": {"models", "flow", "inference", "lora", "data", "parallel", "memory"},
 }
 TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "tokenizers", "ftfy"}

@@ -12,12 +12,15 @@ import torch
 from PIL import Image
 
 from wan_train.inference import outputs
+from wan_train.marking import Marker
+from wan_train.marking.verify import read_frames
 from wan_train.inference.outputs import (
     SavedVideo, contact_sheet, encode_mp4, pad_to_even, save_video, to_uint8, write_gif, write_mp4,
 )
 
 COLOURS = np.array([(220, 40, 40), (40, 200, 60), (50, 90, 230), (240, 220, 40), (200, 60, 210), (30, 30, 30),
                     (230, 230, 230), (30, 200, 200)], np.uint8)
+UNMARKED = Marker(enabled=False)  # the exact pixels (the watermark changes them by a few levels)
 METADATA = {"prompt": "a red fox in the snow", "seed": 7, "settings": {"steps": 4, "guidance": 5.0,
                                                                         "lora": [["client/fox.safetensors", 0.8]]}}
 
@@ -86,7 +89,7 @@ def cells_of(sheet: np.ndarray, height: int, width: int, rows: int, cols: int) -
 
 def test_png_preview_is_a_contact_sheet_of_the_exact_frames(tmp_path):
     video = solid_video(10, 33, 47)
-    saved = save_video(tmp_path / "fox.mp4", video, fps=16, metadata=METADATA)
+    saved = save_video(tmp_path / "fox.mp4", video, fps=16, metadata=METADATA, marker=UNMARKED)
     gap, label = outputs.SHEET_GAP, outputs.SHEET_LABEL
     with Image.open(saved.preview) as image:  # 10 frames in 4 columns, apart, each over its index
         assert image.format == "PNG"
@@ -136,19 +139,29 @@ def test_no_preview(tmp_path):
     assert listing(tmp_path) == ["fox.json", "fox.mp4"]
 
 
-def test_metadata_round_trips_as_sorted_indented_json(tmp_path):
+def test_metadata_round_trips_as_sorted_indented_json_with_its_provenance(tmp_path):
     saved = save_video(tmp_path / "fox.mp4", solid_video(3, 16, 16), fps=8, metadata=METADATA)
     text = saved.metadata.read_text()
-    assert json.loads(text) == METADATA
-    assert text == json.dumps(METADATA, indent=2, sort_keys=True) + "\n"
+    record = json.loads(text).pop("provenance")
+    assert {k: v for k, v in json.loads(text).items() if k != "provenance"} == METADATA
+    assert text == json.dumps({**METADATA, "provenance": record}, indent=2, sort_keys=True) + "\n"
+    assert record["ai_generated"] is True and record["seed"] == 7 and len(record["output_id"]) == 8
+    assert "a red fox" not in json.dumps(record)  # the prompt stays in the sidecar, out of the video's record
+    unmarked = save_video(tmp_path / "off.mp4", solid_video(3, 16, 16), fps=8, metadata=METADATA, marker=UNMARKED)
+    assert json.loads(unmarked.metadata.read_text())["provenance"] == {
+        "ai_generated": True, "marking": "off (marking.enabled=false)"}
 
 
-def test_same_video_gives_the_same_mp4_bytes(tmp_path):
+def test_same_video_gives_the_same_media(tmp_path):
+    """The same pixels give the same video stream and preview; the C2PA signature differs between signings (ECDSA
+    draws a nonce), so a marked file's bytes do, and an unmarked file's bytes are the same."""
     video = solid_video(12, 33, 47) + 0.05 * torch.randn(3, 12, 33, 47)  # texture for the encoder to work on
     first = save_video(tmp_path / "a.mp4", video, fps=16, metadata=METADATA)
     second = save_video(tmp_path / "b.mp4", video, fps=16, metadata=METADATA)
-    assert first.video.read_bytes() == second.video.read_bytes()
+    np.testing.assert_array_equal(read_frames(first.video), read_frames(second.video))
     assert first.preview.read_bytes() == second.preview.read_bytes()
+    plain = [save_video(tmp_path / f"{n}.mp4", video, fps=16, metadata=METADATA, marker=UNMARKED) for n in "cd"]
+    assert plain[0].video.read_bytes() == plain[1].video.read_bytes()
 
 
 def test_existing_files_are_replaced_and_no_temporary_files_remain(tmp_path):
@@ -156,7 +169,7 @@ def test_existing_files_are_replaced_and_no_temporary_files_remain(tmp_path):
         save_video(tmp_path / "fox.mp4", solid_video(frames, 32, 32), fps=8, metadata={"frames": frames})
     assert listing(tmp_path) == ["fox.json", "fox.mp4", "fox.png"]
     assert len(decode(tmp_path / "fox.mp4")[0]) == 6
-    assert json.loads((tmp_path / "fox.json").read_text()) == {"frames": 6}
+    assert json.loads((tmp_path / "fox.json").read_text())["frames"] == 6
 
 
 def test_a_failing_write_leaves_no_temporary_file(tmp_path, monkeypatch):

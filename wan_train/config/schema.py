@@ -187,6 +187,36 @@ class SamplingOverrides:
 
 
 @dataclass
+class C2paConfig:
+    """The signed C2PA manifest (names as c2patool's): your certificate chain and key, or this installation's own
+    signer (made once in the config folder; readers report it as an untrusted signer)."""
+
+    enabled: bool = True
+    sign_cert: str | None = None  # PEM certificate chain, leaf first
+    private_key: str | None = None  # PEM private key of the leaf
+    alg: str = "es256"  # es256 | es384 | es512 | ps256 | ps384 | ps512 | ed25519
+    ta_url: str | None = None  # RFC 3161 time-stamp authority URL (None: not time-stamped, nothing sent)
+
+
+@dataclass
+class WatermarkConfig:
+    enabled: bool = True
+    key: str | None = None  # the secret key (None: this installation's, made once in the config folder)
+    strength: float = 2.0  # standard deviation in 8-bit levels (2.0: about 42 dB PSNR)
+
+
+@dataclass
+class MarkingConfig:
+    """Generated videos are marked as AI-generated (EU AI Act Art. 50(2)): container tags and sidecar record, a
+    signed C2PA manifest, an invisible watermark carrying the output id (wan_train.marking). false: unmarked, said
+    in the log and the sidecar."""
+
+    enabled: bool = True
+    c2pa: C2paConfig = field(default_factory=C2paConfig)
+    watermark: WatermarkConfig = field(default_factory=WatermarkConfig)
+
+
+@dataclass
 class ValidationConfig(SamplingOverrides):
     """Sample videos during training: fixed prompts with fixed seeds every N steps, to run_dir/samples/ and W&B."""
 
@@ -213,6 +243,7 @@ class TrainConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    marking: MarkingConfig = field(default_factory=MarkingConfig)  # the validation videos
     run_dir: str = "runs/default"
     resume: str = "auto"  # "auto": the newest checkpoint in run_dir/checkpoints if any | "never" | a .ckpt path
     recipe: str | None = None
@@ -254,3 +285,4 @@ class GenerateConfig(SamplingOverrides):
     offload_model: bool | None = None  # the idle MoE expert waits on the CPU; None: when both do not fit
     batch_size: int = 1  # videos denoised together
     preview: str = "png"  # png (contact sheet) | gif | none
+    marking: MarkingConfig = field(default_factory=MarkingConfig)

@@ -21,6 +21,7 @@ from wan_train.inference.presets import Sampling, official, with_overrides
 from wan_train.inference.references import check_tags, read_reference
 from wan_train.inference.solvers import SOLVERS
 from wan_train.lora.resolve import resolve_adapter
+from wan_train.marking import Marker
 from wan_train.progress import progress
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -53,6 +54,9 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
     adapters = parse_adapters(cfg.lora, root=cfg.lora_root)
     offload = cfg.offload_model if cfg.offload_model is not None else needs_offload(models, device)
 
+    marker = Marker.from_config(cfg.marking)
+    inputs = [cfg.image, cfg.last_image, *([] if cfg.refs is None else
+                                            [cfg.refs] if isinstance(cfg.refs, str) else list(cfg.refs))]
     jobs = [(p, cfg.seed + i) for i, p in enumerate(p for p in prompts for _ in range(cfg.num_videos_per_prompt))]
     out, written = Path(cfg.out), 0
     with progress("steps") as bars:
@@ -71,7 +75,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
                 path = out if len(jobs) == 1 else out.with_name(f"{out.stem}_{written:03d}{out.suffix}")
                 meta = metadata(cfg, loaded.source, prompt, seed, task, settings, adapters, seconds)
                 written += 1
-                yield save_video(path, video, fps=settings.fps, metadata=meta, preview=cfg.preview), video
+                yield save_video(path, video, fps=settings.fps, metadata=meta, preview=cfg.preview, marker=marker,
+                                 ingredients=inputs), video
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:

@@ -27,6 +27,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from wan_train.fileio.durable import atomic_file
+from wan_train.marking import Marker, container_tags
 
 # x264's bytes depend on its thread count (so on the CPU count), and its macroblock-tree rate control gave
 # different bytes for the same frames in a few percent of encodes; one thread and mbtree=0 never did.
@@ -37,14 +38,16 @@ PREVIEWS = ("png", "gif", "none")
 # ------------------------------------------------------------------------------------------------------- mp4
 
 def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, codec: str = "libx264",
-               reproducible: bool = False) -> bytes:
+               reproducible: bool = False, tags: dict[str, str] | None = None) -> bytes:
     """uint8 frames [F, H, W, 3] (even H and W for yuv420p) -> the bytes of an mp4. `gop` is the keyframe
     interval, the random-access granularity of the decoder; `reproducible` gives the same bytes on every
-    machine and run (slower: one encoder thread)."""
+    machine and run (slower: one encoder thread); `tags` are container metadata (mp4 keeps comment, description,
+    title)."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
+        container.metadata.update(tags or {})
         stream = container.add_stream(codec, rate=_rate(fps))
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -152,24 +155,35 @@ class SavedVideo:
 
 
 def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: dict,
-               preview: str = "png") -> SavedVideo:
+               preview: str = "png", marker: Marker | None = None, ingredients=()) -> SavedVideo:
     """Write one generated video [3, F, H, W] in [-1, 1] to `path` (.mp4, H.264 crf 18, byte-reproducible: the
     same pixels give the same file on every machine with the same PyAV build), a preview beside it (`<stem>.png`
     contact sheet, `<stem>.gif`, or none with preview="none") and `<stem>.json` holding `metadata` (indent 2,
-    sorted keys). Parent folders are created; every file is written atomically. Arguments are checked before
-    anything is written."""
+    sorted keys) and its `provenance` record. Parent folders are created; every file is written atomically.
+    Arguments are checked before anything is written.
+
+    Marked as AI-generated (wan_train.marking; `marker` None: every layer on, this installation's keys): the
+    frames carry the invisible watermark (the preview shows them as the mp4 does), the mp4 the provenance record
+    in its tags and a signed C2PA manifest, with `ingredients` (input images or clips) in its chain."""
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"save_video writes an .mp4; got path {str(path)!r}")
     if preview not in PREVIEWS:
         raise ValueError(f"preview={preview!r} is not one of {', '.join(map(repr, PREVIEWS))}")
+    marker = Marker() if marker is None else marker
     try:
-        metadata_json = json.dumps(metadata, indent=2, sort_keys=True, allow_nan=False) + "\n"
+        record = marker.record(metadata)
+        metadata_json = json.dumps({**metadata, "provenance": record}, indent=2, sort_keys=True,
+                                   allow_nan=False) + "\n"
     except (TypeError, ValueError) as e:
         raise ValueError(f"metadata for {path} is not JSON-serialisable: {e}") from e
-    frames = to_uint8(video)
+    frames = marker.watermark(to_uint8(video), record)
 
-    write_mp4(path, pad_to_even(frames), fps=fps, reproducible=True)
+    data = encode_mp4(pad_to_even(frames), fps=fps, reproducible=True,
+                      tags=container_tags(record) if marker.enabled else None)
+    data = marker.sign(data, record, title=path.name, ingredients=ingredients)
+    with atomic_file(path) as f:
+        f.write(data)
     preview_path = None
     if preview == "png":
         preview_path = path.with_suffix(".png")

@@ -2,7 +2,6 @@
 atomic checkpoint writes."""
 
 import logging
-import sys
 import time
 from pathlib import Path
 

@@ -49,6 +49,7 @@ from wan_train.training import requeue
 from wan_train.training.resume import newest_intact, resume_path
 from wan_train.training.trainable import apply_trainable
 from wan_train.training.validation import ValidationVideos
+from wan_train.marking import Marker
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,8 @@ def fit(session: Session, *, max_steps: int) -> dict:
     if cfg.validation.every_n_steps:
         size = get_size(cfg.model.size)
         callbacks.append(ValidationVideos(cfg.validation, run_dir=run_dir, size=size.name, boundary=size.boundary,
-                                          partner=session.partner, expert=cfg.expert.name))
+                                          partner=session.partner, expert=cfg.expert.name,
+                                          marker=Marker.from_config(cfg.marking)))
     stop = None
     if cfg.cluster.requeue:
         stop = requeue.StopOnSignal(checkpoint_dir=run_dir / "checkpoints",

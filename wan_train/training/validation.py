@@ -16,16 +16,20 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 
 from wan_train.inference import WanModels, fast, generate, official, save_video, with_overrides
+from wan_train.marking import Marker
 from wan_train.parallel.fsdp import is_sharded, reshard
 
 log = logging.getLogger(__name__)
 
 
 class ValidationVideos(L.Callback):
-    def __init__(self, cfg, *, run_dir: Path, size: str, boundary: float | None, partner=None, expert=None):
+    def __init__(self, cfg, *, run_dir: Path, size: str, boundary: float | None, partner=None, expert=None,
+                 marker: Marker | None = None):
         """cfg: the `validation` config; expert / partner: a Wan2.2 A14B expert run samples with the expert it
-        trains and its frozen partner (a WanDiT, kept on the CPU between uses), or not at all without one."""
+        trains and its frozen partner (a WanDiT, kept on the CPU between uses), or not at all without one;
+        marker: how the videos are marked as AI-generated (None: every layer, this installation's keys)."""
         self.cfg, self.run_dir, self.size, self.boundary = cfg, Path(run_dir), size, boundary
+        self.marker = marker
         self.partner, self.expert = partner, expert
         self.settings = with_overrides(fast(official(size)), cfg)
         self.scorers = [instantiate(metric) for metric in cfg.metrics]  # built at start: a bad one fails now
@@ -71,7 +75,7 @@ class ValidationVideos(L.Callback):
             meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step, "settings": dataclasses.asdict(settings),
                     "scores": {name: float(values[i]) for name, values in scores.items()}}
             paths.append(save_video(folder / f"prompt_{i:02d}.mp4", video, fps=settings.fps, metadata=meta,
-                                    preview=self.cfg.preview).video)
+                                    preview=self.cfg.preview, marker=self.marker).video)
         means = {f"val/{name}": float(values.float().mean()) for name, values in scores.items()}
         for logger in trainer.loggers:
             if means:
