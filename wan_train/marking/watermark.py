@@ -48,7 +48,7 @@ SYMBOLS = (ID_BITS + CRC_BITS) // SYMBOL_BITS
 PATTERNS = 1 + SYMBOLS * 2**SYMBOL_BITS
 PRESENCE_SHARE = 0.4  # of the mark's energy, for finding it (scale and shift); the rest carries the bits
 STRENGTH = 2.0  # standard deviation of the mark in 8-bit levels (PSNR about 20 log10(255 / 2.0) = 42 dB)
-THRESHOLD = 6.0  # presence z-score (best of every shift and scale) above which a video counts as marked
+THRESHOLD = 6.5  # presence z-score (best of every shift and scale) above which a video counts as marked
 DIRECT_THRESHOLD = 4.5  # the same at the marked size and place (one hypothesis: an untouched or re-encoded video)
 SCALE_RANGE = (0.45, 1.35)  # the video's size over the marked size, searched
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
