@@ -5,6 +5,7 @@ frames. Prints a markdown table (the README's) and writes it, with every clip's 
     python benchmarks/watermark.py                                    # 50 clips per row, 200 unmarked, 832x480x33
     python benchmarks/watermark.py --clips 10 --unmarked 40 --width 256 --height 144
     python benchmarks/watermark.py --table-from benchmarks/watermark.json    # the table again, at today's thresholds
+    python benchmarks/watermark.py --sound --out benchmarks/watermark_sound.json   # the sound track's mark
 
 Marked clips (--clips, half of each kind): the demo renderer's clips (data_tools.make_demo: a shape moving over a
 plain background, what the quickstart model learns to draw) and pans over images with natural-image statistics
@@ -15,6 +16,11 @@ side) then crf 28. Unmarked clips (--unmarked): demo clips, pans, per-frame nois
 crf 23 and read with the same key. A clip counts as detected when verify would say marked (the searched score over
 THRESHOLD or the in-place score over DIRECT_THRESHOLD); bit accuracy compares the 40 bits read (id and CRC) with the
 ones embedded; "id read" counts clips whose CRC-checked id is the embedded one.
+
+--sound: the sound track's mark (wan_train.marking.audio_watermark) instead, on 5 s tracks at 16 kHz (the rate of
+MMAudio's VAE; --rate for others): speech-like (a gliding harmonic voice in syllables), music-like (decaying
+chords) and noise, marked at the default strength, then AAC at 64 and 128 kbit/s, and the unmarked tracks through
+AAC 64 kbit/s read with the same key.
 """
 
 from __future__ import annotations
@@ -35,6 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from data_tools.make_demo import demo_clip, render  # noqa: E402
 from wan_train.inference.outputs import encode_mp4  # noqa: E402
 from wan_train.marking import watermark as wm  # noqa: E402
+from wan_train.marking.audio_watermark import THRESHOLD as SOUND_THRESHOLD  # noqa: E402
+from wan_train.marking.audio_watermark import detect_audio, embed_audio  # noqa: E402
 
 KEY = "benchmark key"
 
@@ -151,6 +159,82 @@ def table(run: dict) -> str:
     return "\n".join(lines)
 
 
+def aac(sound: np.ndarray, rate: int, bit_rate: int) -> np.ndarray:
+    """A mono track [1, T] through AAC at `bit_rate` in an mp4, decoded back (with the encoder's delay)."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        stream = container.add_stream("aac", rate=rate)
+        stream.bit_rate, stream.layout = bit_rate, "mono"
+        chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(sound, dtype=np.float32), format="fltp", layout="mono")
+        chunk.sample_rate = rate
+        container.mux(stream.encode(chunk))
+        container.mux(stream.encode(None))
+    with av.open(io.BytesIO(buffer.getvalue())) as container:
+        return np.concatenate([f.to_ndarray() for f in container.decode(audio=0)], axis=1)
+
+
+def voice(rng, rate: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    pitch = rng.uniform(90, 220) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t + rng.uniform(0, 6)))
+    phase = 2 * np.pi * np.cumsum(pitch) / rate
+    harmonics = sum(np.sin(k * phase) / k**rng.uniform(0.8, 1.5) for k in range(1, 30) if k * pitch.max() < rate / 2)
+    syllables = np.convolve((np.sin(2 * np.pi * rng.uniform(2, 5) * t) > -0.3) * 1.0, np.ones(rate // 40) / (rate // 40),
+                            mode="same")
+    return _level(harmonics * syllables + 0.02 * rng.standard_normal(t.size), rng)
+
+
+def chords(rng, rate: int, seconds: float) -> np.ndarray:
+    t = np.arange(int(rate * seconds)) / rate
+    beat = rng.uniform(0.3, 0.8)
+    notes = rng.uniform(110, 1760, 4)
+    return _level(sum(np.sin(2 * np.pi * f * t) for f in notes) * np.exp(-(t % beat) * rng.uniform(2, 6)), rng)
+
+
+def hiss(rng, rate: int, seconds: float) -> np.ndarray:
+    return _level(rng.standard_normal(int(rate * seconds)), rng)
+
+
+def _level(x: np.ndarray, rng) -> np.ndarray:
+    return (rng.uniform(0.05, 0.4) * x / np.abs(x).max())[None]
+
+
+def sound_rows(args) -> dict:
+    rng = np.random.default_rng(1)
+    makers, kinds = (voice, chords, hiss), ("voice", "chords", "noise")
+    rows = {"AAC 64 kbit/s": [], "AAC 128 kbit/s": []}
+    unmarked, quality = [], []
+    for i in range(args.clips):
+        sound = makers[i % 3](rng, args.rate, 5.0)
+        payload = int(rng.integers(0, 2**32))
+        marked = embed_audio(sound, args.rate, KEY, payload)
+        quality.append(float(10 * np.log10((sound**2).sum() / ((marked - sound) ** 2).sum())))
+        want = wm.payload_bits(payload)
+        for name, bit_rate in (("AAC 64 kbit/s", 64000), ("AAC 128 kbit/s", 128000)):
+            d = detect_audio(aac(marked, args.rate, bit_rate), args.rate, KEY)
+            rows[name].append({"kind": kinds[i % 3], "score": d.score, "bits": float(np.mean(np.array(d.bits) == want)),
+                               "id": d.payload == payload})
+    for j in range(args.unmarked):
+        d = detect_audio(aac(makers[j % 3](rng, args.rate, 5.0), args.rate, 64000), args.rate, KEY)
+        unmarked.append({"kind": kinds[j % 3], "score": d.score})
+    return {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "sound": rows,
+            "unmarked": unmarked, "snr_db": quality}
+
+
+def sound_table(run: dict) -> str:
+    args, rows, unmarked = run["args"], run["sound"], run["unmarked"]
+    lines = [f"| sound, 5 s at {args['rate']} Hz, {args['clips']} tracks per row | detected | bit accuracy (mean / min) "
+             "| id read |", "|---|---|---|---|"]
+    for name, results in rows.items():
+        bits = [r["bits"] for r in results]
+        lines.append(f"| {name} | {np.mean([r['score'] > SOUND_THRESHOLD for r in results]):.0%} | "
+                     f"{np.mean(bits):.3f} / {min(bits):.3f} | {np.mean([r['id'] for r in results]):.0%} |")
+    false = sum(r["score"] > SOUND_THRESHOLD for r in unmarked)
+    lines.append(f"| unmarked ({len(unmarked)}: voice, chords, noise), AAC 64 kbit/s | {false} false positives (max "
+                 f"score {max(r['score'] for r in unmarked):.1f} / {SOUND_THRESHOLD}) | | |")
+    lines.append(f"| mark below the sound | {np.mean(run['snr_db']):.1f} dB (min {min(run['snr_db']):.1f}) | | |")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", type=int, default=50)
@@ -160,9 +244,17 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=33)
     parser.add_argument("--out", type=Path, default=Path("benchmarks/watermark.json"))
     parser.add_argument("--table-from", type=Path, help="print the table of an earlier run's JSON and stop")
+    parser.add_argument("--sound", action="store_true", help="the sound track's mark instead of the pictures'")
+    parser.add_argument("--rate", type=int, default=16000, help="--sound: the tracks' sample rate")
     args = parser.parse_args(argv)
     if args.table_from:
-        print(table(json.loads(args.table_from.read_text())))
+        run = json.loads(args.table_from.read_text())
+        print(sound_table(run) if "sound" in run else table(run))
+        return 0
+    if args.sound:
+        run = sound_rows(args)
+        print(sound_table(run))
+        args.out.write_text(json.dumps(run, indent=1) + "\n")
         return 0
     rng = np.random.default_rng(0)
     shape = (args.height, args.width, args.frames)

@@ -118,3 +118,42 @@ def test_marking_settings_are_checked():
     cfg.watermark.strength = 0
     with pytest.raises(ValueError, match="marking.watermark.strength=0"):
         Marker.from_config(cfg)
+
+
+def mux(frames: np.ndarray, sound: np.ndarray, rate: int, *, crf: int, bit_rate: int = 64000) -> bytes:
+    """An mp4 of H.264 pictures and an AAC sound track (mono), as a platform re-encodes an upload."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=16)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        video.options = {"crf": str(crf)}
+        audio = container.add_stream("aac", rate=rate)
+        audio.bit_rate, audio.layout = bit_rate, "mono"
+        for frame in frames:
+            container.mux(video.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(video.encode())
+        chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(sound, dtype=np.float32), format="fltp", layout="mono")
+        chunk.sample_rate = rate
+        container.mux(audio.encode(chunk))
+        container.mux(audio.encode(None))
+    return buffer.getvalue()
+
+
+def test_a_sound_track_carries_the_same_id_through_aac(tmp_path):
+    rate, rng = 16000, np.random.default_rng(0)
+    t = np.arange(rate * 3) / rate
+    voice = sum(np.sin(2 * np.pi * k * 150 * t) / k for k in range(1, 20)) * (np.sin(2 * np.pi * 3 * t) > 0)
+    sound = (0.2 * voice / np.abs(voice).max() + 0.01 * rng.standard_normal(t.size))[None]
+    marker = Marker(key="studio key")
+    record = {"output_id": "0badc0de"}
+    marked = marker.watermark_sound(sound, rate, record)
+    assert 10 * np.log10((sound**2).sum() / ((marked - sound) ** 2).sum()) > 19  # the mark is 20 dB below the sound
+    path = tmp_path / "reposted.mp4"
+    path.write_bytes(mux(demo(4, frames=48), marked, rate, crf=28))
+    report = verify(path, keys=["studio key"])
+    heard = report.sound[key_id("studio key")]
+    assert report.verdict == "marked" and heard.marked and heard.payload == 0x0BADC0DE, heard.as_dict()
+    assert "sound      key" in report.text()
+    plain = tmp_path / "plain.mp4"
+    plain.write_bytes(mux(demo(4, frames=48), sound, rate, crf=28))
+    assert not verify(plain, keys=["studio key"]).sound[key_id("studio key")].marked

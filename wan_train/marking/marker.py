@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from wan_train.marking import watermark as wm
+from wan_train.marking.audio_watermark import embed_audio
 from wan_train.marking.keys import key_id, watermark_key
 from wan_train.marking.manifest import ALGS, Signer, installation_signer, readable_by_c2pa, sign_mp4
 from wan_train.marking.provenance import provenance_record
@@ -95,6 +96,12 @@ class Marker:
         if not (self.enabled and self.watermark_enabled):
             return frames
         return wm.embed(frames, self._resolved_key(), int(record["output_id"], 16), strength=self.strength)
+
+    def watermark_sound(self, samples: np.ndarray, rate: int, record: dict) -> np.ndarray:
+        """A sound track [C, T] (float in [-1, 1]) with the audio mark carrying the same output id."""
+        if not (self.enabled and self.watermark_enabled):
+            return samples
+        return embed_audio(samples, rate, self._resolved_key(), int(record["output_id"], 16))
 
     def sign(self, data: bytes, record: dict, *, title: str, ingredients=()) -> bytes:
         """The mp4 with its signed manifest; `ingredients` (input files) join its chain where c2pa reads their

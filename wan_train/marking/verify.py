@@ -4,7 +4,7 @@
     report.verdict     # "marked" | "unmarked" | "tampered"
 
 A file is marked when any layer says AI-generated: the metadata record, a C2PA manifest that validates (Valid or
-Trusted) with an AI digital source type, or the watermark of one of the keys. A C2PA manifest that does not validate
+Trusted) with an AI digital source type, or the watermark of one of the keys in the pictures or the sound track. A C2PA manifest that does not validate
 (a changed byte) makes it "tampered", whatever else is found. The keys tried are the ones given plus this
 installation's (when it has one); each is named by its key_id.
 """
@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from wan_train.marking import watermark as wm
+from wan_train.marking.audio_watermark import detect_audio, period_of
 from wan_train.marking.keys import installation_key, key_id
 from wan_train.marking.manifest import ManifestReport, read_manifest
 from wan_train.marking.provenance import read_record
@@ -35,6 +36,7 @@ class Report:
     metadata: dict | None
     c2pa: ManifestReport
     watermarks: dict[str, wm.Detection] = field(default_factory=dict)  # key_id -> detection
+    sound: dict[str, wm.Detection] = field(default_factory=dict)  # key_id -> the sound track's (when it has one)
 
     @property
     def c2pa_says_ai(self) -> bool:
@@ -46,7 +48,7 @@ class Report:
         if self.c2pa.state == "Invalid":
             return "tampered"
         found = (bool(self.metadata and self.metadata.get("ai_generated")) or self.c2pa_says_ai
-                 or any(d.marked for d in self.watermarks.values()))
+                 or any(d.marked for d in (*self.watermarks.values(), *self.sound.values())))
         return "marked" if found else "unmarked"
 
     def output_ids(self) -> set[str]:
@@ -56,7 +58,8 @@ class Report:
     def as_dict(self) -> dict:
         return {"path": str(self.path), "verdict": self.verdict, "metadata": self.metadata,
                 "c2pa": self.c2pa.as_dict(),
-                "watermark": {k: d.as_dict() for k, d in self.watermarks.items()}}
+                "watermark": {k: d.as_dict() for k, d in self.watermarks.items()},
+                "sound_watermark": {k: d.as_dict() for k, d in self.sound.items()}}
 
     def text(self) -> str:
         lines = [f"{self.path}: {VERDICTS[self.verdict]}"]
@@ -91,6 +94,11 @@ class Report:
             score = (f"score {d.score:.1f} > {wm.THRESHOLD}" if d.score > wm.THRESHOLD else
                      f"score in place {d.direct:.1f} > {wm.DIRECT_THRESHOLD}")
             lines.append(f"  watermark  key {kid}: found ({score}{size}), {payload}")
+        for kid, d in self.sound.items():
+            found = (f"found (score {d.score:.1f}), " + (f"payload {d.payload:08x}" if d.payload is not None else
+                                                        "payload unreadable (CRC mismatch)")
+                     if d.marked else f"not found (score {d.score:.1f})")
+            lines.append(f"  sound      key {kid}: {found}")
         return "\n".join(lines)
 
 
@@ -122,6 +130,24 @@ def read_frames(path: Path, max_frames: int = MAX_FRAMES) -> np.ndarray:
     return np.stack(frames)
 
 
+def read_sound(path: Path) -> tuple[np.ndarray, int] | None:
+    """The first sound track as float samples [C, T] and its rate; None without one (or an image)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            rate = stream.rate
+            planar = av.AudioResampler(format="fltp", layout=stream.layout.name, rate=rate)  # any sample format
+            chunks = [part.to_ndarray() for frame in container.decode(stream) for part in planar.resample(frame)]
+            chunks += [part.to_ndarray() for part in planar.resample(None)]
+    except av.error.FFmpegError as error:
+        raise ValueError(f"{path}: its sound track cannot be decoded ({error})") from None
+    return (np.concatenate(chunks, axis=1), rate) if chunks else None
+
+
 def verify(path: Path, *, keys=(), trust_anchors=(), threshold: float = wm.THRESHOLD) -> Report:
     path = Path(path)
     if not path.is_file():
@@ -134,8 +160,12 @@ def verify(path: Path, *, keys=(), trust_anchors=(), threshold: float = wm.THRES
         c2pa = read_manifest(path, trust_anchors=trust_anchors)
     except ValueError:  # a type c2pa does not read
         c2pa = ManifestReport("absent", None, None, None, None, None, ["file type not read by c2pa"])
+    sound = read_sound(path) if tried else None
+    heard = {}
+    if sound is not None and sound[0].shape[1] >= period_of(sound[1]):
+        heard = {key_id(k): detect_audio(*sound, k) for k in tried}
     return Report(path=path, metadata=metadata, c2pa=c2pa,
-                  watermarks={key_id(k): wm.detect_mean(mean, k, threshold=threshold) for k in tried})
+                  watermarks={key_id(k): wm.detect_mean(mean, k, threshold=threshold) for k in tried}, sound=heard)
 
 
 EXIT = {"marked": 0, "unmarked": 1, "tampered": 2}
