@@ -67,7 +67,7 @@ class Report:
             lines.append(f"  metadata   ai_generated={self.metadata.get('ai_generated')} by "
                          f"{self.metadata.get('generator', '?')} {self.metadata.get('generator_version', '')}".rstrip()
                          + (f", output {self.metadata['output_id']}" if self.metadata.get("output_id") else "")
-                         + (f", model {self.metadata['model']}" if self.metadata.get("model") else ""))
+                         + (f", model {_model(self.metadata['model'])}" if self.metadata.get("model") else ""))
         else:
             lines.append("  metadata   none")
         c2pa = self.c2pa
@@ -100,6 +100,13 @@ class Report:
                      if d.marked else f"not found (score {d.score:.1f})")
             lines.append(f"  sound      key {kid}: {found}")
         return "\n".join(lines)
+
+
+def _model(model) -> str:
+    """A record's model (generate.py records the checkpoint as {run, dit, size}) as a short name."""
+    if isinstance(model, dict):
+        return str(model.get("run") or model.get("dit") or model.get("path") or model)
+    return str(model)
 
 
 VERDICTS = {"marked": "AI-generated (marked)", "unmarked": "no AI mark found",
