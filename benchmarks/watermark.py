@@ -139,16 +139,21 @@ def detected(score: float, direct: float) -> bool:
     return score > wm.THRESHOLD or direct > wm.DIRECT_THRESHOLD
 
 
+def rows_of(title: str, results: dict, hit) -> list[str]:
+    """A table's header and one line per transform: detected (hit(clip)), bit accuracy, id read."""
+    lines = [f"| {title} | detected | bit accuracy (mean / min) | id read |", "|---|---|---|---|"]
+    for name, clips in results.items():
+        bits = [r["bits"] for r in clips]
+        lines.append(f"| {name} | {np.mean([hit(r) for r in clips]):.0%} | {np.mean(bits):.3f} / {min(bits):.3f} | "
+                     f"{np.mean([r['id'] for r in clips]):.0%} |")
+    return lines
+
+
 def table(run: dict) -> str:
     """The markdown table of a run's results (its JSON), each clip decided at the current thresholds."""
     args, results, unmarked = run["args"], run["marked"], run["unmarked"]
-    lines = [f"| {args['width']}x{args['height']}x{args['frames']}, {args['clips']} clips per row | detected | "
-             "bit accuracy (mean / min) | id read |", "|---|---|---|---|"]
-    for name, rows in results.items():
-        bits = [r["bits"] for r in rows]
-        hits = np.mean([detected(r["score"], r["direct"]) for r in rows])
-        lines.append(f"| {name} | {hits:.0%} | {np.mean(bits):.3f} / {min(bits):.3f} | "
-                     f"{np.mean([r['id'] for r in rows]):.0%} |")
+    lines = rows_of(f"{args['width']}x{args['height']}x{args['frames']}, {args['clips']} clips per row", results,
+                    lambda r: detected(r["score"], r["direct"]))
     false = sum(detected(r["score"], r["direct"]) for r in unmarked)
     lines.append(f"| unmarked ({len(unmarked)}: demo, pans, noise, gradients), crf 23 | {false} false positives "
                  f"(max score {max(r['score'] for r in unmarked):.1f} / {wm.THRESHOLD}, in place "
@@ -178,8 +183,8 @@ def voice(rng, rate: int, seconds: float) -> np.ndarray:
     pitch = rng.uniform(90, 220) * (1 + 0.2 * np.sin(2 * np.pi * rng.uniform(0.3, 1.0) * t + rng.uniform(0, 6)))
     phase = 2 * np.pi * np.cumsum(pitch) / rate
     harmonics = sum(np.sin(k * phase) / k**rng.uniform(0.8, 1.5) for k in range(1, 30) if k * pitch.max() < rate / 2)
-    syllables = np.convolve((np.sin(2 * np.pi * rng.uniform(2, 5) * t) > -0.3) * 1.0, np.ones(rate // 40) / (rate // 40),
-                            mode="same")
+    gate = (np.sin(2 * np.pi * rng.uniform(2, 5) * t) > -0.3) * 1.0
+    syllables = np.convolve(gate, np.ones(rate // 40) / (rate // 40), mode="same")
     return _level(harmonics * syllables + 0.02 * rng.standard_normal(t.size), rng)
 
 
@@ -222,12 +227,8 @@ def sound_rows(args) -> dict:
 
 def sound_table(run: dict) -> str:
     args, rows, unmarked = run["args"], run["sound"], run["unmarked"]
-    lines = [f"| sound, 5 s at {args['rate']} Hz, {args['clips']} tracks per row | detected | bit accuracy (mean / min) "
-             "| id read |", "|---|---|---|---|"]
-    for name, results in rows.items():
-        bits = [r["bits"] for r in results]
-        lines.append(f"| {name} | {np.mean([r['score'] > SOUND_THRESHOLD for r in results]):.0%} | "
-                     f"{np.mean(bits):.3f} / {min(bits):.3f} | {np.mean([r['id'] for r in results]):.0%} |")
+    lines = rows_of(f"sound, 5 s at {args['rate']} Hz, {args['clips']} tracks per row", rows,
+                    lambda r: r["score"] > SOUND_THRESHOLD)
     false = sum(r["score"] > SOUND_THRESHOLD for r in unmarked)
     lines.append(f"| unmarked ({len(unmarked)}: voice, chords, noise), AAC 64 kbit/s | {false} false positives (max "
                  f"score {max(r['score'] for r in unmarked):.1f} / {SOUND_THRESHOLD}) | | |")

@@ -22,9 +22,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from wan_train.marking.watermark import (
-    CRC_BITS, ID_BITS, PATTERNS, PRESENCE_SHARE, SYMBOL_BITS, SYMBOLS, Detection, crc8, payload_bits, symbols_of,
-)
+from wan_train.marking.watermark import PATTERNS, Detection, combine, read_symbols
 
 PERIOD = 1.0  # seconds the patterns repeat over
 BAND = (500.0, 4000.0)  # Hz
@@ -65,9 +63,7 @@ def embed_audio(samples: np.ndarray, rate: int, key: str, payload: int, *, stren
     """float samples [C, T] in [-1, 1] -> the same with the mark (float32, clipped to [-1, 1])."""
     if samples.ndim != 2:
         raise ValueError(f"samples must be [channels, time], got shape {tuple(samples.shape)}")
-    tiles = patterns(key, rate)
-    rows = 1 + np.arange(SYMBOLS) * 2**SYMBOL_BITS + symbols_of(payload_bits(payload))
-    period = np.sqrt(PRESENCE_SHARE) * tiles[0] + np.sqrt((1 - PRESENCE_SHARE) / SYMBOLS) * tiles[rows].sum(axis=0)
+    period = combine(patterns(key, rate), payload)
     length = samples.shape[1]
     mark = np.tile(period, -(-length // period.size))[:length] * strength * _envelope(samples.mean(axis=0))
     return np.clip(samples + mark[None], -1, 1).astype(np.float32)
@@ -96,11 +92,4 @@ def detect_audio(samples: np.ndarray, rate: int, key: str, *, threshold: float =
     score = float(z[shift])
     marked = score > threshold
     rows = np.fft.irfft(seen[None] * references[1:], n=length, axis=1)[:, shift] / noise
-    by_symbol = rows.reshape(SYMBOLS, 2**SYMBOL_BITS)
-    ranked = np.sort(by_symbol, axis=1)
-    bits = [int(b) for symbol in by_symbol.argmax(axis=1) for b in f"{symbol:0{SYMBOL_BITS}b}"]
-    word = int("".join(map(str, bits)), 2)
-    payload = word >> CRC_BITS
-    read = payload if crc8(payload.to_bytes(ID_BITS // 8, "big")) == word & 0xFF and marked else None
-    return Detection(score=score, marked=marked, scale=1.0, shift=(0, shift), bits=bits,
-                     confidence=[float(m) for m in ranked[:, -1] - ranked[:, -2]], payload=read)
+    return Detection(score=score, marked=marked, scale=1.0, shift=(0, shift), **read_symbols(rows, marked=marked))

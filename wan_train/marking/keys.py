@@ -1,6 +1,6 @@
 """The watermark key: the one configured (marking.watermark.key), else a random key made once per installation
-in the config folder (config_dir()/watermark/key: folder 0700, file 0600), so outputs are always marked and the same machine
-finds its marks again. Readers name a key by its key_id (a hash), never by the key."""
+in the config folder (config_dir()/watermark/key: folder 0700, file 0600), so outputs are always marked and the
+same machine finds its marks again. Readers name a key by its key_id (a hash), never by the key."""
 
 from __future__ import annotations
 

@@ -12,7 +12,8 @@ A layer that is off is said so in the record (and logged once per process), neve
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,6 @@ class Marker:
     strength: float = wm.STRENGTH
     c2pa_enabled: bool = True
     signer: Signer | None = None  # None: the installation's signer
-    _key: list = field(default_factory=list, compare=False, repr=False)  # the resolved key, once
 
     @classmethod
     def from_config(cls, cfg: Any) -> Marker:
@@ -64,10 +64,13 @@ class Marker:
         return cls(enabled=cfg.enabled, watermark_enabled=mark.enabled, key=mark.key, strength=mark.strength,
                    c2pa_enabled=c2pa.enabled, signer=signer)
 
-    def _resolved_key(self) -> str:
-        if not self._key:
-            self._key.append(watermark_key(self.key))
-        return self._key[0]
+    @cached_property
+    def _resolved_key(self) -> str:  # the installation's made or read once per Marker, not per video
+        return watermark_key(self.key)
+
+    @cached_property
+    def _signer(self) -> Signer:
+        return self.signer or installation_signer()
 
     def record(self, metadata: dict) -> dict:
         if not self.enabled:
@@ -76,32 +79,29 @@ class Marker:
             return {"ai_generated": True, "marking": "off (marking.enabled=false)"}
         marking: dict[str, Any] = {}
         if self.watermark_enabled:
-            marking["watermark"] = {"method": METHOD, "key_id": key_id(self._resolved_key()),
+            marking["watermark"] = {"method": METHOD, "key_id": key_id(self._resolved_key),
                                     "strength": self.strength, "payload": "output_id"}
         else:
             _once("marking.watermark.enabled=false: generated videos carry no invisible watermark")
             marking["watermark"] = "off (marking.watermark.enabled=false)"
         if self.c2pa_enabled:
-            marking["c2pa"] = {"signer": "configured" if self.signer else "installation", "alg": self._signer().alg,
-                               "time_stamped": bool(self._signer().ta_url)}
+            marking["c2pa"] = {"signer": "configured" if self.signer else "installation", "alg": self._signer.alg,
+                               "time_stamped": bool(self._signer.ta_url)}
         else:
             _once("marking.c2pa.enabled=false: generated videos carry no signed C2PA manifest")
             marking["c2pa"] = "off (marking.c2pa.enabled=false)"
         return provenance_record(metadata, marking=marking)
 
-    def _signer(self) -> Signer:
-        return self.signer or installation_signer()
-
     def watermark(self, frames: np.ndarray, record: dict) -> np.ndarray:
         if not (self.enabled and self.watermark_enabled):
             return frames
-        return wm.embed(frames, self._resolved_key(), int(record["output_id"], 16), strength=self.strength)
+        return wm.embed(frames, self._resolved_key, int(record["output_id"], 16), strength=self.strength)
 
     def watermark_sound(self, samples: np.ndarray, rate: int, record: dict) -> np.ndarray:
         """A sound track [C, T] (float in [-1, 1]) with the audio mark carrying the same output id."""
         if not (self.enabled and self.watermark_enabled):
             return samples
-        return embed_audio(samples, rate, self._resolved_key(), int(record["output_id"], 16))
+        return embed_audio(samples, rate, self._resolved_key, int(record["output_id"], 16))
 
     def sign(self, data: bytes, record: dict, *, title: str, ingredients=()) -> bytes:
         """The mp4 with its signed manifest; `ingredients` (input files) join its chain where c2pa reads their
@@ -111,5 +111,5 @@ class Marker:
         inputs = [Path(p) for p in ingredients if p is not None and Path(p).is_file()]
         for path in [p for p in inputs if not readable_by_c2pa(p)]:
             _once(f"{path}: c2pa does not read {path.suffix or 'this'} files; left out of the C2PA ingredients")
-        return sign_mp4(data, signer=self._signer(), generation=record, title=title,
+        return sign_mp4(data, signer=self._signer, generation=record, title=title,
                         watermarked=self.watermark_enabled, ingredients=[p for p in inputs if readable_by_c2pa(p)])

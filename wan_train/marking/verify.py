@@ -4,9 +4,9 @@
     report.verdict     # "marked" | "unmarked" | "tampered"
 
 A file is marked when any layer says AI-generated: the metadata record, a C2PA manifest that validates (Valid or
-Trusted) with an AI digital source type, or the watermark of one of the keys in the pictures or the sound track. A C2PA manifest that does not validate
-(a changed byte) makes it "tampered", whatever else is found. The keys tried are the ones given plus this
-installation's (when it has one); each is named by its key_id.
+Trusted) with an AI digital source type, or the watermark of one of the keys in the pictures or the sound track.
+A C2PA manifest that does not validate (a changed byte) makes it "tampered", whatever else is found. The keys
+tried are the ones given plus this installation's (when it has one); each is named by its key_id.
 """
 
 from __future__ import annotations

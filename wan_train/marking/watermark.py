@@ -66,7 +66,8 @@ class Detection:
     direct: float = float("nan")  # presence z-score at scale 1, shift (0, 0)
 
     def as_dict(self) -> dict:
-        return {"score": round(self.score, 2), "direct": round(self.direct, 2), "marked": self.marked, "scale": round(self.scale, 4),
+        return {"score": round(self.score, 2), "direct": round(self.direct, 2), "marked": self.marked,
+                "scale": round(self.scale, 4),
                 "shift": list(self.shift), "payload": None if self.payload is None else f"{self.payload:08x}",
                 "crc_ok": self.payload is not None,
                 "min_symbol_margin": round(min(self.confidence), 2) if self.confidence else None}
@@ -126,11 +127,16 @@ def payload_bits(payload: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------------------------------ embed
 
+def combine(patterns: np.ndarray, payload: int) -> np.ndarray:
+    """The presence pattern plus each symbol's pattern for `payload`, weighted by PRESENCE_SHARE (any shape of
+    pattern: the video's tiles, the sound's periods)."""
+    rows = 1 + np.arange(SYMBOLS) * 2**SYMBOL_BITS + symbols_of(payload_bits(payload))
+    return np.sqrt(PRESENCE_SHARE) * patterns[0] + np.sqrt((1 - PRESENCE_SHARE) / SYMBOLS) * patterns[rows].sum(axis=0)
+
+
 def mark_tile(key: str, payload: int, strength: float = STRENGTH) -> np.ndarray:
     """The [TILE, TILE] float32 mark the frames get (tiled), standard deviation `strength`."""
-    tiles = tile_patterns(key)
-    rows = 1 + np.arange(SYMBOLS) * 2**SYMBOL_BITS + symbols_of(payload_bits(payload))
-    mark = np.sqrt(PRESENCE_SHARE) * tiles[0] + np.sqrt((1 - PRESENCE_SHARE) / SYMBOLS) * tiles[rows].sum(axis=0)
+    mark = combine(tile_patterns(key), payload)
     return (mark * (strength / mark.std())).astype(np.float32)
 
 
@@ -170,8 +176,8 @@ def scales_for(height: int, width: int) -> np.ndarray:
 def _folded(high: np.ndarray, scale: float) -> np.ndarray:
     """The high-passed mean image, each pixel binned at its place in the tile at the marked size (its
     coordinates / scale, modulo TILE), as a spectrum divided by the square root of its magnitude (half-way to
-    phase only, which measured weaker: it also flattens the bins where the mark is strong). Binning instead of resampling: one
-    pass over the pixels per scale."""
+    phase only, which measured weaker: it also flattens the bins where the mark is strong). Binning instead of
+    resampling: one pass over the pixels per scale."""
     height, width = high.shape
     rows = (np.floor((np.arange(height) + 0.5) / scale).astype(np.int64) % TILE) * TILE
     cols = np.floor((np.arange(width) + 0.5) / scale).astype(np.int64) % TILE
@@ -211,14 +217,20 @@ def detect_mean(mean_luma: np.ndarray, key: str, *, threshold: float = THRESHOLD
     marked = score > threshold or direct > DIRECT_THRESHOLD
     # each symbol's 16 rows at the presence row's shift, in units of the presence row's spread at that scale
     rows = np.fft.irfft2(spectra[index][None] * references[1:], s=(TILE, TILE))[:, shift[0], shift[1]] / noise[index]
+    return Detection(score=score, marked=marked, scale=float(scales[index]), shift=(shift[0], shift[1]),
+                     direct=direct, **read_symbols(rows, marked=marked))
+
+
+def read_symbols(rows: np.ndarray, *, marked: bool) -> dict:
+    """The payload from the correlations of the PATTERNS - 1 payload patterns (z-scores, at the shift found):
+    Detection's bits, confidence and payload (the id when its CRC-8 matches and the mark was found)."""
     by_symbol = rows.reshape(SYMBOLS, 2**SYMBOL_BITS)
     ranked = np.sort(by_symbol, axis=1)
     bits = [int(b) for symbol in by_symbol.argmax(axis=1) for b in f"{symbol:0{SYMBOL_BITS}b}"]
     word = int("".join(map(str, bits)), 2)
     payload = word >> CRC_BITS
     read = payload if crc8(payload.to_bytes(ID_BITS // 8, "big")) == word & 0xFF and marked else None
-    return Detection(score=score, marked=marked, scale=float(scales[index]), shift=(shift[0], shift[1]), bits=bits,
-                     confidence=[float(m) for m in ranked[:, -1] - ranked[:, -2]], payload=read, direct=direct)
+    return {"bits": bits, "confidence": [float(m) for m in ranked[:, -1] - ranked[:, -2]], "payload": read}
 
 
 def detect(frames: np.ndarray, key: str, *, threshold: float = THRESHOLD) -> Detection:
