@@ -36,12 +36,19 @@ class Sampling:
     height: int = 480
     num_frames: int = 81  # 1 + 4k
     fps: float = 16.0  # only for writing the video
+    # audio-video models (Ovi): the audio tower's own guidance scale and negative prompt, the block both towers
+    # skip on the unconditional pass (Ovi's skip-layer guidance; None: none), and the sound's length in audio
+    # latents (None: the video's duration, num_frames / fps, in latents of the audio autoencoder)
+    audio_guidance_scale: float = 3.0
+    audio_negative_prompt: str = ""
+    slg_layer: int | None = None
+    audio_latent_length: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
         if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
             problems.append(f"steps={self.steps!r} must be an integer >= 1")
-        for name in ("shift", "guidance_scale", "reference_guidance_scale", "fps"):
+        for name in ("shift", "guidance_scale", "reference_guidance_scale", "fps", "audio_guidance_scale"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 problems.append(f"{name}={value!r} must be a number > 0")
@@ -50,6 +57,11 @@ class Sampling:
         for name in ("width", "height", "num_frames"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"{name}={getattr(self, name)!r} must be a positive integer")
+        for name in ("slg_layer", "audio_latent_length"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= (0 if name == "slg_layer" else 1)):
+                problems.append(f"{name}={value!r} must be " + ("a block index >= 0" if name == "slg_layer"
+                                                                 else "a positive integer") + " or None")
         if problems:
             raise ValueError("invalid sampling settings: " + "; ".join(problems))
 
@@ -75,6 +87,12 @@ OFFICIAL: dict[str, Sampling] = {
     "wan2.2-t2v-a14b": Sampling(steps=40, shift=12.0, guidance_scale=4.0, guidance_scale_2=3.0, **_720P),
     "wan2.2-i2v-a14b": Sampling(steps=40, shift=5.0, guidance_scale=3.5, guidance_scale_2=3.5, **_720P),
     "wan2.2-ti2v-5b": Sampling(steps=50, shift=5.0, guidance_scale=5.0, num_frames=121, fps=24.0, **_704P),
+    # Ovi 720x720 5 s (ovi/configs/inference/inference_fusion.yaml; 157 audio latents: NAME_TO_MODEL_SPECS_MAP);
+    # the 960x960 checkpoints take width=960 height=960 (and num_frames=241 audio_latent_length=314 for 10 s)
+    "ovi-11b": Sampling(steps=50, shift=5.0, guidance_scale=4.0, audio_guidance_scale=3.0, slg_layer=11,
+                        negative_prompt="jitter, bad hands, blur, distortion",
+                        audio_negative_prompt="robotic, muffled, echo, distorted", width=720, height=720,
+                        num_frames=121, fps=24.0, audio_latent_length=157),
     # the zero-download quickstart model, at the size of its demo clips (144p, 2 s at 16 fps); its unconditional
     # branch is the empty prompt it saw through caption dropout (its small tokenizer has no Chinese)
     "quickstart": Sampling(steps=30, shift=3.0, guidance_scale=3.0, negative_prompt="", width=256, height=144,

@@ -4,7 +4,10 @@ counting."""
 from wan_train.models.checkpoint import (
     CheckpointError, WanComponents, WanFiles, find_wan_files, load_dit, load_vae, load_wan, save_dit,
 )
+from wan_train.models.checkpoint.ovi_io import load_ovi_dit, save_ovi_dit
 from wan_train.models.dit import DiTConfig, ShotLayout, WanBlock, WanDiT
+from wan_train.models.dit.audio import AudioDiT
+from wan_train.models.dit.fusion import OviConfig, OviDiT
 from wan_train.models.dit.flops import DiTFlops, dit_flops
 from wan_train.models.encoders import (
     ClipVisionConfig, ClipVisionEncoder, WanTextEncoder, load_clip_vision, load_text_encoder,
@@ -14,8 +17,9 @@ from wan_train.models.sizes import EXPERTS, SIZES, ModelSize, get_size
 from wan_train.models.vae import VAE_CONFIGS, Tiling, VAEConfig, WanVAE
 
 __all__ = [
-    "EXPERTS", "SIZES", "VAE_CONFIGS", "CheckpointError", "ClipVisionConfig", "ClipVisionEncoder", "DiTConfig",
-    "DiTFlops", "ModelSize", "ShotLayout", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles",
-    "WanTextEncoder", "WanVAE", "builtin_text_encoder", "builtin_vae", "dit_flops", "find_wan_files", "get_size",
-    "load_clip_vision", "load_dit", "load_text_encoder", "load_vae", "load_wan", "save_dit",
+    "EXPERTS", "SIZES", "VAE_CONFIGS", "AudioDiT", "CheckpointError", "ClipVisionConfig", "ClipVisionEncoder",
+    "DiTConfig", "DiTFlops", "ModelSize", "OviConfig", "OviDiT", "ShotLayout", "Tiling", "VAEConfig", "WanBlock",
+    "WanComponents", "WanDiT", "WanFiles", "WanTextEncoder", "WanVAE", "builtin_text_encoder", "builtin_vae",
+    "dit_flops", "find_wan_files", "get_size", "load_clip_vision", "load_dit", "load_ovi_dit", "load_text_encoder",
+    "load_vae", "load_wan", "save_dit", "save_ovi_dit",
 ]

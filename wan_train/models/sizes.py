@@ -24,10 +24,18 @@ class ModelSize:
     # boundary * 1000 (the shifted timestep), the low-noise expert below it.
     experts: tuple[str, ...] = ()
     boundary: float | None = None
+    # Ovi's twin-tower model (models/dit/fusion.py): `dit` is the video tower, `audio` the audio tower, whose
+    # latents come from the audio autoencoder `audio_vae` ("mmaudio-16k", or "mel" for the weight-free stand-in)
+    audio: DiTConfig | None = None
+    audio_vae: str | None = None
 
     @property
     def is_moe(self) -> bool:
         return bool(self.experts)
+
+    @property
+    def has_audio(self) -> bool:
+        return self.audio is not None
 
 
 def _size(name: str, *, vae: str = "wan2.1", experts: tuple[str, ...] = (), boundary: float | None = None,
@@ -35,8 +43,17 @@ def _size(name: str, *, vae: str = "wan2.1", experts: tuple[str, ...] = (), boun
     return ModelSize(name=name, dit=DiTConfig(**dit), vae=vae, experts=experts, boundary=boundary)
 
 
+def _twin(name: str, *, audio_vae: str, **widths) -> ModelSize:
+    """An Ovi-style twin: a TI2V video tower (48 latent channels, Wan2.2 VAE) and an audio tower over the 20
+    channels of the MMAudio 16 kHz VAE, of the same widths (ovi/configs/model/dit/{video,audio}.json)."""
+    video = DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, **widths)
+    audio = DiTConfig(model_type="t2a", in_dim=20, out_dim=20, patch_size=(1,), rope_scale=OVI_ROPE_SCALE, **widths)
+    return ModelSize(name=name, dit=video, vae="wan2.2", audio=audio, audio_vae=audio_vae)
+
+
 _W14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
 _TINY = dict(dim=256, ffn_dim=512, num_heads=2, num_layers=2)  # head_dim 128 as in every real size
+OVI_ROPE_SCALE = 0.19676  # ovi/configs/model/dit/audio.json temporal_rope_scaling_factor
 
 SIZES: dict[str, ModelSize] = {
     s.name: s
@@ -55,6 +72,9 @@ SIZES: dict[str, ModelSize] = {
               in_dim=48, out_dim=48, vae="wan2.2"),
         _size("wan2.2-t2v-a14b", experts=EXPERTS, boundary=0.875, **_W14B),
         _size("wan2.2-i2v-a14b", model_type="i2v", in_dim=36, experts=EXPERTS, boundary=0.9, **_W14B),
+        # Ovi 11B (all three released checkpoints: 720x720 5 s, 960x960 5 s and 10 s)
+        _twin("ovi-11b", audio_vae="mmaudio-16k", dim=3072, ffn_dim=14336, num_heads=24, num_layers=30),
+        _twin("tiny-ovi", audio_vae="mmaudio-16k", **_TINY),
     )
 }
 

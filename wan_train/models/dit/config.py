@@ -9,13 +9,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v")
+MODEL_TYPES = ("t2v", "i2v", "flf2v", "ti2v", "t2a")  # t2a: Ovi's audio tower (models/dit/audio.py)
 MAX_REFERENCES = 3  # reference-to-video slots, tagged @Video1..@Video3 in prompts
 
 
 @dataclass(frozen=True, kw_only=True)
 class DiTConfig:
-    model_type: str = "t2v"  # t2v | i2v | flf2v | ti2v; only the image branch depends on it (see has_image_branch)
+    model_type: str = "t2v"  # t2v | i2v | flf2v | ti2v | t2a; the image branch depends on it (has_image_branch),
+    # and t2a is a tower over 1-D audio latents [B, C, L] (patch_size (1,): no patchify)
     dim: int
     ffn_dim: int
     num_heads: int
@@ -31,6 +32,9 @@ class DiTConfig:
     image_pos_len: int | None = None  # flf2v: learned position embedding over 2 x 257 CLIP tokens
     rope_theta: float = 10000.0
     rope_max_len: int = 1024  # positions per axis in the RoPE tables
+    # t2a only: the temporal RoPE frequencies are multiplied by this, so audio latent i sits at video latent frame
+    # i * rope_scale on the shared time axis (Ovi's temporal_rope_scaling_factor, 0.19676 ~ 31 / 157.55)
+    rope_scale: float = 1.0
     # the reference-to-video extension (wan_train's, not an official field): this many reference slots, each with
     # a learned embedding added to its reference's tokens; 0: a plain Wan DiT
     references: int = 0
@@ -58,8 +62,15 @@ class DiTConfig:
             problems.append(f"shots={self.shots}: the multi-shot extension builds on models without the CLIP branch")
         if self.image_pos_len is not None and self.image_dim is None:
             problems.append("image_pos_len needs image_dim (the CLIP branch)")
-        if len(self.patch_size) != 3:
+        if self.is_audio:
+            if self.patch_size != (1,):
+                problems.append(f"patch_size={self.patch_size}: an audio tower (t2a) takes no patches: (1,)")
+            if self.references or self.shots or self.has_image_branch:
+                problems.append("an audio tower (t2a) has no reference, shot or image extension")
+        elif len(self.patch_size) != 3:
             problems.append(f"patch_size={self.patch_size} must have 3 entries (t, h, w)")
+        if self.rope_scale != 1.0 and not self.is_audio:
+            problems.append(f"rope_scale={self.rope_scale} applies to audio towers (t2a) only")
         for name in ("dim", "ffn_dim", "num_heads", "num_layers", "in_dim", "out_dim", "text_dim", "text_len"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)} must be positive")
@@ -69,6 +80,10 @@ class DiTConfig:
     @property
     def head_dim(self) -> int:
         return self.dim // self.num_heads
+
+    @property
+    def is_audio(self) -> bool:
+        return self.model_type == "t2a"
 
     @property
     def has_image_branch(self) -> bool:

@@ -106,7 +106,7 @@ class WanDiT(nn.Module):
         self.block_offload = None  # (module docstring)
         self.activation_offload = None
         d = cfg.dim
-        self.patch_embedding = nn.Conv3d(cfg.in_dim, d, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+        self.patch_embedding = self.make_patch_embedding()
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
         self.time_embedding = nn.Sequential(nn.Linear(cfg.freq_dim, d), nn.SiLU(), nn.Linear(d, d))
         self.time_projection = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
@@ -118,8 +118,21 @@ class WanDiT(nn.Module):
             self.reference_embedding = nn.Parameter(torch.zeros(cfg.references, d))
         if cfg.shots:  # zero, likewise
             self.shot_embedding = nn.Parameter(torch.zeros(cfg.shots, d))
-        self.rope = Rope3D(split=cfg.rope_split, theta=cfg.rope_theta, max_len=cfg.rope_max_len)
+        self.rope = self.make_rope()
         self.init_weights()
+
+    def make_patch_embedding(self) -> nn.Module:
+        cfg = self.config
+        return nn.Conv3d(cfg.in_dim, cfg.dim, kernel_size=cfg.patch_size, stride=cfg.patch_size)
+
+    def make_rope(self):
+        """The RoPE tables' owner: for_grid(grid, device) -> (cos, sin) [L, K/2]."""
+        cfg = self.config
+        return Rope3D(split=cfg.rope_split, theta=cfg.rope_theta, max_len=cfg.rope_max_len)
+
+    def embed_patches(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, C, F, H, W] -> tokens [B, L, D] float32, in (f, h, w) row-major order."""
+        return self.patch_embedding(to_dtype_of(x, self.patch_embedding)).flatten(2).transpose(1, 2).float()
 
     def init_weights(self) -> None:
         """Official initialisation for training from scratch (wan_arch.md §1.8); loading replaces all of it."""
@@ -127,12 +140,15 @@ class WanDiT(nn.Module):
             if isinstance(m, nn.Linear):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
-        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
+        self.init_patch_embedding()
         for seq in (self.text_embedding, self.time_embedding):
             for m in seq:
                 if isinstance(m, nn.Linear):
                     nn.init.normal_(m.weight, std=0.02)
         nn.init.zeros_(self.head.head.weight)
+
+    def init_patch_embedding(self) -> None:
+        nn.init.xavier_uniform_(self.patch_embedding.weight.flatten(1))
 
     def grid(self, x: torch.Tensor) -> tuple[int, int, int]:
         return tuple(n // p for n, p in zip(x.shape[2:], self.config.patch_size, strict=True))
@@ -150,7 +166,7 @@ class WanDiT(nn.Module):
             x, t = self._with_references(x, t, refs)
         grid = self.grid(x)
 
-        x_BLD = self.patch_embedding(to_dtype_of(x, self.patch_embedding)).flatten(2).transpose(1, 2).float()
+        x_BLD = self.embed_patches(x)
         if refs:
             x_BLD = self._mark_references(x_BLD, refs)
         token_shots = None
