@@ -19,6 +19,7 @@ import webdataset
 from safetensors.torch import load as load_safetensors
 from torch.utils.data import DataLoader
 
+from wan_train.data.audio import SAMPLE_RATE
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
 from wan_train.data.decode import video_to_model
 from wan_train.data.latents import EMPTY_PROMPT_FILE, LatentSource
@@ -80,6 +81,11 @@ class DataConfig:
     shots: int = 0
     # cached latents only: the empty prompt's context; None = empty_prompt.safetensors beside the first shard
     empty_prompt: str | None = None
+    # the clips' sound too (wan_train.data.audio): raw video gives `audio` float32 [B, T] (mono 16 kHz, exactly the
+    # clip's time span, from a .wav / .flac member or the video's own track) and `has_audio` [B]; cached latents
+    # give the `audio_latents` [B, C, L] cached by data_tools.cache_latents --audio and `has_audio` [B]. A sample
+    # without sound trains with has_audio False (flagged no_audio); one whose sound is bad is skipped
+    audio: bool = False
 
     def __post_init__(self):
         if not self.max_sample_mb > 0:
@@ -92,6 +98,9 @@ class DataConfig:
                              "trains from raw video (kind: video), which references are cropped from; cached latents "
                              "hold the target clip only")
         check_shot_options(shots=self.shots)
+        if self.shots and self.audio:
+            raise ValueError(f"data.shots={self.shots} with data.audio=true: multi-shot samples with their sound are "
+                             "not supported yet; set one of them off")
         if self.shots and self.kind != "video":
             raise ValueError(f"data.shots={self.shots} with data.kind={self.kind!r}: multi-shot samples are cut from "
                              "raw video (kind: video); cached latents hold one clip, not shots encoded one by one")
@@ -131,11 +140,13 @@ def _check_not_together(config: DataConfig) -> None:
 def make_source(config: DataConfig, urls: list[str]):
     _check_not_together(config)
     if config.kind == "latents":
-        return LatentSource(load_empty_prompt(config, urls), caption_dropout=config.caption_dropout)
+        return LatentSource(load_empty_prompt(config, urls), caption_dropout=config.caption_dropout,
+                            audio=config.audio)
     if config.kind != "video":
         raise ValueError(f"data.kind={config.kind!r}: expected one of {list(KINDS)}")
     video = dict(caption_dropout=config.caption_dropout, clip_start=config.clip_start, crop=config.crop,
-                 span=config.span, decode_timeout=config.decode_timeout, decode_memory=config.decode_memory)
+                 span=config.span, decode_timeout=config.decode_timeout, decode_memory=config.decode_memory,
+                 audio_rate=SAMPLE_RATE if config.audio else None)
     if config.shots:
         return MultiShotSource(config.table(), shots=config.shots, **video)
     if config.references:

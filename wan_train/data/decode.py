@@ -67,11 +67,23 @@ def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], ke
     forward from the nearest keyframe). expect: the declared stream (`expected(meta)`); a stream whose real size,
     frame rate or length disagrees is refused (`metadata_mismatch`). limits: the sample's deadline and memory
     bound (`timeout`, `memory_limit`)."""
+    return decode_clip(video, indices, size=size, key=key, expect=expect, limits=limits)[0]
+
+
+def decode_clip(video: bytes, indices: list[int], *, size: tuple[int, int], key: str, expect: dict | None = None,
+                limits: Limits | None = None, sound: dict | None = None,
+                member: bytes = b"") -> tuple[np.ndarray, np.ndarray | None]:
+    """decode_frames' frames, and with `sound` (wan_train.data.audio.sound_request) the clip's sound from the
+    same decode: float32 [T], or [0] where the video has no sound stream (and no `member`, the bytes of the
+    sound member the request names); its failures are `bad_audio` / `audio_too_short`, under the same deadline
+    and memory bound."""
     unique = sorted(set(indices))
     limits = limits or Limits(0.0)
-    request = {"key": key, "indices": unique, "size": list(size), "expect": expect, "memory": limits.memory}
+    request = {"key": key, "indices": unique, "size": list(size), "expect": expect, "memory": limits.memory,
+               "audio": None if sound is None else {**sound, "nbytes": len(member) if sound["member"] else 0}}
     try:
-        reply, batch = decoder().decode(video, request, timeout=limits.remaining(key), key=key)
+        reply, batch, audio = decoder().decode(video, request, timeout=limits.remaining(key), key=key,
+                                               member=member if sound is not None and sound["member"] else b"")
     except TimeoutError:
         raise SampleError("timeout", f"{key}: decoding took longer than {limits.seconds:g} s; the decoding process "
                                      "was killed") from None
@@ -80,9 +92,9 @@ def decode_frames(video: bytes, indices: list[int], *, size: tuple[int, int], ke
     if reply["resize"] is not None:
         batch = resize_frames(batch, tuple(reply["resize"]))
     if unique == indices:  # the usual case (source fps >= target fps): no 100 MB gather
-        return batch
+        return batch, audio
     position = {index: i for i, index in enumerate(unique)}
-    return batch[[position[i] for i in indices]]
+    return batch[[position[i] for i in indices]], audio
 
 
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:

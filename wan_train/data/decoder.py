@@ -1,9 +1,9 @@
 """The parent side of the decoding process (decoder_child.py): one per process that decodes (each DataLoader
 worker, or the main process), started on first use and again after a decode it had to kill.
 
-The two talk over a Unix socket: a request sends the video bytes and waits for the frames until the sample's
-deadline; the frames come back through a memory file (memfd) both map, copied out of it once (where there is no
-memfd, through the socket itself); past it, the decoding
+The two talk over a Unix socket: a request sends the video bytes (and a sound member's) and waits for the frames
+(and the clip's sound) until the sample's deadline; they come back through a memory file (memfd) both map, copied
+out of it once (where there is no memfd, through the socket itself); past it, the decoding
 process is killed (SIGKILL: native code stops too) and the sample is skipped as `timeout`. A decoder that dies on
 its own (a crash in a codec, the kernel's OOM killer) skips the sample as `undecodable` / `memory_limit` and is
 restarted for the next one. Its stderr (ffmpeg's complaints about broken streams) goes to a temporary file, not
@@ -44,9 +44,11 @@ class DecoderProcess:
         self.arena: mmap.mmap | None = None  # the decoding process's frames arrive at its start
         self.stderr = None
 
-    def decode(self, video: bytes, header: dict, *, timeout: float | None, key: str) -> tuple[dict, np.ndarray | None]:
-        """Send one request; returns the reply header and the frames (None if refused). timeout: seconds, or None
-        for no limit; past it the decoding process is killed and TimeoutError raised."""
+    def decode(self, video: bytes, header: dict, *, timeout: float | None, key: str,
+               member: bytes = b"") -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+        """Send one request (the video, then a sound member's bytes where header["audio"] names one); returns the
+        reply header, the frames and the sound (float32 [T], None where none was asked; both None if refused).
+        timeout: seconds, or None for no limit; past it the decoding process is killed and TimeoutError raised."""
         if self.process is None or self.process.poll() is not None:
             self._start(key)  # not the sample's time: the deadline starts after
         end = None if timeout is None else time.monotonic() + timeout
@@ -54,20 +56,26 @@ class DecoderProcess:
         try:
             self.socket.sendall(len(raw).to_bytes(HEADER_BYTES, "big") + raw)
             self.socket.sendall(video)
+            if member:
+                self.socket.sendall(member)
             reply, fds = self._reply(end, key)
         except (BrokenPipeError, ConnectionResetError):
             raise self._died(key) from None
         if not reply["ok"]:
-            return reply, None
+            return reply, None, None
         shape = tuple(reply["shape"])
-        nbytes = int(np.prod(shape))
+        sizes = (int(np.prod(shape)), 4 * reply["audio"]["samples"] if reply.get("audio") else 0)
         if fds:  # a new arena (the first, or a larger one)
             with os.fdopen(fds[0], "rb") as memory:
                 self.arena = mmap.mmap(memory.fileno(), reply["arena"], flags=mmap.MAP_SHARED | POPULATE)
         if reply["arena"] is None:
-            return reply, np.frombuffer(self._read(nbytes, end, key), np.uint8).reshape(shape)
-        # copied out: the next reply reuses the arena
-        return reply, np.frombuffer(self.arena, np.uint8, count=nbytes).reshape(shape).copy()
+            payload = np.frombuffer(self._read(sum(sizes), end, key), np.uint8)
+        else:  # copied out: the next reply reuses the arena
+            payload = np.frombuffer(self.arena, np.uint8, count=sum(sizes)).copy()
+        frames = payload[:sizes[0]].reshape(shape)
+        # the sound starts wherever the frames end: copied to its own (aligned) memory, a few hundred KiB
+        sound = payload[sizes[0]:].view(np.float32).copy() if reply.get("audio") else None
+        return reply, frames, sound
 
     def _reply(self, end: float | None, key: str) -> tuple[dict, list[int]]:
         """The reply's header, and the file descriptor that came with it (the frames), if any."""

@@ -8,12 +8,17 @@ its deadline, and a decode whose working memory would pass the sample's bound is
 the stream's real size) and capped while it runs (RLIMIT_DATA).
 
 Protocol, over the Unix socket whose descriptor is argv[1] (both ways): 8-byte big-endian length, a JSON header of
-that length, then its payload: the video bytes of a request; the frames of a reply, at the start of the arena, a
-memfd shared with the parent (see Arena; without memfd, as bytes after the header).
+that length, then its payload: the video bytes of a request (then a sound member's bytes, if it sends one); the
+frames of a reply (then its sound), at the start of the arena, a memfd shared with the parent (see Arena; without
+memfd, as bytes after the header).
 Request: {"key", "indices" (sorted, distinct source frames), "size" [w, h] or [-1, -1] (native), "expect"
-(declared {"width", "height", "fps", "num_frames"}, or null), "memory" (bytes, or null), "nbytes" (video)}.
+(declared {"width", "height", "fps", "num_frames"}, or null), "memory" (bytes, or null), "nbytes" (video),
+"audio" (null: no sound wanted; else the span to cut, see read_sound: {"rate", "start", "samples", "tolerance",
+"member" (null: the video's own track; "wav" / "flac": a member of the sample, sent after the video), "nbytes"
+(the member's)})}.
 Reply: {"ok": true, "shape": [N, H, W, 3], "resize": [w, h] or null (the parent still has to scale: the fallback
-decoders return native frames)} + N*H*W*3 bytes, or {"ok": false, "reason", "message"}."""
+decoders return native frames), "audio": null (none wanted) or {"samples": T} (0: the sample has no sound)}
++ N*H*W*3 bytes + T float32, or {"ok": false, "reason", "message"}."""
 
 import signal
 
@@ -27,6 +32,7 @@ if __name__ == "__main__":
 import contextlib  # noqa: E402
 import io  # noqa: E402
 import json  # noqa: E402
+import math  # noqa: E402
 import mmap  # noqa: E402
 import os  # noqa: E402
 import socket  # noqa: E402
@@ -66,8 +72,12 @@ def main() -> None:
         raw = _exactly(channel, HEADER.size)
         request = json.loads(_exactly(channel, HEADER.unpack(raw)[0]))
         video = _exactly(channel, request["nbytes"])
+        audio = request.get("audio")
+        member = _exactly(channel, audio["nbytes"]) if audio is not None and audio["member"] else None
         try:
             frames, resize = decode(video, request)
+            sound = None if audio is None else read_sound(video if member is None else member, audio,
+                                                          memory=request["memory"], key=request["key"])
         except Refused as refused:
             _send(channel, {"ok": False, "reason": refused.reason, "message": str(refused)})
             continue
@@ -75,7 +85,9 @@ def main() -> None:
             _send(channel, {"ok": False, "reason": "memory_limit",
                             "message": f"{request['key']}: decoding ran out of its memory bound"})
             continue
-        _send(channel, {"ok": True, "shape": list(frames.shape), "resize": resize}, frames)
+        heard = None if sound is None else {"samples": int(sound.size)}
+        _send(channel, {"ok": True, "shape": list(frames.shape), "resize": resize, "audio": heard}, frames,
+              *(() if sound is None else (sound,)))
 
 
 def decode(video: bytes, request: dict) -> tuple[np.ndarray, list[int] | None]:
@@ -205,6 +217,171 @@ def read_pyav(video: bytes, indices: list[int], *, key: str) -> np.ndarray:
     return np.stack(frames)
 
 
+# --- sound ----------------------------------------------------------------------------------------------------
+
+# bounds on what a sound stream may claim (past them it is broken or hostile, not sound): 64 channels (22.2 and
+# ambisonics fit), 768 kHz (the highest rate any interface records)
+MAX_CHANNELS = 64
+MAX_RATE = 768_000
+# seconds decoded before the span after a seek: an AAC / MP3 frame overlaps its neighbours (the first one after a
+# seek decodes wrong) and the resampler's filter needs history; far more than either needs
+SEEK_MARGIN = 0.5
+# a float PCM source may hold any value; past this it is a broken file, not loud sound
+MAX_AMPLITUDE = 64.0
+
+
+def read_sound(data: bytes, audio: dict, *, memory: int | None, key: str) -> np.ndarray:
+    """float32 [audio["samples"]] of the first sound stream of `data` (a video or a sound file): mono (the mean of
+    its channels), resampled to audio["rate"] Hz, samples [start, start + samples) where sample k is at time
+    k / rate after the video's time 0 (the first video frame's; a sound file's time 0 is the video's). A stream
+    that ends at most audio["tolerance"] samples early is padded with zeros at the end; one that ends earlier, or
+    starts after the span, is refused (`audio_too_short`). float32 [0]: no sound stream. A stream that does not
+    decode, claims absurd rates or channels, jumps in time or holds non-finite values is refused (`bad_audio`).
+
+    Sample-exact whatever the seek: decoding after a seek starts at an input sample on the grid the two rates
+    share (every rate / gcd(rate, out) input samples), so the resampled samples fall at the very times a decode
+    from the stream's start gives them."""
+    import av
+
+    with capped(memory):
+        try:
+            with av.open(io.BytesIO(data)) as container:
+                if not container.streams.audio:
+                    return np.zeros(0, np.float32)
+                stream = container.streams.audio[0]
+                context = stream.codec_context
+                if context is None or not 0 < context.sample_rate <= MAX_RATE or \
+                        not 0 < context.channels <= MAX_CHANNELS:
+                    raise Refused("bad_audio", f"{key}: the sound stream claims {getattr(context, 'channels', '?')} "
+                                               f"channels at {getattr(context, 'sample_rate', '?')} Hz")
+                return _cut_sound(container, stream, audio, key=key)
+        except av.error.FFmpegError as error:
+            raise Refused("bad_audio", f"{key}: the sound does not decode ({error})"[:2000]) from None
+        except ValueError as error:  # PyAV's resampler and frame conversions
+            raise Refused("bad_audio", f"{key}: the sound does not convert ({error})"[:2000]) from None
+
+
+def _cut_sound(container, stream, audio: dict, *, key: str) -> np.ndarray:
+    out_rate, start, count, tolerance = audio["rate"], audio["start"], audio["samples"], audio["tolerance"]
+    rate = stream.codec_context.sample_rate
+    origin = _video_origin(container)
+    first = _seconds(stream.start_time, stream.time_base)
+    stream_start = origin if first is None else first  # the stream's sample 0, seconds on the container's clock
+    # output sample k of the whole stream's resampling is at stream_start + k / out_rate; the span's first sample
+    # is at origin + start / out_rate
+    shift = round((stream_start - origin) * out_rate)
+    period = rate // math.gcd(rate, out_rate)  # input samples per shared grid point
+    target = start - shift  # the span's first sample, in output samples from the stream's sample 0
+    decode = {"rate": rate, "out_rate": out_rate, "first": target, "stream_start": stream_start, "period": period,
+              "tolerance": tolerance, "key": key}
+    out = np.zeros(count, np.float32)
+    span = _resampled(container, stream, out, seek=True, **decode)
+    if span is None:  # the seek landed after the span (or past the stream's end): decode from the stream's start
+        out[:] = 0
+        container.seek(0)
+        span = _resampled(container, stream, out, seek=False, **decode)
+    begin, end = span
+    if begin is None:
+        raise Refused("audio_too_short", f"{key}: the sound stream holds no samples")
+    if begin > target:
+        raise Refused("audio_too_short", f"{key}: the sound starts at {(shift + begin) / out_rate:.3f} s, after the "
+                                         f"clip's start at {start / out_rate:.3f} s")
+    if end < target + count - tolerance:
+        raise Refused("audio_too_short", f"{key}: the sound ends at {(shift + end) / out_rate:.3f} s, before the "
+                                         f"clip's end at {(start + count) / out_rate:.3f} s")
+    if not np.isfinite(out).all() or np.abs(out).max(initial=0.0) > MAX_AMPLITUDE:
+        raise Refused("bad_audio", f"{key}: the sound holds non-finite or absurd values (a broken float track)")
+    return out
+
+
+def _resampled(container, stream, out: np.ndarray, *, rate: int, out_rate: int, first: int, stream_start: float,
+               period: int, tolerance: int, seek: bool, key: str) -> tuple[int | None, int | None] | None:
+    """Fill `out` with the resampled samples [first, first + len(out)) (output samples from the stream's sample 0)
+    that the stream has; returns (begin, end), the output samples it gave (begin None: none at all; end at most
+    first + len(out): decoding stops there), or None where a seek landed after `first`."""
+    import av
+
+    if seek and first / out_rate > SEEK_MARGIN:
+        when = stream_start + first / out_rate - SEEK_MARGIN - period / rate  # room to reach a grid point
+        container.seek(max(0, int(when / stream.time_base)), stream=stream, backward=True)
+    else:
+        seek = False
+    resampler, begin, position, expected = None, None, None, None  # position: output index of the next sample
+    for frame in container.decode(stream):
+        at = _seconds(frame.pts, frame.time_base)
+        index = round((at - stream_start) * rate) if at is not None else (expected or 0)  # input samples from 0
+        if expected is not None and abs(index - expected) * out_rate > tolerance * rate:
+            raise Refused("bad_audio", f"{key}: the sound jumps by {(index - expected) / rate:+.3f} s at "
+                                       f"{expected / rate:.3f} s")
+        index = index if expected is None else expected  # small timestamp jitter: kept contiguous
+        samples = _mono(frame, key=key)
+        expected = index + samples.size
+        if resampler is None:
+            skip = -index % period  # to the next grid point
+            if skip >= samples.size:
+                continue
+            samples, index = samples[skip:], index + skip
+            begin = position = index * out_rate // rate
+            if seek and begin > first:
+                return None
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=out_rate)
+        position = _place(out, resampler.resample(_frame(samples, rate)), position=position, first=first)
+        if position >= first + out.size:
+            return begin, first + out.size
+    if resampler is None:
+        return None if seek else (None, None)
+    return begin, _place(out, resampler.resample(None), position=position, first=first)
+
+
+def _place(out: np.ndarray, frames, *, position: int, first: int) -> int:
+    """Copy the resampled frames' samples that fall in [first, first + len(out)) into out; the next position."""
+    for frame in frames:
+        data = frame.to_ndarray().reshape(-1)
+        lo, hi = max(position, first), min(position + data.size, first + out.size)
+        if hi > lo:
+            out[lo - first:hi - first] = data[lo - position:hi - position]
+        position += data.size
+    return position
+
+
+def _frame(samples: np.ndarray, rate: int):
+    import av
+
+    frame = av.AudioFrame.from_ndarray(samples[None], format="flt", layout="mono")
+    frame.sample_rate = rate
+    return frame
+
+
+SCALES = {"u8": 128.0, "s16": 2.0 ** 15, "s32": 2.0 ** 31, "s64": 2.0 ** 63, "flt": 1.0, "dbl": 1.0}
+
+
+def _mono(frame, *, key: str) -> np.ndarray:
+    """float32 [n]: the mean of the frame's channels, in [-1, 1] for integer formats (any layout, named or not)."""
+    name = frame.format.name.rstrip("p")
+    if name not in SCALES:
+        raise Refused("bad_audio", f"{key}: the sound's sample format {frame.format.name!r} is not PCM")
+    data = frame.to_ndarray().astype(np.float32)
+    channels = len(frame.layout.channels) or 1
+    data = data.reshape(channels, -1) if frame.format.is_planar else data.reshape(-1, channels).T
+    if name == "u8":
+        data -= 128.0
+    return np.ascontiguousarray(data.mean(0) / SCALES[name], dtype=np.float32)
+
+
+def _video_origin(container) -> float:
+    """Seconds on the container's clock where the video's frame 0 is shown (0 for a sound file)."""
+    if container.streams.video:
+        video = container.streams.video[0]
+        start = _seconds(video.start_time, video.time_base)
+        if start is not None:
+            return start
+    return 0.0 if container.start_time is None else container.start_time / 1_000_000
+
+
+def _seconds(pts, time_base) -> float | None:
+    return None if pts is None or time_base is None else float(pts * time_base)
+
+
 def _failure(key: str, message: str, error: Exception) -> Refused:
     text = str(error).lower()
     out_of_memory = isinstance(error, MemoryError) or any(
@@ -250,22 +427,28 @@ def _exactly(channel: socket.socket, n: int) -> bytes:
 
 
 class Arena:
-    """The memory file (memfd) frames go through, mapped once here and once in the parent and reused: a fresh one
+    """The memory file (memfd) replies go through, mapped once here and once in the parent and reused: a fresh one
     per reply would cost more than the copy into it (the kernel zeroes every new page). A larger reply replaces it
     with a larger one, whose descriptor rides with that reply."""
 
     def __init__(self):
         self.fd, self.map = -1, None
 
-    def put(self, frames: np.ndarray) -> int | None:
-        """Copy `frames` to the start of the arena; returns the descriptor to send if the arena is new."""
+    def put(self, arrays: tuple[np.ndarray, ...]) -> int | None:
+        """Copy the arrays one after another to the start of the arena; returns the descriptor to send if the
+        arena is new."""
+        nbytes = sum(a.nbytes for a in arrays)
         fresh = None
-        if self.map is None or frames.nbytes > len(self.map):
+        if self.map is None or nbytes > len(self.map):
             self.close()
             self.fd = fresh = os.memfd_create("wan_train-frames", os.MFD_CLOEXEC)
-            os.ftruncate(self.fd, frames.nbytes)
-            self.map = mmap.mmap(self.fd, frames.nbytes, flags=mmap.MAP_SHARED | POPULATE)
-        np.copyto(np.frombuffer(self.map, np.uint8, count=frames.nbytes).reshape(frames.shape), frames)
+            os.ftruncate(self.fd, nbytes)
+            self.map = mmap.mmap(self.fd, nbytes, flags=mmap.MAP_SHARED | POPULATE)
+        offset = 0
+        for array in arrays:
+            view = np.frombuffer(self.map, array.dtype, count=array.size, offset=offset).reshape(array.shape)
+            np.copyto(view, array)
+            offset += array.nbytes
         return fresh
 
     def close(self) -> None:
@@ -278,19 +461,20 @@ class Arena:
 ARENA = Arena()
 
 
-def _send(channel: socket.socket, header: dict, frames: np.ndarray | None = None) -> None:
-    """The header; frames go through the arena (Linux: the header says so, and a new arena's descriptor comes
-    with its first byte), else after the header on the socket."""
-    arena = frames is not None and frames.nbytes > 0 and hasattr(os, "memfd_create")
-    fresh = ARENA.put(frames) if arena else None
-    raw = json.dumps(header if frames is None else {**header, "arena": len(ARENA.map) if arena else None}).encode()
+def _send(channel: socket.socket, header: dict, *arrays: np.ndarray) -> None:
+    """The header; the arrays (the frames, then the sound) go through the arena (Linux: the header says so, and a
+    new arena's descriptor comes with its first byte), else after the header on the socket."""
+    arena = sum(a.nbytes for a in arrays) > 0 and hasattr(os, "memfd_create")
+    fresh = ARENA.put(arrays) if arena else None
+    raw = json.dumps(header if not arrays else {**header, "arena": len(ARENA.map) if arena else None}).encode()
     message = HEADER.pack(len(raw)) + raw
     if fresh is not None:
         socket.send_fds(channel, [message[:1]], [fresh])
         message = message[1:]
     channel.sendall(message)
-    if frames is not None and not arena:
-        channel.sendall(memoryview(np.ascontiguousarray(frames)).cast("B"))
+    if not arena:
+        for array in arrays:
+            channel.sendall(memoryview(np.ascontiguousarray(array)).cast("B"))
 
 
 if __name__ == "__main__":

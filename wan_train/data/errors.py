@@ -13,9 +13,13 @@ REASONS = ("undecodable", "too_short", "bad_metadata", "timeout", "missing_field
            # reference-to-video samples (wan_train.data.references)
            "no_subjects", "subject_not_in_caption", "no_reference_moment",
            # multi-shot samples (wan_train.data.multishot)
-           "no_shots")
-# counted and named, but trained: an empty caption is the unconditional branch's prompt
-FLAGS = ("empty_caption",)
+           "no_shots",
+           # the clip's sound (data.audio, wan_train.data.audio): it does not decode (or is absurd), or it does not
+           # cover the clip's time span
+           "bad_audio", "audio_too_short")
+# counted and named, but trained: an empty caption is the unconditional branch's prompt; a sample without sound
+# (data.audio) trains with has_audio False
+FLAGS = ("empty_caption", "no_audio")
 
 
 class SampleError(Exception):

@@ -4,6 +4,8 @@ encoder in memory. A sample is `<key>.safetensors` + `<key>.json`:
 - `latents` [C, f, h, w]: the normalised VAE posterior mean of the clip (its bucket's size and frames);
 - `context.{i}` [L_i, D]: the text encoder output of caption i, cut to its true length (the DiT pads to 512);
 - optional `y` [4 + C, f, h, w] (I2V mask + conditioning latent) and `clip_fea` [257, 1280] (CLIP of frame 0);
+- with --audio: `audio_latents` [C_a, L] (the audio autoencoder's latents of the clip's sound, wan_train.data.audio;
+  zeros where the sample has none) and `has_audio` (bool, 0-d);
 - json: `bucket` (Bucket.key), `captions`, `source`, `start` (clip start, seconds) and the encoders used.
 
 Caption dropout swaps in the empty prompt's context, cached once per dataset as `empty_prompt.safetensors`."""
@@ -28,6 +30,7 @@ OPTIONAL = ("y", "clip_fea")
 class LatentSource:
     empty_prompt: torch.Tensor | None = None  # [L, D]; needed when caption_dropout > 0
     caption_dropout: float = 0.0
+    audio: bool = False  # yield audio_latents and has_audio (samples cached with --audio)
 
     def __post_init__(self):
         if not 0.0 <= self.caption_dropout <= 1.0:
@@ -72,6 +75,10 @@ class LatentSource:
             "url": planned.url,
         }
         item.update({k: tensors[k] for k in OPTIONAL if k in tensors})
+        if self.audio:
+            item.update(audio_latents(tensors, key=name))
+            if not item["has_audio"]:
+                planned.flags.append(("no_audio", f"{name}: cached without sound: trained with has_audio False"))
         return item
 
     def collate(self, items: list[dict]) -> dict:
@@ -84,7 +91,22 @@ class LatentSource:
                  "prompt": [item["prompt"] for item in items], "key": [item["key"] for item in items],
                  "url": [item["url"] for item in items]}
         batch.update({k: stack(items, k) for k in OPTIONAL if all(k in item for item in items)})
+        if self.audio:
+            batch.update(audio_latents=stack(items, "audio_latents"),
+                         has_audio=torch.tensor([item["has_audio"] for item in items]))
         return batch
+
+
+def audio_latents(tensors: dict[str, torch.Tensor], *, key: str) -> dict:
+    """audio_latents [C, L] and has_audio (bool) of a sample cached with --audio."""
+    if "audio_latents" not in tensors or "has_audio" not in tensors:
+        raise SampleError("missing_field", f"{key}: .safetensors lacks 'audio_latents' / 'has_audio' (data.audio "
+                                           "needs latents cached with data_tools.cache_latents --audio)")
+    latents = tensors["audio_latents"]
+    if latents.ndim != 2 or tensors["has_audio"].numel() != 1:
+        raise SampleError("bad_metadata", f"{key}: audio_latents {tuple(latents.shape)} is not [C, L], or has_audio "
+                                          "is not one flag")
+    return {"audio_latents": latents, "has_audio": bool(tensors["has_audio"])}
 
 
 def check_latents(tensors: dict[str, torch.Tensor], bucket: Bucket, *, key: str) -> None:

@@ -240,7 +240,7 @@ class ReferenceSource(VideoSource):
         meta, name, subjects = choice["source_meta"], choice["name"], choice["subjects"]
         target = VideoSource(self.table, caption_dropout=self.caption_dropout, clip_start=self.clip_start,
                              crop=self.crop, span="shot", decode_timeout=self.decode_timeout,
-                             decode_memory=self.decode_memory)
+                             decode_memory=self.decode_memory, audio_rate=self.audio_rate)
         limits = self.limits(bucket)  # one deadline for the clip and its references
         item = target.load_clip(planned, rng=rng, limits=limits)
         indices = frame_indices(meta, start=item["start"], frames=bucket.frames, fps=fps)

@@ -153,6 +153,10 @@ class BucketedStream(IterableDataset):
         def count(error: SampleError, url: str | None, key: str | None):
             tally.error(error, url=url, key=key, epoch=epoch, worker=slot.index)
 
+        def flag(planned: Planned, flags: list[tuple[str, str]]):
+            for name, detail in flags:
+                tally.note(name, detail, url=planned.url, key=planned.key, epoch=epoch, worker=slot.index)
+
         index = -1
         samples = epoch_samples(self.urls, seed=self.seed, epoch=epoch, slot=slot, shuffle_buffer=self.shuffle_buffer,
                                 max_member_bytes=self.max_member_bytes)
@@ -167,33 +171,35 @@ class BucketedStream(IterableDataset):
                 count(error, sample.get("__url__"), sample.get("__key__"))
                 continue
             if index >= skip_before:  # a replayed waiting sample was reported before the interruption
-                for flag, detail in planned.flags:
-                    tally.note(flag, detail, url=planned.url, key=planned.key, epoch=epoch, worker=slot.index)
+                flag(planned, planned.flags)
             planned.position = index
             members = buckets.setdefault(planned.bucket, [])
             members.append(planned)
             if len(members) >= self.batch_size:
-                batch = self._load(members, epoch, count, full=True)
+                batch = self._load(members, epoch, count, flag, full=True)
                 if batch is not None:
                     yield self._finish(batch, slot, tally.position(epoch, index + 1, _waiting(buckets)), tally)
         for bucket in sorted(buckets):
-            batch = self._load(buckets[bucket], epoch, count, full=False)
+            batch = self._load(buckets[bucket], epoch, count, flag, full=False)
             if batch is not None:
                 rest = _waiting(buckets)
                 after = tally.position(epoch, index + 1, rest) if rest else tally.position(epoch + 1, 0, [])
                 yield self._finish(batch, slot, after, tally)
 
-    def _load(self, members: list[Planned], epoch: int, count, *, full: bool) -> list[dict] | None:
-        """Load the bucket's members (in place: failures leave the bucket, loaded ones wait as dicts)."""
+    def _load(self, members: list[Planned], epoch: int, count, flag, *, full: bool) -> list[dict] | None:
+        """Load the bucket's members (in place: failures leave the bucket, loaded ones wait as dicts). Flags a load
+        adds to the sample's (what only decoding finds: no sound) are reported as the plan's are."""
         loaded = []
         for planned in list(members):
             if "_loaded" not in planned.choice:
+                planned_flags = len(planned.flags)
                 try:
                     planned.choice["_loaded"] = self.source.load(planned, rng=sample_rng(self.seed, epoch, planned))
                 except SampleError as error:
                     count(error, planned.url, planned.key)
                     members.remove(planned)
                     continue
+                flag(planned, planned.flags[planned_flags:])
             loaded.append(planned)
         if not loaded or (full and len(loaded) < self.batch_size):
             return None

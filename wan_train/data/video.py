@@ -1,12 +1,16 @@
-"""The raw-video source: a shard sample (video bytes + metadata json) -> a clip at its bucket's size."""
+"""The raw-video source: a shard sample (video bytes + metadata json) -> a clip at its bucket's size, and with
+`audio_rate` its sound (wan_train.data.audio)."""
 
 import random
 from dataclasses import dataclass
 
+import torch
+
+from wan_train.data.audio import clip_samples, collate_audio, sound_member, sound_request
 from wan_train.data.buckets import Bucket, BucketTable
 from wan_train.data.captions import caption_flags, choose_caption
 from wan_train.data.clips import CLIP_SPANS, CLIP_STARTS, choose_start, frame_indices, longest_span
-from wan_train.data.decode import CROPS, Limits, cover_size, crop_to_bucket, decode_frames, expected
+from wan_train.data.decode import CROPS, Limits, cover_size, crop_to_bucket, decode_clip, expected
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
 from wan_train.data.stream import Planned, stack
@@ -21,6 +25,7 @@ class VideoSource:
     span: str = "shot"
     decode_timeout: float = 60.0
     decode_memory: float = 8.0  # a sample's decode memory bound, in multiples of its bucket's uint8 clip
+    audio_rate: int | None = None  # Hz: each clip also gets its sound at this rate (None: no sound)
 
     def __post_init__(self):
         for name, allowed in (("clip_start", CLIP_STARTS), ("crop", CROPS), ("span", CLIP_SPANS)):
@@ -30,6 +35,8 @@ class VideoSource:
             raise ValueError(f"data.caption_dropout={self.caption_dropout}: must be in [0, 1]")
         if not self.decode_memory > 0:
             raise ValueError(f"data.decode_memory={self.decode_memory}: must be > 0 (a multiple of the bucket's clip)")
+        if self.audio_rate is not None and not self.audio_rate > 0:
+            raise ValueError(f"audio_rate={self.audio_rate}: a sample rate in Hz (> 0), or None for no sound")
 
     @staticmethod
     def read_meta(sample: dict) -> tuple[str, ClipMeta]:
@@ -66,23 +73,37 @@ class VideoSource:
         start = choose_start(meta, frames=bucket.frames, fps=fps, mode=self.clip_start, span=self.span, rng=rng,
                              key=name)
         indices = frame_indices(meta, start=start, frames=bucket.frames, fps=fps)
-        frames = decode_frames(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name,
-                               expect=expected(meta), limits=limits)
+        sound, member = None, b""
+        if self.audio_rate:
+            ext, member = sound_member(planned.sample) or (None, b"")
+            sound = sound_request(start, frames=bucket.frames, fps=fps, rate=self.audio_rate, member=ext)
+        frames, audio = decode_clip(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name,
+                                    expect=expected(meta), limits=limits, sound=sound, member=member)
         caption = planned.choice["caption"]
-        return {
+        item = {
             "video": crop_to_bucket(frames, bucket, mode=self.crop, rng=rng),
             "prompt": "" if caption is None else meta.captions[caption],
             "key": planned.key,
             "url": planned.url,
             "start": start,
         }
+        if audio is not None:
+            item.update(audio=torch.from_numpy(audio), has_audio=audio.size > 0)
+            if not audio.size:
+                why = f"{name}: no sound stream in the video and no .wav / .flac member: trained with has_audio False"
+                planned.flags.append(("no_audio", why))
+        return item
 
     def collate(self, items: list[dict]) -> dict:
-        return {
+        batch = {
             "video": stack(items, "video"),
             "prompt": [item["prompt"] for item in items],
             "key": [item["key"] for item in items],
             "url": [item["url"] for item in items],
             "start": [item["start"] for item in items],
         }
+        if self.audio_rate:
+            samples = clip_samples(items[0]["video"].shape[0], fps=self.table.fps, rate=self.audio_rate)
+            batch.update(collate_audio(items, samples=samples))
+        return batch
 
