@@ -1,0 +1,13 @@
+"""The audio autoencoder of Ovi (MMAudio 16 kHz: log-mel front end, mel VAE, BigVGAN vocoder) and the loader of
+Ovi's files. Audio latents are [B, C, L]."""
+
+from wan_train.models.audio.autoencoder import AudioAutoencoder
+from wan_train.models.audio.config import (
+    AUDIO_CONFIGS, MMAUDIO_16K, TINY_AUDIO, AudioAutoencoderConfig, MelConfig, MelVAEConfig, VocoderConfig,
+    get_audio_config,
+)
+from wan_train.models.audio.loading import load_audio_autoencoder
+from wan_train.models.audio.mel import LogMel
+
+__all__ = ["AUDIO_CONFIGS", "MMAUDIO_16K", "TINY_AUDIO", "AudioAutoencoder", "AudioAutoencoderConfig", "LogMel",
+           "MelConfig", "MelVAEConfig", "VocoderConfig", "get_audio_config", "load_audio_autoencoder"]
