@@ -3,12 +3,15 @@
 `--input` is a folder or a manifest:
 - a folder of videos, searched recursively, in sorted order; hidden files and folders (macOS `._clip.mp4`
   resource forks, our own temp files) are not videos. Beside a video, `<name>.json` may set FIELDS (other keys
-  ignored); where it sets no caption, the whole of `<name>.txt` is the one caption.
+  ignored); where it sets no caption, the whole of `<name>.txt` is the one caption; where it names no `audio`,
+  `<name>.wav` (or `.flac`) is the video's sound, if there is one.
 - a `.jsonl` manifest (one JSON object a line; blank lines are not rows) or a `.csv` one (a header row; empty
   cells are absent; `captions` and `shots` cells are JSON lists). A row has `path` (relative paths are relative
   to the manifest's folder) and any other fields, kept as given.
 
-Times are seconds. Captions and windows are passed on unchecked: each tool checks what it needs. A row that
+Times are seconds. `audio` names a sound file (.wav / .flac) to store with the video as its sound, relative to the
+video's folder (a folder's .json) or to the manifest's. Captions, windows and sound files are passed on unchecked:
+each tool checks what it needs. A row that
 cannot be a video at all (unparsable, no path, not a video extension, no such file) is listed with its problem,
 never fatal; input that is no folder or manifest, or holds no videos, raises.
 """
@@ -19,9 +22,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from wan_train.data.audio import AUDIO_EXTENSIONS
 from wan_train.data.metadata import VIDEO_EXTENSIONS
 
-FIELDS = ("caption", "captions", "start", "end", "shots")  # what a video's caption .json may set
+FIELDS = ("caption", "captions", "start", "end", "shots", "audio")  # what a video's caption .json may set
 PROBLEMS = ("bad_row", "unsupported_format", "missing_file")  # why an input is unusable, checked in this order
 _JSON_COLUMNS = ("captions", "shots")  # csv cells that hold JSON lists
 
@@ -36,6 +40,7 @@ class Input:
     fields: dict = field(default_factory=dict)  # FIELDS of the caption files, or a manifest row less "path"
     problem: str = ""  # why it is unusable, naming the manifest line or caption file; "" when usable
     reason: str = ""  # the problem's kind: one of PROBLEMS
+    audio: Path | None = None  # absolute: the sound file `audio` names (or found beside a folder's video)
 
 
 class _BadRow(Exception):
@@ -85,7 +90,12 @@ def _folder_input(folder: Path, name: str, index: int) -> Input:
         fields = _caption_files(video, source=name)
     except _BadRow as error:
         return Input(index=index, source=name, path=video, origin=origin, problem=str(error), reason="bad_row")
-    return Input(index=index, source=name, path=video, origin=origin, fields=fields)
+    beside = next((video.with_suffix(f".{ext}") for ext in AUDIO_EXTENSIONS if video.with_suffix(f".{ext}").is_file()),
+                  None)
+    if "audio" not in fields and beside is not None:
+        fields["audio"] = beside.name
+    return Input(index=index, source=name, path=video, origin=origin, fields=fields,
+                 audio=_sound_path(video.parent, fields))
 
 
 def _caption_files(video: Path, *, source: str) -> dict:
@@ -166,7 +176,13 @@ def _manifest_input(manifest: Path, index: int, parsed: dict | str, *, where: st
     fields = {k: v for k, v in parsed.items() if k != "path"}
     reason, problem = _video_problem(source, video)
     return Input(index=index, source=source, path=video, origin=where, fields=fields, problem=problem,
-                 reason=reason)
+                 reason=reason, audio=_sound_path(manifest.parent, fields))
+
+
+def _sound_path(folder: Path, fields: dict) -> Path | None:
+    """The sound file the fields name, relative to `folder` (a name that is no string is the tool's to report)."""
+    given = fields.get("audio")
+    return _absolute(folder / Path(given.strip()).expanduser()) if isinstance(given, str) and given.strip() else None
 
 
 def _video_problem(source: str, video: Path) -> tuple[str, str]:

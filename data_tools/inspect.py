@@ -1,14 +1,20 @@
 """Inspect video shards: what they hold (shards, samples, hours; histograms of duration, size, orientation, fps
-and training bucket; caption lengths) and whether every sample is sound: its .json parses, it has a video
-member, every frame decodes, and the decoded frame count is the .json's `num_frames`.
+and training bucket; caption lengths; which samples have sound, its rates, codecs and hours) and whether every
+sample is sound: its .json parses, it has a video member, every frame decodes, the decoded frame count is the
+.json's `num_frames`, and its sound (a .wav / .flac member, else the video's own track), if any, decodes.
 
     python -m data_tools.inspect --shards 'data/shard-{000000..000009}.tar' --resolutions 480p 720p \\
         --durations 5 --fps 16 --workers 8 --report bad.jsonl
 
 The exit status is 1 when any sample or shard is bad, so the check can gate a pipeline. Bad samples are listed
 (shard, key, reason, message) and, with --report, written as JSON lines. Reasons: the loader's skip reasons
-(`bad_metadata`, `missing_field`, `undecodable`) plus `frame_count_mismatch`, `unreadable_shard` (missing file,
-corrupt or truncated tar; key is null) and `crashed` (a worker process died on the shard)."""
+(`bad_metadata`, `missing_field`, `undecodable`, `bad_audio`) plus `frame_count_mismatch`, `unreadable_shard`
+(missing file, corrupt or truncated tar; key is null) and `crashed` (a worker process died on the shard).
+
+Sound that does not cover its video (it starts after the first frame or ends before the last by more than a frame:
+clips there are skipped as `audio_too_short` with data.audio; or it runs on over half a second past the video:
+likely another video's sound), or whose .json record disagrees with the file, is listed as a mismatch: a
+warning, not a bad sample. Without decoding, the sound is what the .json records (data_tools.make_shards)."""
 
 import argparse
 import json
@@ -25,12 +31,13 @@ from typing import NamedTuple
 from rich.table import Table
 
 from data_tools.common import console, progress, shard_samples_until_damaged, shard_urls, summary, write_atomic
+from wan_train.data.audio import sound_member
 from wan_train.data.buckets import SIZES as BUCKET_SIZES
 from wan_train.data.buckets import BucketTable
 from wan_train.data.clips import longest_span
 from wan_train.data.errors import SampleError
-from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
-from wan_train.data.probe import open_video
+from wan_train.data.metadata import VIDEO_EXTENSIONS, AudioMeta, ClipMeta, parse_meta
+from wan_train.data.probe import open_video, probe_audio
 from wan_train.data.shards import expand_urls  # noqa: F401 (tests import it from here)
 
 HISTOGRAMS = ("duration", "resolution", "orientation", "fps", "bucket")
@@ -58,6 +65,11 @@ class Tally:
     # (width, height, seconds of the longest span a clip may come from) per sample: buckets are assigned at the end,
     # from the given table or one chosen to fit these
     spans: list[tuple[int, int, float]] = field(default_factory=list)
+    audio: Counter = field(default_factory=Counter)  # the sound's source ("track", "wav", ...) or "none" -> samples
+    audio_rates: Counter = field(default_factory=Counter)
+    audio_codecs: Counter = field(default_factory=Counter)
+    audio_seconds: float = 0.0
+    audio_mismatches: list[dict] = field(default_factory=list)
 
     def merge(self, other: "Tally") -> None:
         self.shards += other.shards
@@ -70,6 +82,17 @@ class Tally:
         self.decoded += other.decoded
         self.bad.extend(other.bad)
         self.spans.extend(other.spans)
+        for name in ("audio", "audio_rates", "audio_codecs"):
+            getattr(self, name).update(getattr(other, name))
+        self.audio_seconds += other.audio_seconds
+        self.audio_mismatches.extend(other.audio_mismatches)
+
+    def add_audio(self, audio: AudioMeta | None) -> None:
+        self.audio["none" if audio is None else audio.member or "track"] += 1
+        if audio is not None:
+            self.audio_rates[f"{audio.sample_rate} Hz"] += 1
+            self.audio_codecs[audio.codec] += 1
+            self.audio_seconds += audio.duration
 
     def add_meta(self, meta: ClipMeta) -> None:
         start, end = meta.window
@@ -156,6 +179,46 @@ def check_sample(sample: dict, *, decode: bool) -> tuple[ClipMeta | None, Proble
     return meta, None
 
 
+# seconds past the video's end a sound may run before it is listed (AAC's last frame, a fade-out); short of it, one
+# frame is all it may lack (the loader pads one frame at a clip's end)
+AUDIO_LONGER = 0.5
+
+
+def check_audio(sample: dict, meta: ClipMeta, *, decode: bool) -> tuple[AudioMeta | None, Problem | None,
+                                                                            str | None]:
+    """The sample's sound (decoded whole with `decode`, else the .json's record), what is wrong with it (it does
+    not decode: `bad_audio`) and how it disagrees with its video or its record (a mismatch message, or None)."""
+    key = sample["__key__"]
+    if not decode:
+        return meta.audio, None, None if meta.audio is None else audio_mismatch(meta.audio, meta, key=key)
+    member = sound_member(sample)
+    video = next(sample[ext] for ext in VIDEO_EXTENSIONS if ext in sample)
+    try:
+        audio = probe_audio(member[1] if member else video, name=key, member=member[0] if member else None)
+    except SampleError as error:
+        return None, Problem(error.reason, str(error)), None
+    if (audio is None) != (meta.audio is None):
+        said = "no sound" if meta.audio is None else f"{meta.audio.duration:.3f} s of sound"
+        heard = "none" if audio is None else f"{audio.duration:.3f} s"
+        return audio, None, f"{key}: the .json records {said}, the sample has {heard}"
+    return audio, None, None if audio is None else audio_mismatch(audio, meta, key=key)
+
+
+def audio_mismatch(audio: AudioMeta, meta: ClipMeta, *, key: str) -> str | None:
+    """How the sound fails to cover its video (see the module's doc), or None."""
+    frame, problems = 1 / meta.fps, []
+    if audio.start > frame:
+        problems.append(f"starts {audio.start:.3f} s after the first frame")
+    if audio.end < meta.duration - frame:
+        problems.append(f"ends {meta.duration - audio.end:.3f} s before the video")
+    if audio.end > meta.duration + AUDIO_LONGER:
+        problems.append(f"runs {audio.end - meta.duration:.3f} s past the video")
+    if not problems:
+        return None
+    return (f"{key}: the sound ({audio.start:.3f}..{audio.end:.3f} s) {' and '.join(problems)} "
+            f"(0..{meta.duration:.3f} s)")
+
+
 def _members_of(sample: dict) -> list[str]:
     return sorted(k for k in sample if not k.startswith("__"))
 
@@ -205,6 +268,12 @@ def inspect_shard(url: str, *, decode: bool, on_sample: Callable[[], None] | Non
         meta, problem = check_sample(sample, decode=decode)
         if meta is not None:
             tally.add_meta(meta)
+        if meta is not None and problem is None:
+            audio, problem, mismatch = check_audio(sample, meta, decode=decode)
+            if problem is None:
+                tally.add_audio(audio)
+            if mismatch is not None:
+                tally.audio_mismatches.append({"shard": url, "key": sample["__key__"], "message": mismatch})
         if problem is not None:
             tally.bad.append(_bad(url, sample["__key__"], *problem))
         elif decode:
@@ -280,7 +349,20 @@ def _stats(tally: Tally, *, table: BucketTable, chosen: bool) -> dict:
             buckets["suggested"] = list(better.durations)
     return {"shards": tally.shards, "samples": tally.samples, "seconds": tally.seconds, "hours": tally.seconds / 3600,
             "decoded": tally.decoded, "histograms": {k: _ordered(k, v) for k, v in histograms.items()},
-            "buckets": buckets, "captions": captions, "bad": tally.bad}
+            "buckets": buckets, "captions": captions, "bad": tally.bad, "audio": _audio_stats(tally)}
+
+
+def _audio_stats(tally: Tally) -> dict:
+    """Samples with sound and without (those whose video checked out), where the sound comes from (`track`, or
+    the member's extension), rates, codecs, hours, and the mismatches."""
+    sources = Counter({k: v for k, v in tally.audio.items() if k != "none"})
+    return {"with": sum(sources.values()), "without": tally.audio["none"], "sources": _by_count(sources),
+            "sample_rates": _by_count(tally.audio_rates), "codecs": _by_count(tally.audio_codecs),
+            "hours": tally.audio_seconds / 3600, "mismatches": tally.audio_mismatches}
+
+
+def _by_count(counts: Counter) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda item: (-item[1], item[0])))
 
 
 def _ordered(name: str, counts: Counter) -> dict[str, int]:
@@ -299,8 +381,27 @@ def render(stats: dict) -> None:
         console.print(_histogram_table(name, counts))
     console.print(bucket_note(stats), soft_wrap=True)
     summary("caption words", {k: f"{v:.1f}" if isinstance(v, float) else v for k, v in stats["captions"].items()})
+    render_audio(stats["audio"])
     if stats["bad"]:
         console.print(_bad_table(stats["bad"]))
+
+
+def render_audio(audio: dict, *, limit: int = 20) -> None:
+    rows = {"with sound": audio["with"], "without": audio["without"], "hours": f"{audio['hours']:.2f}"}
+    for name in ("sources", "sample_rates", "codecs"):
+        if audio[name]:
+            rows[name.replace("_", " ")] = ", ".join(f"{k}: {n}" for k, n in audio[name].items())
+    rows["mismatches"] = len(audio["mismatches"])
+    summary("sound", rows)
+    if audio["mismatches"]:
+        table = Table(title=f"sound that does not fit its video ({len(audio['mismatches'])})")
+        for column in ("shard", "key", "message"):
+            table.add_column(column, overflow="fold")
+        for entry in audio["mismatches"][:limit]:
+            table.add_row(entry["shard"], entry["key"], entry["message"])
+        if len(audio["mismatches"]) > limit:
+            table.add_row("...", "", f"{len(audio['mismatches']) - limit} more")
+        console.print(table)
 
 
 def bucket_note(stats: dict) -> str:

@@ -3,7 +3,9 @@
 Input is a folder of videos with same-name `.txt` / `.json` captions, or a `.csv` / `.jsonl` manifest (columns
 `path`, `caption` or `captions`, optional `start`, `end`, `shots`; in csv, `captions` and `shots` are JSON lists;
 relative paths are relative to the manifest), as `data_tools.inputs` reads it. Times are seconds. Each sample is
-`<key>.<ext>`, the original video bytes, and `<key>.json`, a `ClipMeta` (the schema the loader reads). Rows go to
+`<key>.<ext>`, the original video bytes (its sound track, if any, kept as it is), `<key>.wav` / `<key>.flac`
+where the row names a sound file (`audio`: a column, or beside a folder's video), and `<key>.json`, a `ClipMeta`
+(the schema the loader reads; `audio` records the sound's rate, channels, codec and extent). Rows go to
 shards by position (shard i holds rows [i*N, (i+1)*N) of the sorted input), so a re-run rebuilds exactly the shards
 that are missing and keeps the rest. Bad rows are skipped with a reason (DIR/skipped.jsonl), never fatal.
 
@@ -29,12 +31,14 @@ from rich.markup import escape
 
 from data_tools.common import add_tar_member, atomic_path, console, progress, summary, write_atomic
 from data_tools.inputs import FIELDS, PROBLEMS, Input, extension, list_inputs
+from wan_train.data.audio import AUDIO_EXTENSIONS
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import ClipMeta, parse_meta
-from wan_train.data.probe import VideoInfo, probe_video
+from wan_train.data.probe import VideoInfo, probe_audio, probe_video
 
-SKIP_REASONS = (*PROBLEMS, "unreadable", "no_caption", "bad_window", "undecodable", "too_short", "bad_metadata")
-FORMAT = 1  # bump when the bytes written for the same input change, so old shards are rebuilt on resume
+SKIP_REASONS = (*PROBLEMS, "unreadable", "no_caption", "bad_window", "undecodable", "too_short", "bad_metadata",
+                "bad_audio")
+FORMAT = 2  # bump when the bytes written for the same input change, so old shards are rebuilt on resume
 SHOW_SKIPPED = 20
 
 
@@ -61,11 +65,12 @@ class _NothingWritten(Exception):
 
 # --------------------------------------------------------------------------------- one row -> one sample
 
-def prepare_sample(row: Input, *, min_duration: float) -> tuple[bytes, ClipMeta]:
-    """The video bytes and metadata of a row, or Skip with the reason it cannot be a sample."""
+def prepare_sample(row: Input, *, min_duration: float) -> tuple[dict[str, bytes], ClipMeta]:
+    """The members (extension -> bytes: the video, and its sound file if the row names one) and metadata of a row,
+    or Skip with the reason it cannot be a sample."""
     if row.problem:
         raise Skip(row.reason, row.problem)
-    video = _read_video(row)
+    members = {extension(row.source): _read(row.path, row=row, what="the file")}
     captions = _captions(row)
     start, end, shots = _window_fields(row.fields, source=row.source)
     try:  # by path: given bytes, decord logs the file's content as its name when it cannot open it
@@ -76,22 +81,40 @@ def prepare_sample(row: Input, *, min_duration: float) -> tuple[bytes, ClipMeta]
     length = (info.duration if end is None else end) - start
     if length < min_duration:
         raise Skip("too_short", f"{row.source}: {length:.3f} s of video, less than --min-duration {min_duration} s")
+    sound = _sound_member(row)
+    if sound is not None:
+        members[sound[0]] = sound[1]
+    try:  # the sound file, else the video's own track: checked to decode whole
+        audio = probe_audio(row.audio if sound else row.path, name=row.source, member=sound[0] if sound else None)
+    except SampleError as error:
+        raise Skip("bad_audio", str(error)) from None
     meta = ClipMeta(captions=captions, fps=info.fps, num_frames=info.num_frames, width=info.width,
-                    height=info.height, duration=info.duration, source=row.source, start=start, end=end, shots=shots)
+                    height=info.height, duration=info.duration, source=row.source, start=start, end=end, shots=shots,
+                    audio=audio)
     try:
         parse_meta(meta.to_json(), key=row.source)  # what we write must be what the loader accepts
     except SampleError as error:
         raise Skip("bad_metadata", str(error)) from None
-    return video, meta
+    return members, meta
 
 
-def _read_video(row: Input) -> bytes:
+def _read(path: Path, *, row: Input, what: str) -> bytes:
     try:
-        return row.path.read_bytes()
+        return path.read_bytes()
     except FileNotFoundError:  # gone since it was listed
-        raise Skip("missing_file", f"{row.source}: no such file ({row.path})") from None
+        raise Skip("missing_file", f"{row.source}: no such file ({path})") from None
     except OSError as error:
-        raise Skip("unreadable", f"{row.source}: cannot read the file ({error})") from None
+        raise Skip("unreadable", f"{row.source}: cannot read {what} ({error})") from None
+
+
+def _sound_member(row: Input) -> tuple[str, bytes] | None:
+    """(extension, bytes) of the sound file the row names, if any."""
+    if "audio" not in row.fields:
+        return None
+    if row.audio is None or extension(row.audio) not in AUDIO_EXTENSIONS:
+        raise Skip("bad_row", f"{row.source}: 'audio' must name a {' / '.join(f'.{e}' for e in AUDIO_EXTENSIONS)} "
+                              f"file, got {row.fields['audio']!r}")
+    return extension(row.audio), _read(row.audio, row=row, what="its sound file")
 
 
 def _captions(row: Input) -> tuple[str, ...]:
@@ -163,7 +186,7 @@ def stats_path(output: Path, index: int) -> Path:
 
 def build_shard(task: ShardTask) -> dict:
     """Write one shard (atomically) and then its stats sidecar; returns the stats. Runs in worker processes."""
-    output, stats = Path(task.output), {"skipped": [], "samples": 0, "seconds": 0.0}
+    output, stats = Path(task.output), {"skipped": [], "samples": 0, "seconds": 0.0, "with_audio": 0}
     tar_path = output / shard_name(task.index)
     try:
         with atomic_path(tar_path) as tmp:
@@ -184,7 +207,7 @@ def _write_tar(path: Path, task: ShardTask, stats: dict) -> None:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for row in task.rows:
             try:
-                video, meta = prepare_sample(row, min_duration=task.min_duration)
+                members, meta = prepare_sample(row, min_duration=task.min_duration)
             except Skip as skip:
                 stats["skipped"].append({"path": row.source, "reason": skip.reason, "message": str(skip),
                                          "row": row.index})
@@ -192,10 +215,12 @@ def _write_tar(path: Path, task: ShardTask, stats: dict) -> None:
             except Exception as error:  # a bug, not a bad sample: stop, but say which sample hit it
                 raise RuntimeError(f"{row.source}: {type(error).__name__}: {error}") from error
             key = f"{row.index:09d}"  # unique, dot-free (WebDataset splits keys at the first dot)
-            add_tar_member(tar, f"{key}.{extension(row.source)}", video)
+            for ext, data in members.items():
+                add_tar_member(tar, f"{key}.{ext}", data)
             add_tar_member(tar, f"{key}.json", json.dumps(meta.to_json(), ensure_ascii=False).encode())
             stats["samples"] += 1
             stats["seconds"] += meta.window[1] - meta.window[0]
+            stats["with_audio"] += meta.audio is not None
 
 
 # ------------------------------------------------------------------------------------------ all shards
@@ -281,6 +306,7 @@ def write_summary(every: list[dict], *, input: Path, output: Path, rows: int, ke
     result = {
         "input": str(input), "output": str(output), "rows": rows,
         "samples": sum(stats["samples"] for stats in every), "skipped": len(skipped),
+        "samples_with_audio": sum(stats["with_audio"] for stats in every),
         "skipped_by_reason": dict(sorted(Counter(entry["reason"] for entry in skipped).items())),
         "shards": len(tars), "shards_written": len(every) - kept, "shards_kept": kept,
         "bytes": sum(stats["bytes"] for stats in every),
@@ -321,7 +347,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(result: dict, *, output: Path) -> None:
-    rows = {k: result[k] for k in ("rows", "samples", "skipped", "shards", "shards_written", "shards_kept")}
+    rows = {k: result[k] for k in ("rows", "samples", "samples_with_audio", "skipped", "shards", "shards_written",
+                                   "shards_kept")}
     rows |= {f"skipped: {reason}": n for reason, n in result["skipped_by_reason"].items()}
     seconds = result["video_seconds"]
     rows |= {"size": f"{result['bytes'] / 2**20:.1f} MiB", "video": f"{seconds:.1f} s ({seconds / 3600:.2f} h)"}

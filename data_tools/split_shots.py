@@ -153,8 +153,11 @@ def usable_inputs(source: Path) -> tuple[list[Input], list[Skipped]]:
 def output_rows(video: Input, shots: list[tuple[float, float]], *, out_dir: Path, per_shot: bool,
                 min_shot_duration: float) -> list[dict]:
     """One row per video with its `shots`, or (per_shot) one row per long-enough shot as a start/end window;
-    the input's other fields (captions, anything a manifest row had) are carried over."""
+    the input's other fields (captions, anything a manifest row had) are carried over; a sound file's path is
+    rewritten, like the video's, for the output's folder."""
     row = {"path": _relative(video.path, out_dir), **video.fields}
+    if video.audio is not None:
+        row["audio"] = _relative(video.audio, out_dir)
     row.pop("shots", None)
     if not per_shot:
         return [{**row, "shots": [list(s) for s in shots]}]

@@ -264,7 +264,7 @@ def read_sound(data: bytes, audio: dict, *, memory: int | None, key: str) -> np.
 def _cut_sound(container, stream, audio: dict, *, key: str) -> np.ndarray:
     out_rate, start, count, tolerance = audio["rate"], audio["start"], audio["samples"], audio["tolerance"]
     rate = stream.codec_context.sample_rate
-    origin = _video_origin(container)
+    origin = video_origin(container)
     first = _seconds(stream.start_time, stream.time_base)
     stream_start = origin if first is None else first  # the stream's sample 0, seconds on the container's clock
     # output sample k of the whole stream's resampling is at stream_start + k / out_rate; the span's first sample
@@ -368,7 +368,7 @@ def _mono(frame, *, key: str) -> np.ndarray:
     return np.ascontiguousarray(data.mean(0) / SCALES[name], dtype=np.float32)
 
 
-def _video_origin(container) -> float:
+def video_origin(container) -> float:
     """Seconds on the container's clock where the video's frame 0 is shown (0 for a sound file)."""
     if container.streams.video:
         video = container.streams.video[0]

@@ -6,12 +6,15 @@ Optional `subjects` name what the captions show, for reference-to-video training
 the captions use for the subject and `boxes` (optional) its bounding box at times t (seconds in the stored video),
 corners as fractions of the width and height (0, 0 = top left).
 Optional `shot_captions` (multi-shot training, wan_train.data.multishot): one caption per entry of `shots`, in the
-same order, describing that shot alone; the `caption(s)` then describe the whole video."""
+same order, describing that shot alone; the `caption(s)` then describe the whole video.
+Optional `audio`: what `data_tools.make_shards` found of the sample's sound (AudioMeta); absent where it found
+none (or the shard predates it). The loader trusts the sound it decodes, not this record (wan_train.data.audio)."""
 
 import json
 import math
 from dataclasses import asdict, dataclass, field
 
+from wan_train.data.decoder_child import MAX_CHANNELS, MAX_RATE  # a sound stream's sane bounds
 from wan_train.data.errors import SampleError
 
 VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "ts", "flv", "gif")
@@ -37,6 +40,33 @@ class Subject:
 
 
 @dataclass(frozen=True)
+class AudioMeta:
+    """A sample's sound: its first sound stream's rate, channels and codec, heard from `start` seconds after the
+    video's frame 0 for `duration` seconds; `member` the extension of the sample's sound member ("wav", "flac"),
+    None for the video's own track."""
+
+    sample_rate: int
+    channels: int
+    codec: str
+    duration: float
+    start: float = 0.0
+    member: str | None = None
+
+    @property
+    def end(self) -> float:
+        return self.start + self.duration
+
+    def to_json(self) -> dict:
+        out = asdict(self)
+        if self.member is None:
+            del out["member"]
+        return out
+
+
+AUDIO_FIELDS = ("sample_rate", "channels", "codec", "duration", "start", "member")
+
+
+@dataclass(frozen=True)
 class ClipMeta:
     captions: tuple[str, ...]
     fps: float
@@ -50,6 +80,7 @@ class ClipMeta:
     shots: tuple[tuple[float, float], ...] = field(default=())
     subjects: tuple[Subject, ...] = field(default=())
     shot_captions: tuple[str, ...] = field(default=())  # aligned with `shots`: shot_captions[i] describes shots[i]
+    audio: AudioMeta | None = None
 
     @property
     def window(self) -> tuple[float, float]:
@@ -70,6 +101,10 @@ class ClipMeta:
             del out["shot_captions"]
         if self.end is None:
             del out["end"]
+        if self.audio is None:
+            del out["audio"]
+        else:
+            out["audio"] = self.audio.to_json()
         return out
 
 
@@ -117,6 +152,7 @@ def parse_meta(raw: bytes | str | dict, *, key: str) -> ClipMeta:
             shots=_parse_shots(data.get("shots", []), key=key),
             subjects=_parse_subjects(data.get("subjects", []), key=key),
             shot_captions=_parse_shot_captions(data.get("shot_captions", []), key=key),
+            audio=None if data.get("audio") is None else _parse_audio(data["audio"], key=key),
         )
     except (TypeError, ValueError) as error:
         raise SampleError("bad_metadata", f"{key}: malformed field in .json ({error})") from None
@@ -222,3 +258,21 @@ def _parse_box(raw, *, where: str) -> Box:
         raise SampleError("bad_metadata", f"{where}={raw}: needs t >= 0 s and 0 <= x0 < x1 <= 1, 0 <= y0 < y1 <= 1 "
                                           "(fractions of the width and height)")
     return t, x0, y0, x1, y1
+
+
+
+def _parse_audio(raw, *, key: str) -> AudioMeta:
+    """{"sample_rate", "channels", "codec", "duration", optional "start", "member"}, checked."""
+    if not isinstance(raw, dict) or set(raw) - set(AUDIO_FIELDS) or not {"sample_rate", "channels", "codec",
+                                                                           "duration"} <= set(raw):
+        raise SampleError("bad_metadata", f"{key}: 'audio' must be an object with sample_rate, channels, codec, "
+                                          f"duration and optional start, member; got {raw!r:.200}")
+    number = _Numbers(raw, f"{key}: audio")
+    codec, member = raw["codec"], raw.get("member")
+    if not isinstance(codec, str) or not (member is None or isinstance(member, str)):
+        raise SampleError("bad_metadata", f"{key}: audio codec / member must be strings")
+    return AudioMeta(sample_rate=number.integer("sample_rate", low=1, high=MAX_RATE),
+                     channels=number.integer("channels", low=1, high=MAX_CHANNELS), codec=codec,
+                     duration=number.real("duration", low=0.0, high=MAX_DURATION),
+                     start=number.real("start", low=-MAX_DURATION, high=MAX_DURATION) if "start" in raw else 0.0,
+                     member=member)
