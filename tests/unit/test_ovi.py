@@ -74,8 +74,8 @@ def test_each_tower_reads_the_other_through_the_fusion_attention():
     t = torch.tensor([700.0])
     with torch.no_grad():
         v0, a0 = model(video, audio, t, t, context)
-        v1, a1 = model(video, audio + torch.randn_like(audio), t, t, context)  # other audio only
-        v2, a2 = model(video + torch.randn_like(video), audio, t, t, context)  # other video only
+        v1, _ = model(video, audio + torch.randn_like(audio), t, t, context)  # other audio only
+        _, a2 = model(video + torch.randn_like(video), audio, t, t, context)  # other video only
         assert not torch.allclose(v0, v1) and not torch.allclose(a0, a2)
         for tower in (model.video_model, model.audio_model):  # cut the fusion values: the towers stop talking
             for block in tower.blocks:

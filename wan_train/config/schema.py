@@ -184,6 +184,11 @@ class SamplingOverrides:
     height: int | None = None
     num_frames: int | None = None
     fps: float | None = None
+    # audio-video models (task=t2av / ti2av)
+    audio_guidance_scale: float | None = None
+    audio_negative_prompt: str | None = None
+    slg_layer: int | None = None  # the block skipped on the unconditional pass; -1: none
+    audio_latent_length: int | None = None  # None: the video's duration
 
 
 @dataclass
@@ -258,7 +263,7 @@ class GenerateConfig(SamplingOverrides):
     prompt: Any = None  # one prompt, or a list: prompt='[a cat, a dog]'
     prompts_file: str | None = None  # one prompt per line (instead of prompt)
     out: str = "outputs/video.mp4"  # several videos: FILE_000.mp4, FILE_001.mp4, ...
-    task: str = "t2v"  # t2v | i2v | flf2v | ti2v | r2v, as the model allows
+    task: str = "t2v"  # t2v | i2v | flf2v | ti2v | r2v, as the model allows; t2av | ti2av: with sound (Ovi)
     # task=r2v: one image or clip per subject, the prompt's @Video1, @Video2, @Video3 (refs='[a.png,b.mp4]')
     refs: Any = None
     reference_frames: int = 1  # frames taken from each clip reference (1 + 4k); images are one frame

@@ -14,9 +14,10 @@ import torch
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from wan_train.inference import images as imaging
+from wan_train.inference.av import generate_av
 from wan_train.inference.loading import load
 from wan_train.inference.outputs import SavedVideo, save_video
-from wan_train.inference.pipeline import Adapter, WanModels, check_request, generate
+from wan_train.inference.pipeline import AV_TASKS, Adapter, WanModels, check_request, generate
 from wan_train.inference.presets import Sampling, official, with_overrides
 from wan_train.inference.references import check_tags, read_reference
 from wan_train.inference.solvers import SOLVERS
@@ -52,6 +53,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
     references = read_references(cfg, task, settings)
     check_tags(prompts, len(references))
     adapters = parse_adapters(cfg.lora, root=cfg.lora_root)
+    if task in AV_TASKS and (adapters or cfg.multishot):
+        raise ValueError(f"task={task}: LoRA adapters and multishot are not supported on audio-video models yet")
     offload = cfg.offload_model if cfg.offload_model is not None else needs_offload(models, device)
 
     marker = Marker.from_config(cfg.marking)
@@ -64,19 +67,28 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
         for start in range(0, len(jobs), cfg.batch_size):
             batch = jobs[start:start + cfg.batch_size]
             began = time.perf_counter()
-            videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
-                              images=first, last_images=last, adapters=adapters, device=device, offload=offload,
-                              fuse_lora=cfg.fuse_lora, allow_base_mismatch=cfg.allow_base_mismatch,
-                              references=references, multishot=cfg.multishot, shot_count=cfg.shots,
-                              on_step=lambda done, total, expert: bars.update(
-                                  bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}"))
+
+            def on_step(done, total, expert):
+                bars.update(bar, advance=1, description=f"denoising{f' ({expert})' if expert else ''}")
+
+            sounds, rate = [None] * len(batch), None
+            if task in AV_TASKS:
+                made = generate_av(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
+                                   images=first, device=device, on_step=on_step)
+                videos, sounds, rate = made.video, made.audio, made.sample_rate
+            else:
+                videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
+                                  images=first, last_images=last, adapters=adapters, device=device, offload=offload,
+                                  fuse_lora=cfg.fuse_lora, allow_base_mismatch=cfg.allow_base_mismatch,
+                                  references=references, multishot=cfg.multishot, shot_count=cfg.shots,
+                                  on_step=on_step)
             seconds = (time.perf_counter() - began) / len(batch)
-            for (prompt, seed), video in zip(batch, videos, strict=True):
+            for (prompt, seed), video, sound in zip(batch, videos, sounds, strict=True):
                 path = out if len(jobs) == 1 else out.with_name(f"{out.stem}_{written:03d}{out.suffix}")
                 meta = metadata(cfg, loaded.source, prompt, seed, task, settings, adapters, seconds)
                 written += 1
                 yield save_video(path, video, fps=settings.fps, metadata=meta, preview=cfg.preview, marker=marker,
-                                 ingredients=inputs), video
+                                 ingredients=inputs, sound=None if sound is None else (sound, rate)), video
 
 
 def read_prompts(cfg: DictConfig) -> list[str]:
@@ -107,7 +119,7 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
 def fit_images(models: WanModels, task: str, settings: Sampling, cfg: DictConfig):
     """The output size follows the image at the settings' area (the official rules, inference.images), and the
     images are resized to it: (settings, first [1, 3, H, W] or None, last or None)."""
-    if task in ("t2v", "r2v"):
+    if task in ("t2v", "r2v", "t2av"):
         if cfg.image is not None:
             raise ValueError(f"image={cfg.image} was given for task={task}; pass task=i2v (or the model's image "
                              "task)")

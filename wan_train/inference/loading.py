@@ -16,11 +16,12 @@ import torch
 from omegaconf import OmegaConf
 
 from wan_train.inference.pipeline import WanModels
-from wan_train.inference.presets import size_name
+from wan_train.inference.presets import size_name, twin_size_name
 from wan_train.lora import add_adapter, merge_adapter
 from wan_train.models import (
     EXPERTS, CheckpointError, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit, load_wan,
 )
+from wan_train.models.checkpoint.ovi_folder import is_ovi_dit, is_ovi_folder, load_ovi
 from wan_train.models.checkpoint.pickles import load_pickled
 from wan_train.models.checkpoint.wan_files import OFFICIAL_EXPERT_DIRS
 
@@ -70,7 +71,11 @@ def load(ckpt: str | Path, *, device: torch.device | str = "cpu", dtype: torch.d
     if not path.exists():
         raise FileNotFoundError(f"ckpt={path}: no such file or folder (expected a training run folder, a Wan model "
                                 "folder or a DiT .safetensors file)")
-    if is_run_folder(path):
+    if is_ovi_folder(path) or is_ovi_dit(path):
+        if step is not None or ema:
+            raise ValueError(f"step= and ema= pick from a training run folder; ckpt={path} is an Ovi checkpoint")
+        loaded = _load_ovi(path, device=device, dtype=dtype, encoders=encoders)
+    elif is_run_folder(path):
         loaded = _load_run(path, device=device, dtype=dtype, ema=ema, step=step)
     elif step is not None:
         raise ValueError(f"step={step} picks a checkpoint of a training run folder; ckpt={path} is not one")
@@ -182,6 +187,19 @@ def _encoders(source: str | None, text_dim: int, *, seed: int, image_branch: boo
 
 
 # ---------------------------------------------------------------------------------------------- model folders
+def _load_ovi(path: Path, *, device, dtype, encoders: str | None) -> Loaded:
+    """An Ovi checkpoint folder, or an Ovi DiT (file or wan_train folder) with encoders=<the Ovi folder>."""
+    if not is_ovi_folder(path) and encoders is None:
+        raise CheckpointError(f"ckpt={path} is an Ovi DiT without its encoders: pass encoders=<the Ovi checkpoint "
+                              "folder, with Wan2.2-TI2V-5B/ and MMAudio/>")
+    ovi = load_ovi(path, root=None if is_ovi_folder(path) and encoders is None else encoders, dtype=dtype,
+                   device=device)
+    cfg = ovi.dit.ovi_config
+    name = twin_size_name(cfg.video, cfg.audio)
+    models = WanModels({None: ovi.dit.eval()}, ovi.vae, ovi.text_encoder, size=name, audio_vae=ovi.audio_vae)
+    return Loaded(models, {"model": str(path), **ovi.files, "size": name})
+
+
 def _load_model(path: Path, *, device, dtype, encoders: str | None, boundary: float | None) -> Loaded:
     experts = _experts_in(path)
     dits = {e: load_dit(path, expert=e, dtype=dtype, device=device).eval() for e in experts}

@@ -1,4 +1,5 @@
-"""Generated videos on disk: an H.264 mp4, a preview (PNG contact sheet or GIF) and the settings as JSON.
+"""Generated videos on disk: an H.264 mp4 (with an AAC sound track and a .wav beside it when there is sound), a
+preview (PNG contact sheet or GIF) and the settings as JSON.
 
     saved = save_video("out/fox.mp4", video_B3FHW[0], fps=16, metadata={"prompt": ..., "seed": 0, ...})
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import wave
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -33,18 +35,23 @@ from wan_train.marking import Marker, container_tags
 # different bytes for the same frames in a few percent of encodes; one thread and mbtree=0 never did.
 X264_REPRODUCIBLE = {"threads": "1", "mbtree": "0"}
 PREVIEWS = ("png", "gif", "none")
+AAC_BIT_RATE = 96_000  # per channel; transparent for speech and effects at 16-48 kHz
 
 
 # ------------------------------------------------------------------------------------------------------- mp4
 
 def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, codec: str = "libx264",
-               reproducible: bool = False, tags: dict[str, str] | None = None) -> bytes:
+               reproducible: bool = False, tags: dict[str, str] | None = None,
+               sound: tuple[np.ndarray, int] | None = None) -> bytes:
     """uint8 frames [F, H, W, 3] (even H and W for yuv420p) -> the bytes of an mp4. `gop` is the keyframe
     interval, the random-access granularity of the decoder; `reproducible` gives the same bytes on every
     machine and run (slower: one encoder thread); `tags` are container metadata (mp4 keeps comment, description,
-    title)."""
+    title); `sound` (samples [C, T] float in [-1, 1], sample rate) becomes an AAC track starting with the
+    first frame."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
         raise ValueError(f"frames must be uint8 [F, H, W, 3], got {frames.dtype} {tuple(frames.shape)}")
+    if sound is not None:
+        _check_sound(*sound)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format="mp4") as container:
         container.metadata.update(tags or {})
@@ -53,9 +60,47 @@ def encode_mp4(frames: np.ndarray, *, fps: float, gop: int = 32, crf: int = 18, 
         stream.pix_fmt = "yuv420p"
         stream.options = {"g": str(gop), "crf": str(crf), "preset": "veryfast", "bf": "0",
                           **(X264_REPRODUCIBLE if reproducible else {})}
+        audio = None if sound is None else _aac_stream(container, *sound)  # every stream before the first packet
         for frame in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
+        if audio is not None:
+            audio_stream, audio_frame = audio
+            container.mux(audio_stream.encode(audio_frame))
+            container.mux(audio_stream.encode(None))
+    return buffer.getvalue()
+
+
+def _check_sound(samples: np.ndarray, rate: int) -> None:
+    if not (isinstance(samples, np.ndarray) and samples.ndim == 2 and samples.shape[0] in (1, 2)
+            and samples.shape[1] > 0 and np.issubdtype(samples.dtype, np.floating)):
+        raise ValueError(f"sound must be float samples [1 or 2, T], got {getattr(samples, 'dtype', type(samples))} "
+                         f"{tuple(getattr(samples, 'shape', ()))}")
+    if not (isinstance(rate, int) and rate > 0):
+        raise ValueError(f"sound sample rate {rate!r} must be a positive integer")
+
+
+def _aac_stream(container, samples: np.ndarray, rate: int):
+    """(an AAC stream of the container, one frame of all the samples from time 0)."""
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    stream = container.add_stream("aac", rate=rate)
+    stream.bit_rate, stream.layout = AAC_BIT_RATE * samples.shape[0], layout
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(np.clip(samples, -1, 1), dtype=np.float32),
+                                       format="fltp", layout=layout)
+    frame.sample_rate, frame.pts = rate, 0
+    return stream, frame
+
+
+def encode_wav(samples: np.ndarray, rate: int) -> bytes:
+    """Samples [C, T] float in [-1, 1] -> a 16-bit PCM .wav file's bytes."""
+    _check_sound(samples, rate)
+    pcm = np.round(np.clip(samples, -1, 1) * 32767).astype("<i2").T.copy()  # interleaved [T, C]
+    buffer = io.BytesIO()
+    with wave.open(buffer, "wb") as f:
+        f.setnchannels(samples.shape[0])
+        f.setsampwidth(2)
+        f.setframerate(rate)
+        f.writeframes(pcm.tobytes())
     return buffer.getvalue()
 
 
@@ -152,10 +197,12 @@ class SavedVideo:
     video: Path
     preview: Path | None
     metadata: Path
+    sound: Path | None = None  # the .wav beside a video with sound
 
 
 def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: dict,
-               preview: str = "png", marker: Marker | None = None, ingredients=()) -> SavedVideo:
+               preview: str = "png", marker: Marker | None = None, ingredients=(),
+               sound: tuple[torch.Tensor, int] | None = None) -> SavedVideo:
     """Write one generated video [3, F, H, W] in [-1, 1] to `path` (.mp4, H.264 crf 18, byte-reproducible: the
     same pixels give the same file on every machine with the same PyAV build), a preview beside it (`<stem>.png`
     contact sheet, `<stem>.gif`, or none with preview="none") and `<stem>.json` holding `metadata` (indent 2,
@@ -164,7 +211,11 @@ def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: d
 
     Marked as AI-generated (wan_train.marking; `marker` None: every layer on, this installation's keys): the
     frames carry the invisible watermark (the preview shows them as the mp4 does), the mp4 the provenance record
-    in its tags and a signed C2PA manifest, with `ingredients` (input images or clips) in its chain."""
+    in its tags and a signed C2PA manifest, with `ingredients` (input images or clips) in its chain.
+
+    sound (samples [T] or [C, T] in [-1, 1], sample rate): the mp4 gets it as an AAC track and `<stem>.wav` the
+    same samples as 16-bit PCM, both carrying the sound's watermark with the video's output id; the JSON
+    records its rate, channels and duration under "sound"."""
     path = Path(path)
     if path.suffix.lower() != ".mp4":
         raise ValueError(f"save_video writes an .mp4; got path {str(path)!r}")
@@ -178,9 +229,21 @@ def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: d
     except (TypeError, ValueError) as e:
         raise ValueError(f"metadata for {path} is not JSON-serialisable: {e}") from e
     frames = marker.watermark(to_uint8(video), record)
+    samples = None
+    if sound is not None:
+        wave_CT, rate = sound
+        wave_CT = wave_CT[None] if wave_CT.ndim == 1 else wave_CT
+        samples = marker.watermark_sound(wave_CT.detach().float().cpu().numpy().astype(np.float32), int(rate),
+                                         record)
+        _check_sound(samples, int(rate))
+        metadata_json = json.dumps({**json.loads(metadata_json), "sound": {
+            "sample_rate": int(rate), "channels": samples.shape[0], "samples": samples.shape[1],
+            "seconds": round(samples.shape[1] / int(rate), 6), "codec": "aac", "wav": path.with_suffix(".wav").name,
+        }}, indent=2, sort_keys=True) + "\n"
 
     data = encode_mp4(pad_to_even(frames), fps=fps, reproducible=True,
-                      tags=container_tags(record) if marker.enabled else None)
+                      tags=container_tags(record) if marker.enabled else None,
+                      sound=None if samples is None else (samples, int(rate)))
     data = marker.sign(data, record, title=path.name, ingredients=ingredients)
     with atomic_file(path) as f:
         f.write(data)
@@ -191,7 +254,12 @@ def save_video(path: str | Path, video: torch.Tensor, *, fps: float, metadata: d
             contact_sheet(frames).save(f, format="PNG")
     elif preview == "gif":
         preview_path = write_gif(path.with_suffix(".gif"), frames, fps=fps)
+    sound_path = None
+    if samples is not None:
+        sound_path = path.with_suffix(".wav")
+        with atomic_file(sound_path) as f:
+            f.write(encode_wav(samples, int(rate)))
     metadata_path = path.with_suffix(".json")
     with atomic_file(metadata_path) as f:
         f.write(metadata_json.encode())
-    return SavedVideo(video=path, preview=preview_path, metadata=metadata_path)
+    return SavedVideo(video=path, preview=preview_path, metadata=metadata_path, sound=sound_path)

@@ -17,6 +17,7 @@ from torch import nn
 
 from wan_train.flow import expert_for_sigma, to_timestep
 from wan_train.inference.conditioning import i2v_mask
+from wan_train.inference.joint import JointLayout, joint_velocity
 from wan_train.inference.presets import Sampling
 from wan_train.inference.references import check_tags
 from wan_train.inference.shot_inputs import decode_shots, latent_frames, shot_context, shot_layout
@@ -24,10 +25,11 @@ from wan_train.inference.shots import prompt_shots, shot_frames
 from wan_train.inference.schedules import sampling_sigmas
 from wan_train.inference.solvers import get_solver
 from wan_train.lora import applied, check_base, load_lora, merged
-from wan_train.models import DiTConfig, ShotLayout, WanDiT
+from wan_train.models import DiTConfig, OviDiT, ShotLayout, WanDiT
 
 # the tasks each DiT model_type can do; "ti2v" is the TI2V-5B name of its image-to-video mode
 TASKS = {"t2v": ("t2v",), "i2v": ("i2v",), "flf2v": ("flf2v",), "ti2v": ("t2v", "i2v", "ti2v")}
+AV_TASKS = ("t2av", "ti2av")  # an audio-video model (Ovi): video and sound, from text (and a first frame)
 
 
 @dataclass
@@ -41,6 +43,9 @@ class WanModels:
     clip: nn.Module | None = None  # Wan2.1 I2V / FLF2V only
     boundary: float | None = None
     size: str | None = None
+    # audio-video models (the DiT an OviDiT): the audio autoencoder (encode / decode, sample_rate,
+    # samples_per_latent, latent_length; wan_train.models.audio)
+    audio_vae: nn.Module | None = None
 
     def __post_init__(self) -> None:
         if set(self.dits) not in ({None}, {"high_noise", "low_noise"}):
@@ -48,6 +53,8 @@ class WanModels:
                              "experts ('high_noise', 'low_noise')")
         if self.is_moe and self.boundary is None:
             raise ValueError("two experts need the boundary at which the low-noise expert takes over")
+        if self.has_audio and self.audio_vae is None:
+            raise ValueError("an audio-video DiT (OviDiT) needs the audio autoencoder (audio_vae)")
 
     @property
     def is_moe(self) -> bool:
@@ -58,7 +65,13 @@ class WanModels:
         return next(iter(self.dits.values())).config
 
     @property
+    def has_audio(self) -> bool:
+        return any(isinstance(dit, OviDiT) for dit in self.dits.values())
+
+    @property
     def tasks(self) -> tuple[str, ...]:
+        if self.has_audio:
+            return AV_TASKS
         references = any(dit.config.references for dit in self.dits.values())
         return TASKS[self.config.model_type] + (("r2v",) if references else ())
 
@@ -91,6 +104,8 @@ class Conditioning:
     first: torch.Tensor | None = None
     refs: list[torch.Tensor] | None = None  # R2V: clean reference latents [B, Z, f_j, h, w], @Video{j+1}
     shots: ShotLayout | None = None  # multi-shot: the shots' frames and captions (context is shot_context's)
+    joint: JointLayout | None = None  # audio-video: the state is video and audio latents (inference.joint)
+    audio_negative: torch.Tensor | None = None  # audio-video: the audio tower's negative prompt [1, S, D]
 
 
 def check_request(models: WanModels, task: str, settings: Sampling) -> None:
@@ -302,19 +317,25 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
         timesteps = timesteps.floor()
     switch = ExpertSwitch(models, device, offload=offload)
     b = noise.shape[0]
-    first = cond.first
+    first, joint = cond.first, cond.joint
 
     def paste(x: torch.Tensor) -> torch.Tensor:  # TI2V: latent = (1 - m) z + m latent, m = 0 on frame 0
         if first is not None:
             x = x.clone()
-            x[:, :, :1] = first
+            video = x if joint is None else joint.split(x)[0]
+            video[:, :, :1] = first
         return x
 
     def velocity(x: torch.Tensor, i: int) -> torch.Tensor:
         expert, dit = switch(float(sigmas[i]))
         t = torch.full((b,), float(timesteps[i]), device=device)
-        if first is not None:
-            t = first_frame_timesteps(t, x.shape[1:], dit.config.patch_size)
+        t_video = t if first is None else first_frame_timesteps(
+            t, x.shape[1:] if joint is None else joint.video[1:], dit.config.patch_size)
+        if joint is not None:  # the audio tower's timestep is never per token (Ovi's engine)
+            return joint_velocity(dit, joint, x, t_video, t, context, negative, cond.audio_negative,
+                                  video_scale=settings.guidance_scale, audio_scale=settings.audio_guidance_scale,
+                                  slg_layer=settings.slg_layer)
+        t = t_video
         return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert),
                                settings.reference_guidance_scale)
 
@@ -352,6 +373,9 @@ def generate(models: WanModels, prompts: str | Sequence[str], *, settings: Sampl
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("generate() needs at least one prompt")
+    if task in AV_TASKS or models.has_audio:
+        raise ValueError(f"task={task!r} on an audio-video model makes sound too: call "
+                         "wan_train.inference.av.generate_av")
     check_tags(prompts, len(references))
     # multi-shot: num_frames is the shots' budget, each shot 1 + 4k frames (shot_frames), not one clip's length
     check_request(models, task, settings.replace(num_frames=1) if multishot else settings)

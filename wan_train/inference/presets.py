@@ -37,11 +37,11 @@ class Sampling:
     num_frames: int = 81  # 1 + 4k
     fps: float = 16.0  # only for writing the video
     # audio-video models (Ovi): the audio tower's own guidance scale and negative prompt, the block both towers
-    # skip on the unconditional pass (Ovi's skip-layer guidance; None: none), and the sound's length in audio
+    # skip on the unconditional pass (Ovi's skip-layer guidance; -1: none), and the sound's length in audio
     # latents (None: the video's duration, num_frames / fps, in latents of the audio autoencoder)
     audio_guidance_scale: float = 3.0
     audio_negative_prompt: str = ""
-    slg_layer: int | None = None
+    slg_layer: int = -1
     audio_latent_length: int | None = None
 
     def __post_init__(self) -> None:
@@ -57,11 +57,11 @@ class Sampling:
         for name in ("width", "height", "num_frames"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"{name}={getattr(self, name)!r} must be a positive integer")
-        for name in ("slg_layer", "audio_latent_length"):
-            value = getattr(self, name)
-            if value is not None and not (isinstance(value, int) and value >= (0 if name == "slg_layer" else 1)):
-                problems.append(f"{name}={value!r} must be " + ("a block index >= 0" if name == "slg_layer"
-                                                                 else "a positive integer") + " or None")
+        if isinstance(self.slg_layer, bool) or not isinstance(self.slg_layer, int) or self.slg_layer < -1:
+            problems.append(f"slg_layer={self.slg_layer!r} must be a block index, or -1 for none")
+        length = self.audio_latent_length
+        if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+            problems.append(f"audio_latent_length={length!r} must be a positive integer or None")
         if problems:
             raise ValueError("invalid sampling settings: " + "; ".join(problems))
 
@@ -122,9 +122,14 @@ def size_name(config: DiTConfig, *, moe: bool) -> str | None:
     """The named size whose DiT architecture (and expert count) a loaded checkpoint has, or None."""
     plain = config.replace(references=0)  # a reference-extended DiT samples like its base
     for name, size in SIZES.items():
-        if size.dit == plain and size.is_moe == moe:
+        if size.dit == plain and size.is_moe == moe and not size.has_audio:
             return name
     return None
+
+
+def twin_size_name(video: DiTConfig, audio: DiTConfig) -> str | None:
+    """The named audio-video size (Ovi) whose towers a loaded twin-tower DiT has, or None."""
+    return next((name for name, size in SIZES.items() if size.dit == video and size.audio == audio), None)
 
 
 def with_overrides(settings: Sampling, overrides) -> Sampling:

@@ -1,6 +1,7 @@
 """Architecture only: the Wan DiT, the VAEs, the text and image encoders, named sizes, checkpoint I/O and FLOPs
 counting."""
 
+from wan_train.models.audio import AUDIO_CONFIGS, AudioAutoencoder, MelSpace, load_audio_autoencoder
 from wan_train.models.checkpoint import (
     CheckpointError, WanComponents, WanFiles, find_wan_files, load_dit, load_vae, load_wan, save_dit,
 )
@@ -17,9 +18,10 @@ from wan_train.models.sizes import EXPERTS, SIZES, ModelSize, get_size
 from wan_train.models.vae import VAE_CONFIGS, Tiling, VAEConfig, WanVAE
 
 __all__ = [
-    "EXPERTS", "SIZES", "VAE_CONFIGS", "AudioDiT", "CheckpointError", "ClipVisionConfig", "ClipVisionEncoder",
-    "DiTConfig", "DiTFlops", "ModelSize", "OviConfig", "OviDiT", "ShotLayout", "Tiling", "VAEConfig", "WanBlock",
-    "WanComponents", "WanDiT", "WanFiles", "WanTextEncoder", "WanVAE", "builtin_text_encoder", "builtin_vae",
-    "dit_flops", "find_wan_files", "get_size", "load_clip_vision", "load_dit", "load_ovi_dit", "load_text_encoder",
-    "load_vae", "load_wan", "save_dit", "save_ovi_dit",
+    "AUDIO_CONFIGS", "EXPERTS", "SIZES", "VAE_CONFIGS", "AudioAutoencoder", "AudioDiT", "CheckpointError",
+    "ClipVisionConfig", "ClipVisionEncoder", "DiTConfig", "DiTFlops", "MelSpace", "ModelSize", "OviConfig", "OviDiT",
+    "ShotLayout", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles", "WanTextEncoder", "WanVAE",
+    "builtin_text_encoder", "builtin_vae", "dit_flops", "find_wan_files", "get_size", "load_audio_autoencoder",
+    "load_clip_vision", "load_dit", "load_ovi_dit", "load_text_encoder", "load_vae", "load_wan", "save_dit",
+    "save_ovi_dit",
 ]
