@@ -10,7 +10,14 @@ and, for models with a CLIP branch, `clip_fea`). Clips are taken from the centre
 Resumable: an output shard is written to a temp file and renamed with a sidecar of its stats; shards that have
 both are skipped on the next run. Work is split by shard across processes: `--num-processes N` starts N (one
 GPU each when there are GPUs); under torchrun or SLURM (RANK/WORLD_SIZE or SLURM_PROCID/SLURM_NTASKS) each
-launched process takes its share. Each process loads the encoders once and holds one sample at a time."""
+launched process takes its share. Each process loads the encoders once and holds one sample at a time.
+
+--audio also caches each clip's sound (wan_train.data.audio: its exact time span, mono at the autoencoder's rate)
+as `audio_latents` [C, L] beside the video latents, with `has_audio`: `--audio mel` encodes with MelSpace (the
+weight-free stand-in), `--audio DIR` with the MMAudio autoencoder from DIR's v1-16.pth and best_netG.pt (DIR, or
+DIR/MMAudio/ext_weights as Ovi's folder lays them out). A sample without sound gets zeros and has_audio False
+(never encoded silence); one whose sound is bad is skipped like a bad video. A shard cached with another --audio
+is cached again."""
 
 import argparse
 import json
@@ -26,6 +33,7 @@ import torch.multiprocessing as mp
 from safetensors.torch import save as save_safetensors
 
 from data_tools.common import add_tar_member, atomic_path, console, progress, summary, write_atomic
+from wan_train.data.audio import clip_samples
 from wan_train.data.buckets import ASPECT_RATIOS, BucketTable
 from wan_train.data.decode import video_to_model
 from wan_train.data.errors import SampleError
@@ -33,7 +41,7 @@ from wan_train.data.latents import EMPTY_PROMPT_FILE
 from wan_train.data.shards import expand_urls, read_samples
 from wan_train.data.video import VideoSource
 from wan_train.inference import i2v_condition
-from wan_train.models import load_wan
+from wan_train.models import MelSpace, load_audio_autoencoder, load_wan
 
 TASKS = ("t2v", "i2v", "flf2v")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -55,6 +63,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                                                        "GPU, float32 on CPU)")
     p.add_argument("--save-dtype", choices=list(DTYPES), default="bfloat16", help="dtype of the stored tensors")
     p.add_argument("--num-processes", type=int, default=1)
+    p.add_argument("--audio", default=None, metavar="mel|DIR",
+                   help="also cache the clips' sound as audio latents: mel (MelSpace) or the folder of MMAudio's "
+                        "v1-16.pth and best_netG.pt")
     return p.parse_args(argv)
 
 
@@ -77,7 +88,33 @@ def load_encoders(model: str | Path, *, task: str, dtype: torch.dtype, device: t
     return load_wan(model, components=components, dtype=dtype, device=device)
 
 
-def encode_sample(item: dict, captions: tuple[str, ...], *, wan, task: str, save_dtype: torch.dtype) -> dict:
+AUDIO_FILES = ("v1-16.pth", "best_netG.pt")  # MMAudio's VAE and vocoder
+OVI_AUDIO_DIR = Path("MMAudio") / "ext_weights"  # where Ovi's download puts them
+
+
+def load_audio_model(spec: str, *, device: torch.device):
+    """MelSpace for "mel", else the MMAudio autoencoder from the folder `spec` (or its MMAudio/ext_weights)."""
+    if spec == "mel":
+        return MelSpace().to(device)
+    for folder in (Path(spec), Path(spec) / OVI_AUDIO_DIR):
+        if all((folder / name).is_file() for name in AUDIO_FILES):
+            vae, vocoder = (folder / name for name in AUDIO_FILES)
+            return load_audio_autoencoder(vae=vae, vocoder=vocoder, device=device)
+    raise FileNotFoundError(f"--audio {spec}: expected 'mel' or a folder with {' and '.join(AUDIO_FILES)} (in it or "
+                            f"in its {OVI_AUDIO_DIR})")
+
+
+def encode_audio(item: dict, *, model) -> dict[str, torch.Tensor]:
+    """audio_latents [C, L] of the clip's sound ([T] samples; zeros where it has none: T from the clip's frames)
+    and has_audio (bool, 0-d)."""
+    if not item["has_audio"]:
+        return {"audio_latents": torch.zeros(model.z_dim, model.latent_length(item["audio_samples"])),
+                "has_audio": torch.tensor(False)}
+    return {"audio_latents": model.encode(item["audio"][None].to(model.device))[0], "has_audio": torch.tensor(True)}
+
+
+def encode_sample(item: dict, captions: tuple[str, ...], *, wan, task: str, save_dtype: torch.dtype,
+                  audio_model=None) -> dict:
     """Tensors of one cached sample (see wan_train.data.latents for the format)."""
     video = video_to_model(item["video"][None])
     tensors = {"latents": wan.vae.encode(video)[0]}
@@ -88,12 +125,17 @@ def encode_sample(item: dict, captions: tuple[str, ...], *, wan, task: str, save
         if wan.clip is not None:
             frames = [video[:, :, 0]] + ([video[:, :, -1]] if task == "flf2v" else [])
             tensors["clip_fea"] = torch.cat([wan.clip.encode(f)[0] for f in frames])
-    return {k: v.detach().to("cpu", save_dtype).contiguous() for k, v in tensors.items()}
+    if audio_model is not None:
+        tensors.update(encode_audio(item, model=audio_model))
+    return {k: v.detach().to("cpu", save_dtype if v.is_floating_point() else v.dtype).contiguous()
+            for k, v in tensors.items()}
 
 
-def cache_shard(url: str, target: Path, *, source: VideoSource, wan, task: str, save_dtype: torch.dtype) -> dict:
-    """Write one latent shard; returns its stats (samples, skipped by reason with messages)."""
-    skipped, errors, samples = Counter(), [], 0
+def cache_shard(url: str, target: Path, *, source: VideoSource, wan, task: str, save_dtype: torch.dtype,
+                audio_model=None, audio: str | None = None) -> dict:
+    """Write one latent shard; returns its stats (samples, skipped by reason with messages; with audio_model, the
+    samples without sound and `audio`, what --audio was)."""
+    skipped, errors, samples, silent = Counter(), [], 0, 0
 
     def count(error: Exception):
         skipped[getattr(error, "reason", "unreadable_shard")] += 1
@@ -109,13 +151,21 @@ def cache_shard(url: str, target: Path, *, source: VideoSource, wan, task: str, 
                 count(error)
                 continue
             meta = planned.choice["meta"]
-            tensors = encode_sample(item, meta.captions, wan=wan, task=task, save_dtype=save_dtype)
+            if audio_model is not None:
+                item["audio_samples"] = clip_samples(planned.bucket.frames, fps=source.table.fps,
+                                                     rate=audio_model.sample_rate)
+            tensors = encode_sample(item, meta.captions, wan=wan, task=task, save_dtype=save_dtype,
+                                    audio_model=audio_model)
             info = {"bucket": planned.bucket.key, "captions": list(meta.captions), "source": meta.source,
                     "start": item["start"], "fps": source.table.fps, "task": task, "vae": wan.vae.config.version}
+            if audio_model is not None:
+                info["audio"] = {"model": audio, "sample_rate": audio_model.sample_rate,
+                                 "samples": item["audio_samples"], "has_audio": bool(item["has_audio"])}
+                silent += not item["has_audio"]
             add_tar_member(tar, f"{raw['__key__']}.safetensors", save_safetensors(tensors))
             add_tar_member(tar, f"{raw['__key__']}.json", json.dumps(info).encode())
             samples += 1
-    return {"samples": samples, "skipped": dict(skipped), "errors": errors}
+    return {"samples": samples, "skipped": dict(skipped), "errors": errors, "audio": audio, "without_audio": silent}
 
 
 def sidecar(target: Path) -> Path:
@@ -128,12 +178,22 @@ def write_empty_prompt(output: Path, wan, save_dtype: torch.dtype) -> None:
     write_atomic(output / EMPTY_PROMPT_FILE, data)
 
 
+def cached(target: Path, *, audio: str | None) -> bool:
+    """An output shard finished earlier, with the same --audio."""
+    try:
+        return target.exists() and json.loads(sidecar(target).read_text()).get("audio") == audio
+    except (OSError, ValueError):
+        return False
+
+
 def cache_latents(shards, output: Path, *, model, table: BucketTable, task: str = "t2v", dtype=None,
-                  save_dtype: torch.dtype = torch.bfloat16, rank: int = 0, world_size: int = 1) -> dict:
-    """Cache this rank's share of the shards (i, i + world_size, ...); returns the summary of the whole output."""
+                  save_dtype: torch.dtype = torch.bfloat16, rank: int = 0, world_size: int = 1,
+                  audio: str | None = None) -> dict:
+    """Cache this rank's share of the shards (i, i + world_size, ...); returns the summary of the whole output.
+    audio: also cache the clips' sound ("mel" or a folder, see load_audio_model)."""
     output = Path(output)
     mine = expand_urls(shards)[rank::world_size]
-    todo = [u for u in mine if not (output / Path(u).name).exists() or not sidecar(output / Path(u).name).exists()]
+    todo = [u for u in mine if not cached(output / Path(u).name, audio=audio)]
     device = local_device(rank)
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     if todo or (rank == 0 and not (output / EMPTY_PROMPT_FILE).exists()):
@@ -142,14 +202,17 @@ def cache_latents(shards, output: Path, *, model, table: BucketTable, task: str 
         if table.spatial_stride != stride:
             table = BucketTable(resolutions=table.resolutions, aspect_ratios=table.aspect_ratios,
                                 durations=table.durations, fps=table.fps, spatial_stride=stride)
-        source = VideoSource(table, caption_dropout=0.0, clip_start="centre", crop="centre", span="shot")
+        audio_model = None if audio is None else load_audio_model(audio, device=device)
+        source = VideoSource(table, caption_dropout=0.0, clip_start="centre", crop="centre", span="shot",
+                             audio_rate=None if audio_model is None else audio_model.sample_rate)
         if rank == 0:
             write_empty_prompt(output, wan, save_dtype)
         with progress() as bar:
             task_id = bar.add_task(f"rank {rank}: shards", total=len(todo))
             for url in todo:
                 target = output / Path(url).name
-                stats = cache_shard(url, target, source=source, wan=wan, task=task, save_dtype=save_dtype)
+                stats = cache_shard(url, target, source=source, wan=wan, task=task, save_dtype=save_dtype,
+                                    audio_model=audio_model, audio=audio)
                 write_atomic(sidecar(target), json.dumps(stats).encode())
                 bar.advance(task_id)
     return collect_summary(output, kept=len(mine) - len(todo))
@@ -159,6 +222,7 @@ def collect_summary(output: Path, *, kept: int) -> dict:
     stats = [json.loads(p.read_text()) for p in sorted(output.glob(".*.tar.json"))]
     skipped = sum((Counter(s["skipped"]) for s in stats), Counter())
     return {"shards": len(stats), "shards_kept": kept, "samples": sum(s["samples"] for s in stats),
+            "samples_without_audio": sum(s.get("without_audio", 0) for s in stats),
             "skipped": sum(skipped.values()), "skipped_by_reason": dict(skipped),
             "errors": [e for s in stats for e in s["errors"]]}
 
@@ -168,7 +232,7 @@ def _run(rank: int, args: argparse.Namespace, world_size: int) -> dict:
                         durations=tuple(args.durations), fps=args.fps)
     return cache_latents(args.shards, args.output, model=args.model, table=table, task=args.task,
                          dtype=DTYPES[args.dtype] if args.dtype else None, save_dtype=DTYPES[args.save_dtype],
-                         rank=rank, world_size=world_size)
+                         rank=rank, world_size=world_size, audio=args.audio)
 
 
 def main(argv=None) -> int:
