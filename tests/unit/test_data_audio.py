@@ -25,6 +25,7 @@ from wan_train.data.datamodule import DataConfig, make_source
 from wan_train.data.decode import Limits, decode_clip
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import ClipMeta
+from wan_train.data.references import ReferenceSource
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
 
@@ -119,8 +120,9 @@ def test_a_track_that_starts_late_is_refused_for_clips_that_start_before_it():
     assert pitch_change(sound, rate=SAMPLE_RATE) == pytest.approx(CHANGE + offset - 1.0, abs=ACCURACY)
 
 
-def garbled_track(video: bytes) -> bytes:
-    """The video with every AAC packet's bytes replaced by noise (the pictures intact)."""
+def remuxed(video: bytes, *, garble: bool = False, jump_after: float | None = None) -> bytes:
+    """The video with every AAC packet's bytes replaced by noise (garble), or the packets after `jump_after`
+    seconds stamped half a second later (a gap in the track's timeline); the pictures intact."""
     import av
 
     rng, out = np.random.default_rng(1), io.BytesIO()
@@ -133,9 +135,11 @@ def garbled_track(video: bytes) -> bytes:
                 continue
             stream = streams[packet.stream]
             if packet.stream is sound_in:
-                noise = av.Packet(rng.bytes(packet.size))
-                noise.pts, noise.dts, noise.time_base = packet.pts, packet.dts, packet.time_base
-                packet = noise
+                changed = av.Packet(rng.bytes(packet.size) if garble else bytes(packet))
+                shift = 0 if jump_after is None or packet.pts * packet.time_base < jump_after else \
+                    round(0.5 / packet.time_base)
+                changed.pts, changed.dts, changed.time_base = packet.pts + shift, packet.dts + shift, packet.time_base
+                packet = changed
             packet.stream = stream
             target.mux(packet)
     return out.getvalue()
@@ -159,7 +163,8 @@ def test_bad_sound_is_refused_with_its_reason(silent):
         (silent, ("wav", wav_header(1000, 16000)), "bad_audio", "claims 0 channels at 16000 Hz"),  # FFmpeg: 0
         (silent, ("wav", wav_header(1, 1_000_000_000)), "bad_audio", "channels at 1000000000 Hz"),
         (silent, ("wav", wav[:len(wav) // 2]), "audio_too_short", r"the sound ends at 1.4\d\d s"),  # cut off
-        (garbled_track(track), None, "bad_audio", "the sound does not decode"),
+        (remuxed(track, garble=True), None, "bad_audio", "the sound does not decode"),
+        (remuxed(track, jump_after=0.8), None, "bad_audio", r"the sound jumps by \+0.500 s at 0.8\d\d s"),
     ]
     for video, member, reason, message in cases:
         with pytest.raises(SampleError, match=message) as error:
@@ -233,6 +238,8 @@ def test_data_audio_config():
     assert DataConfig().audio is False
     source = make_source(DataConfig(audio=True), ["unused.tar"])
     assert source.audio_rate == SAMPLE_RATE == 16000
+    references = make_source(DataConfig(audio=True, references=1), ["unused.tar"])
+    assert isinstance(references, ReferenceSource) and references.audio_rate == SAMPLE_RATE
     with pytest.raises(ValueError, match="data.shots=2 with data.audio=true"):
         DataConfig(audio=True, shots=2)
     with pytest.raises(ValueError, match="audio_rate=0"):
