@@ -28,12 +28,15 @@ from wan_train.config.schema import GenerateConfig
 from wan_train.fileio import durable
 from wan_train.inference.cli import generate_videos, parse_adapters, read_prompts
 from wan_train.inference.loading import is_run_folder, run_checkpoint
+from wan_train.inference.pipeline import AV_TASKS
 from wan_train.lora import Registry
 
 log = logging.getLogger(__name__)
 
 RESULT = "result.json"
 # keys that say where things go or how they are shown, not what is measured
+# the sound's settings: coordinates of the cells of an audio-video model (task t2av / ti2av) only
+AUDIO_PARAMS = ("audio_guidance_scale", "slg_layer", "audio_latent_length")
 NOT_IDENTITY = ("name", "out", "wandb", "record_scores", "preview", "batch_size", "offload_model", "prompt",
                 "prompts_file")
 GENERATE_KEYS = tuple(f.name for f in dataclasses.fields(GenerateConfig) if f.name != "out")
@@ -104,6 +107,7 @@ def run_cell(cfg: DictConfig) -> dict:
             fvd.update(generated_clips(video, fvd.protocol, what=saved.video), real=False)
         videos.append({"prompt": meta["prompt"], "seed": meta["seed"], "video": str(saved.video.relative_to(folder)),
                        "preview": str(saved.preview.relative_to(folder)) if saved.preview else None,
+                       **({"sound": str(saved.sound.relative_to(folder))} if saved.sound else {}),
                        "seconds": meta["seconds_per_video"], **{k: float(v[0]) for k, v in scores.items()}})
     metrics = {name: sum(v[name] for v in videos) / len(videos) for name in videos[0] if _is_score(name)}
     metrics["seconds_per_video"] = sum(v["seconds"] for v in videos) / len(videos)
@@ -170,7 +174,9 @@ def params(cfg: DictConfig, meta: dict, identity: dict) -> dict:
             "lora": lora if lora is None or isinstance(lora, str) else ",".join(map(str, lora)),
             **{k: settings[k] for k in ("solver", "steps", "shift", "guidance_scale", "guidance_scale_2", "width",
                                         "height", "num_frames")},
-            "seed": cfg.seed}
+            "seed": cfg.seed,
+            # sweeps of an audio-video model: the sound's settings too
+            **({k: settings[k] for k in AUDIO_PARAMS} if meta["task"] in AV_TASKS else {})}
 
 
 def _plain(value):
@@ -179,7 +185,7 @@ def _plain(value):
 
 
 def _is_score(name: str) -> bool:
-    return name not in ("prompt", "seed", "video", "preview", "seconds")
+    return name not in ("prompt", "seed", "video", "preview", "sound", "seconds")
 
 
 def registry_ref(cfg: DictConfig) -> str:

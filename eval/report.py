@@ -19,7 +19,7 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from eval.cell import RESULT, write_json, write_text
+from eval.cell import AUDIO_PARAMS, RESULT, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,12 @@ def collect(out: str | Path) -> list[dict]:
             results.append(json.loads(path.read_text()))
         except json.JSONDecodeError:
             log.warning("%s is damaged; left out of the report (re-run the sweep to redo that cell)", path)
-    return sorted(results, key=lambda r: [_order(r["params"].get(k)) for k in PARAMS])
+    return sorted(results, key=lambda r: [_order(r["params"].get(k)) for k in PARAMS + AUDIO_PARAMS])
+
+
+def coordinates(results: list[dict]) -> tuple[str, ...]:
+    """The coordinates shown: PARAMS, and the sound's when any cell made sound."""
+    return PARAMS + tuple(k for k in AUDIO_PARAMS if any(k in r["params"] for r in results))
 
 
 def _order(value) -> tuple:
@@ -50,7 +55,7 @@ def _order(value) -> tuple:
 def rows(results: list[dict]) -> list[dict]:
     """One flat row per cell: id, coordinates, metrics (columns in a stable order)."""
     metrics = sorted({m for r in results for m in r["metrics"]})
-    return [{"cell": r["id"], **{k: r["params"].get(k) for k in PARAMS}, "videos": len(r["videos"]),
+    return [{"cell": r["id"], **{k: r["params"].get(k) for k in coordinates(results)}, "videos": len(r["videos"]),
              **{m: r["metrics"].get(m) for m in metrics}} for r in results]
 
 
@@ -84,11 +89,12 @@ def log_wandb(out: str | Path, results: list[dict], *, config: dict, name: str, 
             first = Path(out / "cells" / result["id"] / result["videos"][0]["video"])
             cells.add_data(*[_cell_value(row[c]) for c in columns[:-1]], wandb.Video(str(first), format="mp4"))
         metrics = sorted({m for r in results for m in r["metrics"]} - {"fvd"})
-        samples = wandb.Table(columns=["cell", *PARAMS, "prompt", "video_seed", "video", *metrics])
+        params = coordinates(results)
+        samples = wandb.Table(columns=["cell", *params, "prompt", "video_seed", "video", *metrics])
         for result in results:
             for video in result["videos"]:
                 path = out / "cells" / result["id"] / video["video"]
-                samples.add_data(result["id"], *[_cell_value(result["params"].get(k)) for k in PARAMS],
+                samples.add_data(result["id"], *[_cell_value(result["params"].get(k)) for k in params],
                                  video["prompt"], video["seed"], wandb.Video(str(path), format="mp4"),
                                  *[video.get(m) for m in metrics])
         run.log({"results": cells, "samples": samples})

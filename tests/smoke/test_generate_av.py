@@ -1,7 +1,8 @@
 """generate.py with sound, end to end on the CPU, from a tiny random Ovi checkpoint folder in the official layout
 (tests/ovi_helpers.py): task=t2av writes an mp4 whose AAC track PyAV reads back at 16 kHz and as long as the
 picture (within one frame), a .wav of the same sound and the sound's settings; the same seed gives the same
-files; task=ti2av takes a first frame (test_av_generation.py checks it is kept) and is marked; a malformed speech tag is one clear line."""
+files; task=ti2av takes a first frame (test_av_generation.py checks it is kept) and is marked; an eval sweep keeps
+each cell's sound and puts the mp4s, sound included, in its W&B tables (wandb.Video keeps a file as it is); a malformed speech tag is one clear line."""
 
 import json
 import subprocess
@@ -88,3 +89,25 @@ def test_a_malformed_tag_is_one_clear_line(ovi, tmp_path, prompt, message):
                             cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 2 and message in result.stderr, result.stderr[-2000:]
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_an_eval_sweep_keeps_each_cells_sound(ovi, tmp_path):
+    import os
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("A man says <S>hello<E>\n")
+    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_DATA_DIR": str(tmp_path / "wb"),
+           "WANDB_CACHE_DIR": str(tmp_path / "wb"), "WANDB_CONFIG_DIR": str(tmp_path / "wb")}
+    env.pop("WANDB_API_KEY", None)
+    result = subprocess.run([sys.executable, "-m", "eval.sweep", "-m", f"ckpt={ovi}", "task=t2av",
+                             "audio_guidance_scale=1,2", f"prompts_file={prompts}", "steps=1", "num_frames=9",
+                             "width=64", "height=64", f"out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [c["audio_guidance_scale"] for c in results["cells"]] == [1.0, 2.0]  # a column of the sound's settings
+    for cell in results["results"]:
+        video = cell["videos"][0]
+        folder = tmp_path / "out" / "cells" / cell["id"]
+        assert video["sound"].endswith(".wav") and (folder / video["sound"]).is_file()
+        assert streams(folder / video["video"])[2:5] == ("aac", 16000, 1)
