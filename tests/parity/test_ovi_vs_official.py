@@ -44,9 +44,7 @@ def fusion_module():
     package = types.ModuleType("ovi.modules")
     package.__path__ = [str(modules)]
     sys.modules["ovi.modules"] = package
-    import ovi.modules.attention as attention
-    import ovi.modules.fusion as fusion
-    import ovi.modules.model as model
+    from ovi.modules import attention, fusion, model
 
     for module in (attention, model, fusion):
         module.flash_attention = sdpa_flash_attention
