@@ -92,6 +92,8 @@ def test_wrong_tasks_are_refused(models):
         generate_av(models, "x", settings=SETTINGS, task="ti2av")
     with pytest.raises(ValueError, match="an audio-video model does t2av, ti2av"):
         generate_av(models, "x", settings=SETTINGS, task="t2v")
+    with pytest.raises(ValueError, match=r"slg_layer=11: this model has blocks 0\.\.1 \(-1: skip none\)"):
+        generate_av(models, "x", settings=SETTINGS.replace(slg_layer=11))
 
 
 @pytest.mark.parametrize("prompt, problem", [

@@ -66,6 +66,9 @@ def generate_av(models: WanModels, prompts: str | Sequence[str], *, settings: Sa
     check_av_prompts(prompts)
     check_request(models, task, settings)
     dit = models.dits[None]
+    if settings.slg_layer >= dit.config.num_layers:
+        raise ValueError(f"slg_layer={settings.slg_layer}: this model has blocks 0..{dit.config.num_layers - 1} "
+                         "(-1: skip none)")
     device = torch.device(device) if device is not None else _device_of(dit)
     b = len(prompts)
     images = _batch(images, b, settings, "images")
