@@ -8,6 +8,7 @@ the MoE boundary compares with the shifted sigma. Imports only torch-level libra
 
 from wan_train.flow.experts import ExpertRange, expert_for_sigma, expert_range
 from wan_train.flow.held_out import held_out_noise, held_out_sigmas
+from wan_train.flow.joint import SIGMA_MODES, joint_loss, modality_sigmas, mse_per_sample
 from wan_train.flow.objective import conditioning_frame_mask, flow_loss, per_sample_loss
 from wan_train.flow.path import interpolate, velocity_target
 from wan_train.flow.samplers import SAMPLER_KINDS, SigmaSampler
@@ -15,7 +16,8 @@ from wan_train.flow.schedule import NUM_TRAIN_TIMESTEPS, shift_sigma, to_timeste
 from wan_train.flow.weighting import WEIGHTINGS, loss_weight
 
 __all__ = [
-    "NUM_TRAIN_TIMESTEPS", "SAMPLER_KINDS", "WEIGHTINGS", "ExpertRange", "SigmaSampler", "conditioning_frame_mask",
-    "expert_for_sigma", "expert_range", "flow_loss", "held_out_noise", "held_out_sigmas", "interpolate",
-    "loss_weight", "per_sample_loss", "shift_sigma", "to_timestep", "unshift_sigma", "velocity_target",
+    "NUM_TRAIN_TIMESTEPS", "SAMPLER_KINDS", "SIGMA_MODES", "WEIGHTINGS", "ExpertRange", "SigmaSampler",
+    "conditioning_frame_mask", "expert_for_sigma", "expert_range", "flow_loss", "held_out_noise", "held_out_sigmas",
+    "interpolate", "joint_loss", "loss_weight", "modality_sigmas", "mse_per_sample", "per_sample_loss", "shift_sigma",
+    "to_timestep", "unshift_sigma", "velocity_target",
 ]
