@@ -5,6 +5,7 @@ preprocessing, metrics, sweeps, W&B tables) runs with nothing downloaded:
                     openai/clip-vit-base-patch32)           -> metrics.clip / metrics.image_model
     OUT/dinov2/     a tiny Dinov2Model + its image processor -> metrics.image_model
     OUT/i3d/rgb_imagenet.pt   a full-size InceptionI3d state dict in piergiaj's layout -> metrics.fvd.i3d
+    OUT/syncnet/syncnet_v2.model   a full-size SyncNet state dict in syncnet_python's layout -> metrics.syncnet
 
 The numbers they give measure nothing about video quality; they show the plumbing works. For real numbers
 point the same keys at real weights (eval.md §0).
@@ -13,6 +14,7 @@ point the same keys at real weights (eval.md §0).
 """
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -79,20 +81,53 @@ def write_i3d(path: str | Path, *, seed: int = 0) -> Path:
     return path
 
 
+def write_syncnet(path: str | Path, *, seed: int = 0) -> Path:
+    """syncnet_python's syncnet_v2.model layout: a state dict of its `S` (13.6M parameters) without
+    num_batches_tracked, saved in torch's legacy (pre-1.6, non-zip) format, as a file of that age would be (the
+    loader reads both formats; the real file was not inspected here). He-scaled weights and BatchNorm
+    statistics away from 0 / 1, so a mis-mapped key changes the embeddings; the first convolutions are scaled to
+    their inputs' units (pixels 0-255, MFCC tens), so both embeddings have similar sizes and distances depend on
+    both streams."""
+    from eval.syncnet import SyncNet
+
+    path = Path(path)
+    g = torch.Generator().manual_seed(seed)
+    state = {}
+    for name, t in SyncNet().state_dict().items():
+        if name.endswith("num_batches_tracked"):
+            continue
+        if t.ndim >= 2:
+            value = torch.randn(t.shape, generator=g) * math.sqrt(2.0 / t[0].numel())
+        elif name.endswith("running_var"):
+            value = 0.5 + torch.rand(t.shape, generator=g)
+        elif name.endswith("weight"):  # BatchNorm scale
+            value = 1.0 + 0.1 * torch.randn(t.shape, generator=g)
+        else:  # biases, running means
+            value = 0.1 * torch.randn(t.shape, generator=g)
+        state[name] = value
+    state["netcnnlip.0.weight"] /= 128.0
+    state["netcnnaud.0.weight"] /= 20.0
+    with atomic_path(path) as temp:
+        torch.save(state, temp, _use_new_zipfile_serialization=False)
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m data_tools.make_eval_models", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--output", required=True, help="folder for clip/, dinov2/ and i3d/rgb_imagenet.pt")
+    parser.add_argument("--output", required=True,
+                        help="folder for clip/, dinov2/, i3d/rgb_imagenet.pt and syncnet/syncnet_v2.model")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     out = Path(args.output)
     written = {"CLIP": write_clip(out / "clip", seed=args.seed),
                "DINOv2": write_dinov2(out / "dinov2", seed=args.seed + 1),
-               "I3D": write_i3d(out / "i3d" / "rgb_imagenet.pt", seed=args.seed + 2)}
+               "I3D": write_i3d(out / "i3d" / "rgb_imagenet.pt", seed=args.seed + 2),
+               "SyncNet": write_syncnet(out / "syncnet" / "syncnet_v2.model", seed=args.seed + 3)}
     summary("random-weight eval models (plumbing only: their numbers do not measure quality)",
             {name: str(path) for name, path in written.items()})
     console.print(f"use them with: metrics.clip={out}/clip metrics.image_model={out}/dinov2 "
-                  f"metrics.fvd.i3d={out}/i3d/rgb_imagenet.pt")
+                  f"metrics.fvd.i3d={out}/i3d/rgb_imagenet.pt metrics.syncnet={out}/syncnet/syncnet_v2.model")
     return 0
 
 
