@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from eval.fvd import FVD, Protocol, clips_from_video
 from eval.i3d import load_i3d
 from eval.real import real_statistics
-from eval.scorers import build_scorers, resolve_device, score_videos
+from eval.scorers import build_scorers, build_sound_scorers, read_sound, resolve_device, score_sound, score_videos
 from wan_train.config.schema import GenerateConfig
 from wan_train.fileio import durable
 from wan_train.inference.cli import generate_videos, parse_adapters, read_prompts
@@ -46,6 +46,9 @@ def cell_identity(cfg: DictConfig) -> dict:
     """What decides a cell's videos and numbers (JSON-ready)."""
     identity = {k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k not in NOT_IDENTITY}
     identity["metrics"].pop("device")
+    for key, off in (("sync", False), ("syncnet", None)):  # off: the ids of cells finished before they existed
+        if identity["metrics"][key] == off:
+            identity["metrics"].pop(key)
     for key in ("cache_dir", "batch_size"):
         identity["metrics"]["fvd"].pop(key)
     identity["prompts"] = read_prompts(cfg)
@@ -98,11 +101,14 @@ def run_cell(cfg: DictConfig) -> dict:
     began = time.time()
     refs = [] if cfg.refs is None else [cfg.refs] if isinstance(cfg.refs, str) else [str(r) for r in cfg.refs]
     scorers = build_scorers(cfg.metrics, refs=refs if cfg.task == "r2v" else [])
+    sound_scorers = build_sound_scorers(cfg.metrics)
     fvd = build_fvd(cfg.metrics)
-    videos = []
+    videos, notes = [], []
     for saved, video in generate_videos(generate_config(cfg, folder)):
         meta = json.loads(saved.metadata.read_text())
         scores = score_videos(scorers, video[None], [meta["prompt"]])
+        scores.update(sound_scores(sound_scorers, saved, video, fps=meta["settings"]["fps"], task=cfg.task,
+                                   notes=notes))
         if fvd is not None:
             fvd.update(generated_clips(video, fvd.protocol, what=saved.video), real=False)
         videos.append({"prompt": meta["prompt"], "seed": meta["seed"], "video": str(saved.video.relative_to(folder)),
@@ -112,9 +118,9 @@ def run_cell(cfg: DictConfig) -> dict:
     metrics = {name: sum(v[name] for v in videos) / len(videos) for name in videos[0] if _is_score(name)}
     metrics["seconds_per_video"] = sum(v["seconds"] for v in videos) / len(videos)
     result = {"id": folder.name, "identity": identity, "params": params(cfg, meta, identity), "metrics": metrics,
-              "videos": videos, "models": {k: v for s in scorers for k, v in s.describe().items()},
+              "videos": videos, "models": {k: v for s in (*scorers, *sound_scorers) for k, v in s.describe().items()},
               "checkpoint": meta["checkpoint"], "settings": meta["settings"], "task": meta["task"],
-              "seconds": round(time.time() - began, 3)}
+              "seconds": round(time.time() - began, 3), **({"notes": notes} if notes else {})}
     if fvd is not None:
         fvd_result = fvd.result()
         metrics["fvd"] = fvd_result.pop("fvd")
@@ -135,6 +141,21 @@ def check_cell(cfg: DictConfig) -> None:
         raise ValueError("metrics.fvd.i3d is set but metrics.fvd.real_shards is not: FVD compares with real clips")
     if fvd.i3d is not None and not Path(fvd.i3d).is_file():
         raise FileNotFoundError(f"metrics.fvd.i3d={fvd.i3d}: no such file")
+
+
+def sound_scores(scorers: list, saved, video: torch.Tensor, *, fps: float, task: str, notes: list[str]) -> dict:
+    """The sound scorers' values for one saved video and its .wav; none, and a note in `notes` (once), when the
+    video has no sound."""
+    if not scorers:
+        return {}
+    if saved.sound is None:
+        note = f"metrics.sync / metrics.syncnet skipped: the videos have no sound (task={task})"
+        if note not in notes:
+            notes.append(note)
+            log.warning("%s", note)
+        return {}
+    sound, rate = read_sound(saved.sound)
+    return score_sound(scorers, video[None], [sound], fps=fps, sample_rate=rate)
 
 
 def generate_config(cfg: DictConfig, folder: Path) -> DictConfig:

@@ -36,6 +36,9 @@ class MetricsConfig:
     image_model: str | None = None  # a DINOv2 / DINO ViT / CLIP folder -> subject_consistency (+ identity)
     references: list[str] = field(default_factory=list)  # reference images -> identity (CLIP-I / DINO-I)
     frames: int = 8  # frames sampled uniformly per video for clip_score and identity
+    # videos with sound (task=t2av / ti2av; cells without sound skip these with a note):
+    sync: bool = False  # weight-free (eval.sync): av_offset, av_offset_confidence, onset_precision/recall/f1, av_align
+    syncnet: str | None = None  # syncnet_v2.model -> lse_d, lse_c, syncnet_offset (talking-head clips, eval.syncnet)
     device: str = "auto"  # auto: cuda if available
     fvd: FVDConfig = field(default_factory=FVDConfig)
 
