@@ -101,11 +101,12 @@ def test_an_eval_sweep_keeps_each_cells_sound(ovi, tmp_path):
     env.pop("WANDB_API_KEY", None)
     result = subprocess.run([sys.executable, "-m", "eval.sweep", "-m", f"ckpt={ovi}", "task=t2av",
                              "audio_guidance_scale=1,2", f"prompts_file={prompts}", "steps=1", "num_frames=9",
-                             "width=64", "height=64", f"out={tmp_path / 'out'}"], cwd=ROOT, capture_output=True,
-                            text=True, env=env)
+                             "width=64", "height=64", "metrics.sync=true", f"out={tmp_path / 'out'}"], cwd=ROOT,
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert [c["audio_guidance_scale"] for c in results["cells"]] == [1.0, 2.0]  # a column of the sound's settings
+    assert all({"av_offset", "onset_f1", "av_align"} <= set(c) for c in results["cells"])  # metrics.sync's columns
     for cell in results["results"]:
         video = cell["videos"][0]
         folder = tmp_path / "out" / "cells" / cell["id"]
