@@ -167,3 +167,34 @@ def test_a_missing_or_misnamed_key_is_refused_naming_it(tmp_path):
     save_file({"blocks.0.ffn.0.weight": torch.zeros(2, 2)}, str(tmp_path / "wan.safetensors"))
     with pytest.raises(CheckpointError, match="not an Ovi twin-tower checkpoint: missing video_model"):
         load_ovi_dit(tmp_path / "wan.safetensors")
+
+
+def test_a_wan_dit_given_an_audio_tower_keeps_its_video_output_until_trained():
+    from wan_train.models import WanDiT
+
+    base = randomize_(WanDiT(get_size("tiny-ti2v").dit), seed=11).eval()
+    g = torch.Generator().manual_seed(4)
+    video, audio = torch.randn(2, 48, 3, 4, 6, generator=g), torch.randn(2, 20, 13, generator=g)
+    context = torch.randn(2, 6, 4096, generator=g)
+    t = torch.tensor([900.0, 150.0])
+    with torch.no_grad():
+        expected = base(video, t, context)
+    twin = OviDiT.with_audio_tower(base, get_size("tiny-ovi").audio).eval()
+    assert twin.video_model is base  # taken, not copied
+    with torch.no_grad():
+        got_video, got_audio = twin(video, audio, t, t, context)
+        other_sound, _ = twin(video, torch.randn_like(audio), t, t, context)
+    assert torch.equal(got_video, expected) and torch.equal(other_sound, expected)
+    assert got_audio.shape == audio.shape
+    # the audio tower (freshly initialised: its head is zero, as Wan's; random here) hears the picture from the
+    # start; once the video tower's fusion values move, so does the picture
+    randomize_(twin.audio_model, seed=12)
+    with torch.no_grad():
+        _, got_audio = twin(video, audio, t, t, context)
+        _, audio_other_video = twin(torch.randn_like(video), audio, t, t, context)
+        assert not torch.allclose(audio_other_video, got_audio)
+        twin.video_model.blocks[0].cross_attn.v_fusion.weight.normal_()
+        assert not torch.allclose(twin(video, audio, t, t, context)[0], expected)
+    with pytest.raises(ValueError, match="fusion needs them equal"):
+        OviDiT.with_audio_tower(randomize_(WanDiT(get_size("tiny-ti2v").dit.replace(num_layers=3))),
+                                get_size("tiny-ovi").audio)

@@ -131,16 +131,35 @@ def fusion_block(video_block: WanBlock, audio_block: WanBlock, v_BLD: torch.Tens
 class OviDiT(nn.Module):
     """The twin-tower model; ``video_model`` and ``audio_model`` are the official submodule names."""
 
-    def __init__(self, config: OviConfig, *, activation_checkpointing: bool = False) -> None:
+    def __init__(self, config: OviConfig, *, activation_checkpointing: bool = False,
+                 video_model: WanDiT | None = None) -> None:
+        """video_model: an existing Wan DiT to become the video tower (it is taken, not copied: the fusion modules
+        are added to its blocks in place); see with_audio_tower."""
         super().__init__()
         self.ovi_config = config
         self.activation_checkpointing = activation_checkpointing
-        self.video_model = WanDiT(config.video)
+        if video_model is not None and video_model.config != config.video:
+            raise ValueError(f"video_model's config {video_model.config} is not config.video {config.video}")
+        self.video_model = WanDiT(config.video) if video_model is None else video_model
         self.audio_model = AudioDiT(config.audio)
         for tower in (self.video_model, self.audio_model):
             for block in tower.blocks:
                 add_fusion(block)
+        anchor = next(self.video_model.parameters())
+        self.to(device=anchor.device)  # a given tower stays where it is; the new modules join it
         self.init_fusion()
+
+    @classmethod
+    def with_audio_tower(cls, video_model: WanDiT, audio: DiTConfig) -> OviDiT:
+        """A Wan T2V / TI2V DiT given a voice: it becomes the video tower of a twin model whose new audio tower
+        (``audio``: its widths must be the video tower's) reads the video through fusion from the start, while the
+        video tower's fusion values are zero, so its output is exactly the base's until they train."""
+        model = cls(OviConfig(video=video_model.config, audio=audio), video_model=video_model)
+        with torch.no_grad():
+            for block in model.video_model.blocks:
+                block.cross_attn.v_fusion.weight.zero_()
+                block.cross_attn.v_fusion.bias.zero_()
+        return model
 
     @property
     def config(self) -> DiTConfig:
