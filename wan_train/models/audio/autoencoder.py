@@ -24,7 +24,37 @@ from wan_train.models.audio.vae import TIME_COMPRESSION, MelVAE
 from wan_train.models.audio.vocoder import BigVGAN
 
 
-class AudioAutoencoder(nn.Module):
+class AudioLatentSpace(nn.Module):
+    """What AudioAutoencoder and its weight-free stand-in MelSpace share: a wave <-> mel <-> latent codec with
+    `sample_rate`, `z_dim` and `samples_per_latent` set by the subclass, which supplies wave_to_mel, encode_mel,
+    decode_mel and vocode."""
+
+    sample_rate: int
+    z_dim: int
+    samples_per_latent: int
+
+    @property
+    def latents_per_second(self) -> float:
+        return self.sample_rate / self.samples_per_latent
+
+    def latent_length(self, num_samples: int) -> int:
+        return num_samples // self.samples_per_latent
+
+    def num_samples(self, latent_length: int) -> int:
+        return latent_length * self.samples_per_latent
+
+    @torch.no_grad()
+    def encode(self, wave_BT: torch.Tensor) -> torch.Tensor:
+        check_wave(wave_BT, self.samples_per_latent)
+        return self.encode_mel(self.wave_to_mel(wave_BT))
+
+    @torch.no_grad()
+    def decode(self, latents_BZL: torch.Tensor) -> torch.Tensor:
+        check_latents(latents_BZL, self.z_dim)
+        return self.vocode(self.decode_mel(latents_BZL))
+
+
+class AudioAutoencoder(AudioLatentSpace):
     """encode: wave [B, T] in [-1, 1] at ``sample_rate`` -> latents [B, z_dim, T // samples_per_latent];
     decode: latents [B, z_dim, L] -> wave [B, L * samples_per_latent] in [-1, 1]. Both float32 at the interface
     whatever the weights' dtype; the mel front end always runs in float32.
@@ -42,32 +72,12 @@ class AudioAutoencoder(nn.Module):
         self.samples_per_latent = config.mel.hop_length * TIME_COMPRESSION
 
     @property
-    def latents_per_second(self) -> float:
-        return self.sample_rate / self.samples_per_latent
-
-    @property
     def dtype(self) -> torch.dtype:
         return self.vae.encoder.conv_in.weight.dtype
 
     @property
     def device(self) -> torch.device:
         return self.vae.encoder.conv_in.weight.device
-
-    def latent_length(self, num_samples: int) -> int:
-        return num_samples // self.samples_per_latent
-
-    def num_samples(self, latent_length: int) -> int:
-        return latent_length * self.samples_per_latent
-
-    @torch.no_grad()
-    def encode(self, wave_BT: torch.Tensor) -> torch.Tensor:
-        check_wave(wave_BT, self.samples_per_latent)
-        return self.encode_mel(self.wave_to_mel(wave_BT))
-
-    @torch.no_grad()
-    def decode(self, latents_BZL: torch.Tensor) -> torch.Tensor:
-        check_latents(latents_BZL, self.z_dim)
-        return self.vocode(self.decode_mel(latents_BZL))
 
     # the two halves, mel in between (log10 mel [B, M, N], float32): parity tests, and what the VAE alone sees
 

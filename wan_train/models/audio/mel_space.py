@@ -27,9 +27,8 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from wan_train.models.audio.autoencoder import check_latents, check_wave
+from wan_train.models.audio.autoencoder import AudioLatentSpace
 from wan_train.models.audio.config import MEL80_MEAN, MEL80_STD, MelConfig
 from wan_train.models.audio.griffin_lim import griffin_lim
 from wan_train.models.audio.mel import LogMel
@@ -53,7 +52,7 @@ def dct_matrix(size: int) -> torch.Tensor:
     return basis.float()
 
 
-class MelSpace(nn.Module):
+class MelSpace(AudioLatentSpace):
     """The weight-free audio codec with AudioAutoencoder's interface (see the module docstring)."""
 
     def __init__(self, *, iterations: int = GRIFFIN_LIM_ITERATIONS) -> None:
@@ -75,32 +74,12 @@ class MelSpace(nn.Module):
         self.register_buffer("unmel", pinv.float(), persistent=False)
 
     @property
-    def latents_per_second(self) -> float:
-        return self.sample_rate / self.samples_per_latent
-
-    @property
     def dtype(self) -> torch.dtype:
         return torch.float32
 
     @property
     def device(self) -> torch.device:
         return self.projection.device
-
-    def latent_length(self, num_samples: int) -> int:
-        return num_samples // self.samples_per_latent
-
-    def num_samples(self, latent_length: int) -> int:
-        return latent_length * self.samples_per_latent
-
-    @torch.no_grad()
-    def encode(self, wave_BT: torch.Tensor) -> torch.Tensor:
-        check_wave(wave_BT, self.samples_per_latent)
-        return self.encode_mel(self.wave_to_mel(wave_BT))
-
-    @torch.no_grad()
-    def decode(self, latents_BZL: torch.Tensor) -> torch.Tensor:
-        check_latents(latents_BZL, self.z_dim)
-        return self.vocode(self.decode_mel(latents_BZL))
 
     @torch.no_grad()
     def wave_to_mel(self, wave_BT: torch.Tensor) -> torch.Tensor:
