@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from wan_train.fileio.durable import atomic_directory, recover_directory
 from wan_train.models.checkpoint.dit_layouts import (
@@ -30,7 +29,7 @@ from wan_train.models.checkpoint.dit_layouts import (
 from wan_train.models.checkpoint.errors import CheckpointError
 from wan_train.models.checkpoint.state_dict import MAX_LISTED, report
 from wan_train.models.checkpoint.safetensors_io import (
-    TensorInfo, index_files, iter_tensors, shard_files_from_index, write_json, write_sharded,
+    TensorInfo, assign_streamed, index_files, shard_files_from_index, write_json, write_sharded,
 )
 from wan_train.models.dit.config import DiTConfig
 from wan_train.models.dit.model import WanDiT
@@ -67,13 +66,7 @@ def load_dit(path: str | Path, *, expert: str | None = None, dtype: torch.dtype 
     _check_match(model, found, layout, src.where)
 
     keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
-    for name, tensor in iter_tensors(found, device=device or "cpu"):
-        if dtype is not None and tensor.is_floating_point():
-            # a fresh copy even when the dtype already matches: a tensor left on the file's memory map would
-            # keep the whole shard mapped, and every page the casts touched resident
-            tensor = tensor.to(torch.float32 if name in keep_fp32 else dtype, copy=True)
-        module_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor))
+    assign_streamed(model, found, dtype=dtype, keep_fp32=keep_fp32, device=device or "cpu")
     return model
 
 

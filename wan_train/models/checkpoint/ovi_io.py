@@ -23,12 +23,11 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from wan_train.fileio.durable import atomic_directory, atomic_path, recover_directory
 from wan_train.models.checkpoint.errors import CheckpointError
 from wan_train.models.checkpoint.safetensors_io import (
-    TensorInfo, index_files, iter_tensors, shard_files_from_index, write_json, write_sharded,
+    TensorInfo, assign_streamed, index_files, shard_files_from_index, write_json, write_sharded,
 )
 from wan_train.models.checkpoint.state_dict import MAX_LISTED, report
 from wan_train.models.dit.config import DiTConfig
@@ -76,11 +75,7 @@ def load_ovi_dit(path: str | Path, *, dtype: torch.dtype | None = None,
         model = OviDiT(config)
     _check_match(model, found, layout, path)
     keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
-    for name, tensor in iter_tensors(found, device=device or "cpu"):
-        if dtype is not None and tensor.is_floating_point():
-            tensor = tensor.to(torch.float32 if name in keep_fp32 else dtype, copy=True)
-        module_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor))
+    assign_streamed(model, found, dtype=dtype, keep_fp32=keep_fp32, device=device or "cpu")
     return model
 
 

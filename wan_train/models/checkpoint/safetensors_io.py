@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -100,6 +101,19 @@ def iter_tensors(entries: dict[str, TensorInfo], *, device: torch.device | str =
                     yield name, f.get_tensor(entries[name].key)
         except Exception as e:  # safetensors raises its own error types for corrupt data
             raise CheckpointError(f"{file}: could not read tensors ({e})") from e
+
+
+def assign_streamed(model: nn.Module, entries: dict[str, TensorInfo], *, dtype: torch.dtype | None,
+                    keep_fp32: set[str], device: torch.device | str) -> None:
+    """Read `entries` (checked names of `model`, built on the meta device) one tensor at a time into the model's
+    parameters, cast to `dtype` (None: as stored) except the floating `keep_fp32` names, which become float32."""
+    for name, tensor in iter_tensors(entries, device=device):
+        if dtype is not None and tensor.is_floating_point():
+            # a fresh copy even when the dtype already matches: a tensor left on the file's memory map would
+            # keep the whole shard mapped, and every page the casts touched resident
+            tensor = tensor.to(torch.float32 if name in keep_fp32 else dtype, copy=True)
+        module_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(module_name), attr, nn.Parameter(tensor))
 
 
 def parse_size(size: int | str) -> int:

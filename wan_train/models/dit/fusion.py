@@ -40,7 +40,7 @@ from torch.utils.checkpoint import checkpoint
 from wan_train.models.dit.audio import AudioDiT
 from wan_train.models.dit.config import DiTConfig
 from wan_train.models.dit.layers import FP32LayerNorm, RMSNorm, attention, to_dtype_of
-from wan_train.models.dit.model import WanBlock, WanDiT
+from wan_train.models.dit.model import WanBlock, WanDiT, cast_keeping_fp32
 from wan_train.models.dit.rope import apply_rope
 
 FUSION_EPS = 1e-6  # Ovi builds the fusion norms with their own eps (LayerNorm's and RMSNorm's 1e-6)
@@ -214,10 +214,7 @@ class OviDiT(nn.Module):
         return names
 
     def to_dtype(self, dtype: torch.dtype) -> OviDiT:
-        keep = self.fp32_parameter_names() if dtype.itemsize < 4 else set()
-        for name, p in self.named_parameters():
-            p.data = p.data.to(torch.float32 if name in keep else dtype)
-        return self
+        return cast_keeping_fp32(self, dtype)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

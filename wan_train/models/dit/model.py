@@ -330,10 +330,7 @@ class WanDiT(nn.Module):
 
     def to_dtype(self, dtype: torch.dtype) -> WanDiT:
         """Cast floating parameters to ``dtype``, keeping ``fp32_parameter_names()`` in float32."""
-        keep = self.fp32_parameter_names() if dtype.itemsize < 4 else set()
-        for name, p in self.named_parameters():
-            p.data = p.data.to(torch.float32 if name in keep else dtype)
-        return self
+        return cast_keeping_fp32(self, dtype)
 
     def extend_shots(self, count: int) -> WanDiT:
         """Add the multi-shot extension in place: ``count`` shot embeddings, zero (the base's output until trained;
@@ -365,3 +362,11 @@ class WanDiT(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def cast_keeping_fp32(model, dtype: torch.dtype):
+    """Cast `model`'s parameters to `dtype`, keeping its fp32_parameter_names() in float32 when `dtype` is narrower."""
+    keep = model.fp32_parameter_names() if dtype.itemsize < 4 else set()
+    for name, p in model.named_parameters():
+        p.data = p.data.to(torch.float32 if name in keep else dtype)
+    return model
