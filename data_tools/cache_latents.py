@@ -41,7 +41,8 @@ from wan_train.data.latents import EMPTY_PROMPT_FILE
 from wan_train.data.shards import expand_urls, read_samples
 from wan_train.data.video import VideoSource
 from wan_train.inference import i2v_condition
-from wan_train.models import MelSpace, load_audio_autoencoder, load_wan
+from wan_train.models import load_wan
+from wan_train.models.audio import load_audio_space
 
 TASKS = ("t2v", "i2v", "flf2v")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -86,22 +87,6 @@ def local_device(rank: int) -> torch.device:
 def load_encoders(model: str | Path, *, task: str, dtype: torch.dtype, device: torch.device):
     components = ("vae", "text_encoder") + (("clip",) if task != "t2v" else ())
     return load_wan(model, components=components, dtype=dtype, device=device)
-
-
-AUDIO_FILES = ("v1-16.pth", "best_netG.pt")  # MMAudio's VAE and vocoder
-OVI_AUDIO_DIR = Path("MMAudio") / "ext_weights"  # where Ovi's download puts them
-
-
-def load_audio_model(spec: str, *, device: torch.device):
-    """MelSpace for "mel", else the MMAudio autoencoder from the folder `spec` (or its MMAudio/ext_weights)."""
-    if spec == "mel":
-        return MelSpace().to(device)
-    for folder in (Path(spec), Path(spec) / OVI_AUDIO_DIR):
-        if all((folder / name).is_file() for name in AUDIO_FILES):
-            vae, vocoder = (folder / name for name in AUDIO_FILES)
-            return load_audio_autoencoder(vae=vae, vocoder=vocoder, device=device)
-    raise FileNotFoundError(f"--audio {spec}: expected 'mel' or a folder with {' and '.join(AUDIO_FILES)} (in it or "
-                            f"in its {OVI_AUDIO_DIR})")
 
 
 def encode_audio(item: dict, *, model) -> dict[str, torch.Tensor]:
@@ -190,7 +175,7 @@ def cache_latents(shards, output: Path, *, model, table: BucketTable, task: str 
                   save_dtype: torch.dtype = torch.bfloat16, rank: int = 0, world_size: int = 1,
                   audio: str | None = None) -> dict:
     """Cache this rank's share of the shards (i, i + world_size, ...); returns the summary of the whole output.
-    audio: also cache the clips' sound ("mel" or a folder, see load_audio_model)."""
+    audio: also cache the clips' sound ("mel" or a folder, see load_audio_space)."""
     output = Path(output)
     mine = expand_urls(shards)[rank::world_size]
     todo = [u for u in mine if not cached(output / Path(u).name, audio=audio)]
@@ -202,7 +187,7 @@ def cache_latents(shards, output: Path, *, model, table: BucketTable, task: str 
         if table.spatial_stride != stride:
             table = BucketTable(resolutions=table.resolutions, aspect_ratios=table.aspect_ratios,
                                 durations=table.durations, fps=table.fps, spatial_stride=stride)
-        audio_model = None if audio is None else load_audio_model(audio, device=device)
+        audio_model = None if audio is None else load_audio_space(audio, device=device)
         source = VideoSource(table, caption_dropout=0.0, clip_start="centre", crop="centre", span="shot",
                              audio_rate=None if audio_model is None else audio_model.sample_rate)
         if rank == 0:

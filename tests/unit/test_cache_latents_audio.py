@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_tools.cache_latents import cache_latents, load_audio_model, main
+from data_tools.cache_latents import cache_latents, main
 from tests.data_helpers import encode_sound_video, frame_colour, sound_file, two_tones, write_shard
 from tests.helpers import write_official_folder
 from wan_train.data.audio import SAMPLE_RATE
@@ -19,7 +19,8 @@ from wan_train.data.datamodule import DataConfig, WanDataModule
 from wan_train.data.metadata import ClipMeta
 from wan_train.data.shards import read_samples
 from wan_train.data.video import VideoSource
-from wan_train.models import MelSpace
+from wan_train.models import CheckpointError, MelSpace
+from wan_train.models.audio import load_audio_space
 
 FPS = 8.0
 TABLE = BucketTable(resolutions=("144p",), durations=(0.5,), fps=FPS)  # 5 frames: 10,000 samples, 19 latents
@@ -102,10 +103,10 @@ def test_data_audio_on_latents_cached_without_sound_skips_them(shard, model, tmp
 
 
 def test_the_audio_model_is_mel_or_a_folder_of_mmaudios_files(tmp_path, capsys):
-    assert isinstance(load_audio_model("mel", device=torch.device("cpu")), MelSpace)
-    with pytest.raises(FileNotFoundError, match=r"--audio .*: expected 'mel' or a folder with v1-16.pth and "
-                                                r"best_netG.pt"):
-        load_audio_model(str(tmp_path), device=torch.device("cpu"))
+    assert isinstance(load_audio_space("mel", device=torch.device("cpu")), MelSpace)
+    with pytest.raises(CheckpointError, match=r"not an audio autoencoder: expected 'mel' or a folder with "
+                                              r"v1-16.pth and best_netG.pt"):
+        load_audio_space(str(tmp_path), device=torch.device("cpu"))
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "--audio mel|DIR" in capsys.readouterr().out

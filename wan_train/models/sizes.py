@@ -43,12 +43,19 @@ def _size(name: str, *, vae: str = "wan2.1", experts: tuple[str, ...] = (), boun
     return ModelSize(name=name, dit=DiTConfig(**dit), vae=vae, experts=experts, boundary=boundary)
 
 
+def audio_tower(video: DiTConfig) -> DiTConfig:
+    """The audio tower Ovi pairs with a video tower: the same widths, over the 20 channels of the MMAudio 16 kHz
+    latents (or of the weight-free "mel" stand-in), 1-D RoPE scaled to line up with the video's frames."""
+    return DiTConfig(model_type="t2a", in_dim=20, out_dim=20, patch_size=(1,), rope_scale=OVI_ROPE_SCALE,
+                     dim=video.dim, ffn_dim=video.ffn_dim, num_heads=video.num_heads, num_layers=video.num_layers,
+                     text_dim=video.text_dim, text_len=video.text_len)
+
+
 def _twin(name: str, *, audio_vae: str, **widths) -> ModelSize:
     """An Ovi-style twin: a TI2V video tower (48 latent channels, Wan2.2 VAE) and an audio tower over the 20
     channels of the MMAudio 16 kHz VAE, of the same widths (ovi/configs/model/dit/{video,audio}.json)."""
     video = DiTConfig(model_type="ti2v", in_dim=48, out_dim=48, **widths)
-    audio = DiTConfig(model_type="t2a", in_dim=20, out_dim=20, patch_size=(1,), rope_scale=OVI_ROPE_SCALE, **widths)
-    return ModelSize(name=name, dit=video, vae="wan2.2", audio=audio, audio_vae=audio_vae)
+    return ModelSize(name=name, dit=video, vae="wan2.2", audio=audio_tower(video), audio_vae=audio_vae)
 
 
 _W14B = dict(dim=5120, ffn_dim=13824, num_heads=40, num_layers=40)
@@ -75,6 +82,10 @@ SIZES: dict[str, ModelSize] = {
         # Ovi 11B (all three released checkpoints: 720x720 5 s, 960x960 5 s and 10 s)
         _twin("ovi-11b", audio_vae="mmaudio-16k", dim=3072, ffn_dim=14336, num_heads=24, num_layers=30),
         _twin("tiny-ovi", audio_vae="mmaudio-16k", **_TINY),
+        # the zero-download twin: the quickstart's video tower (pixel space) and an audio tower on the weight-free
+        # mel stand-in of the audio autoencoder (models/audio/mel_space.py); trained from scratch (recipe=av)
+        ModelSize(name="quickstart-av", dit=DiTConfig(in_dim=12, out_dim=12, **_TINY), vae="pixel",
+                  audio=audio_tower(DiTConfig(**_TINY)), audio_vae="mel"),
     )
 }
 

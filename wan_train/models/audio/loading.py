@@ -26,6 +26,7 @@ from torch import nn
 from wan_train.models.audio.autoencoder import AudioAutoencoder
 from wan_train.models.audio.config import AudioAutoencoderConfig, get_audio_config
 from wan_train.models.audio.mel import LogMel
+from wan_train.models.audio.mel_space import MelSpace
 from wan_train.models.audio.mp_layers import mp_weight
 from wan_train.models.checkpoint.errors import CheckpointError
 from wan_train.models.checkpoint.pickles import load_pickled
@@ -172,3 +173,20 @@ def assign(module: nn.Module, tensors: dict[str, torch.Tensor], *, dtype: torch.
             setattr(owner, attr, tensor)
         else:
             setattr(owner, attr, nn.Parameter(tensor, requires_grad=False))
+
+
+AUDIO_FILES = ("v1-16.pth", "best_netG.pt")  # MMAudio's VAE and vocoder
+OVI_AUDIO_DIR = Path("MMAudio") / "ext_weights"  # where Ovi's download_weights.py puts them
+
+
+def load_audio_space(spec: str | Path, *, device: torch.device | str | None = None):
+    """The audio latent space named by `spec`: "mel" is the weight-free MelSpace; anything else is a folder holding
+    MMAudio's v1-16.pth and best_netG.pt, itself or in its MMAudio/ext_weights (an Ovi checkpoint folder)."""
+    if str(spec) == "mel":
+        return MelSpace().to(device)
+    for folder in (Path(spec), Path(spec) / OVI_AUDIO_DIR):
+        if all((folder / name).is_file() for name in AUDIO_FILES):
+            vae, vocoder = (folder / name for name in AUDIO_FILES)
+            return load_audio_autoencoder(vae=vae, vocoder=vocoder, device=device)
+    raise CheckpointError(f"{spec}: not an audio autoencoder: expected 'mel' or a folder with "
+                          f"{' and '.join(AUDIO_FILES)} (in it or in its {OVI_AUDIO_DIR})")

@@ -31,6 +31,11 @@ background sky sea beach city street room forest field water sun night day morni
 man woman person people boy girl child dog cat bird car robot knight castle horse mascot character
 video1 video2 video3
 """.split()
+# the audio-video demo's words (make_av_demo's captions, Ovi's <AUDCAP> tags), added after every other token so
+# the ids, and the random embeddings, of the words above stay what they were
+AV_WORDS = """
+flash flashes flashing once twice times time each beep beeps low high sound sounds loud quiet audcap endaudcap
+""".split()
 
 
 def word_tokenizer() -> PreTrainedTokenizerFast:
@@ -38,7 +43,7 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     characters (word pieces "x", "##y", "##z"); characters outside string.printable are <unk>."""
     chars = [c for c in string.printable if not c.isspace()]
     vocab = {token: i for i, token in enumerate(SPECIALS + list(dict.fromkeys(WORDS + chars))
-                                                + ["##" + c for c in chars])}
+                                                + ["##" + c for c in chars] + AV_WORDS)}
     tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="<unk>", max_input_chars_per_word=100))
     tok.normalizer = normalizers.Lowercase()
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -48,10 +53,16 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
 
 def builtin_text_encoder(*, text_dim: int, seed: int = 0) -> WanTextEncoder:
     tokenizer = word_tokenizer()
-    config = UMT5Config(vocab_size=len(tokenizer), d_model=text_dim, num_heads=4, d_kv=16, d_ff=128, num_layers=1)
+    base = len(tokenizer) - len(AV_WORDS)
+    config = UMT5Config(vocab_size=base, d_model=text_dim, num_heads=4, d_kv=16, d_ff=128, num_layers=1)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = UMT5EncoderModel(config).eval().requires_grad_(False)
+    # the AV_WORDS rows, drawn after (and apart from) the model, as T5 initialises its embedding (N(0, factor))
+    extra = torch.randn(len(AV_WORDS), text_dim, generator=torch.Generator().manual_seed(seed + 1))
+    table = torch.cat([model.get_input_embeddings().weight, extra * config.initializer_factor])
+    model.set_input_embeddings(torch.nn.Embedding.from_pretrained(table, freeze=True))
+    model.config.vocab_size = len(tokenizer)
     return WanTextEncoder(model, tokenizer=tokenizer)
 
 
