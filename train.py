@@ -28,7 +28,7 @@ from omegaconf import DictConfig  # noqa: E402
 
 from wan_train.config import TrainConfig, validate  # noqa: E402
 from wan_train.config.compose import CONF_DIR, groups, register, usage  # noqa: E402
-from wan_train.config.demo import DEMO  # noqa: E402
+from wan_train.config.demo import AV_DEMO, DEMO  # noqa: E402
 from wan_train.config.errors import user_errors_in_one_line  # noqa: E402
 from wan_train.config.keys import check_keys, check_overrides  # noqa: E402
 from wan_train.parallel.launch import detect_launch  # noqa: E402
@@ -37,15 +37,21 @@ from wan_train.training.run import run  # noqa: E402
 
 def ensure_demo_data(cfg: DictConfig) -> None:
     for shards in (*cfg.data.shards, *cfg.data.val_shards, *(s for v in cfg.data.val_sets.values() for s in v)):
-        if shards in DEMO and not any(Path(shards).glob("*.tar")):
+        if (shards in DEMO or shards in AV_DEMO) and not any(Path(shards).glob("*.tar")):
             import fcntl
 
+            from data_tools.make_av_demo import make_av_demo
             from data_tools.make_demo import make_demo
 
             Path(shards).parent.mkdir(parents=True, exist_ok=True)
             with open(Path(shards).parent / f".{Path(shards).name}.lock", "w") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # the ranks of a job: one writes, the others wait for it
-                if not any(Path(shards).glob("*.tar")):
+                if any(Path(shards).glob("*.tar")):
+                    continue
+                if shards in AV_DEMO:
+                    seed, count = AV_DEMO[shards]
+                    make_av_demo(shards, num_clips=count, seed=seed)
+                else:
                     seed, count, options = DEMO[shards]
                     make_demo(shards, num_clips=count, seed=seed, width=256, height=144, frames=49, fps=16.0,
                               shard_size=16, **options)

@@ -13,7 +13,8 @@ from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule, Inputs
 from wan_train.training.run import build_dit
 
-EXPECTED = {"quickstart", "lora_character", "lora_style", "full_high_noise", "full_low_noise", "full_1_3b"}
+EXPECTED = {"quickstart", "lora_character", "lora_style", "full_high_noise", "full_low_noise", "full_1_3b", "av",
+            "av_lora"}
 
 
 @pytest.fixture(scope="module")

@@ -24,6 +24,15 @@ class ModelConfig:
     # multi-shot: shot-index embeddings (and per-shot captions) for up to this many shots, added to the base like
     # references; 0: none
     shots: int = 0
+    # sound (a twin-tower audio-video model, models/dit/fusion.py). On a Wan T2V / TI2V size: "mel" (the weight-free
+    # stand-in) or a folder with MMAudio's v1-16.pth and best_netG.pt (or an Ovi folder) adds an audio tower of the
+    # base's widths, the video tower's fusion values zero, so the video output is the base's until they train. On a
+    # twin size (quickstart-av, tiny-ovi, ovi-11b): where its audio latents come from (None: the size's own, "mel"
+    # for quickstart-av, the model.encoders / model.checkpoint folder for Ovi)
+    audio: str | None = None
+    # false: the towers of an audio-video model never read each other (every fusion projection frozen, the values
+    # at zero): the no-fusion ablation of the sync demo, where the sound can only guess when the picture flashes
+    fusion: bool = True
 
 
 @dataclass
@@ -53,6 +62,10 @@ class FlowConfig:
     held_out_quantiles: int = 4  # sigmas per held-out sample (quantiles of the expert's sigma distribution)
     held_out_samples: int = 4  # clips from the stream kept aside at start as the fixed validation set
     held_out_seed: int = 1234
+    # twin-tower (audio-video) models: each modality's noise level drawn on its own ("independent", as LTX-2's
+    # trainer does) or the video's for both ("shared"); loss = video + audio_weight x audio
+    audio_sigma: str = "independent"
+    audio_weight: float = 1.0
 
 
 @dataclass
@@ -110,6 +123,10 @@ class LoraConfig:
 
     enabled: bool = False
     target: str = "attn_qkvo_ffn"  # a preset of wan_train.lora.TARGET_PRESETS
+    # twin-tower (audio-video) models: the towers whose blocks `target` adapts, and whether the fusion projections
+    # (cross_attn.k_fusion / v_fusion, which read the other modality) get an adapter too
+    towers: list[str] = field(default_factory=lambda: ["video", "audio"])
+    fusion: bool = True
     rank: int = 16
     alpha: float = 16.0  # scale alpha / rank (alpha / sqrt(rank) with rslora)
     dropout: float = 0.0

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from wan_train.config.demo import DEMO
+from wan_train.inference.twin import audio_source, is_twin_run
+from wan_train.config.demo import PENDING
 from wan_train.data.datamodule import KINDS
 from wan_train.data.shards import missing_shards
-from wan_train.flow import SAMPLER_KINDS, WEIGHTINGS, SigmaSampler
+from wan_train.flow import SAMPLER_KINDS, SIGMA_MODES, WEIGHTINGS, SigmaSampler
 from wan_train.inference.outputs import PREVIEWS
 from wan_train.inference.presets import fast, official, with_overrides
 from wan_train.inference.solvers import SOLVERS
@@ -38,7 +39,7 @@ def _allowed(key: str, value, allowed) -> None:
         raise ConfigError(f"{key}={value!r}: expected one of {list(allowed)}")
 
 
-def validate(cfg: DictConfig, *, pending: Collection[str] = DEMO) -> None:
+def validate(cfg: DictConfig, *, pending: Collection[str] = PENDING) -> None:
     """Every check of a train config, before anything is made or loaded. `pending`: shard folders that will be
     made before training, not required to exist yet (the demo data train.py makes on first use)."""
     _allowed("model.size", cfg.model.size, SIZES)
@@ -74,6 +75,7 @@ def validate(cfg: DictConfig, *, pending: Collection[str] = DEMO) -> None:
         _validate_lora(cfg)
     _validate_memory(cfg)
     _validate_references(cfg)
+    _validate_audio(cfg)
     for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
@@ -246,6 +248,50 @@ def _validate_references(cfg: DictConfig) -> None:
         raise ConfigError("model.references / model.shots with lora.client: the registry's LoRA formats cannot carry "
                           "the embeddings trained beside the adapter; drop lora.client/name and load the run folder "
                           "(generate.py ckpt=RUN_DIR ...)")
+
+
+TOWERS = ("video", "audio")
+
+
+def _validate_audio(cfg: DictConfig) -> None:
+    """Twin-tower (audio-video) runs: a twin size, or model.audio adding an audio tower to a Wan T2V / TI2V size."""
+    size, audio = SIZES[cfg.model.size], cfg.model.audio
+    _allowed("flow.audio_sigma", cfg.flow.audio_sigma, SIGMA_MODES)
+    if not cfg.flow.audio_weight >= 0:
+        raise ConfigError(f"flow.audio_weight={cfg.flow.audio_weight}: must be >= 0")
+    if cfg.lora.enabled:
+        for tower in cfg.lora.towers:
+            _allowed("lora.towers", tower, TOWERS)
+    if audio is not None and audio != "mel" and not Path(audio).is_dir():
+        raise ConfigError(f"model.audio={audio!r}: expected 'mel' or a folder with MMAudio's v1-16.pth and "
+                          "best_netG.pt (or an Ovi checkpoint folder)")
+    if not is_twin_run(cfg):
+        if not cfg.model.fusion:
+            raise ConfigError(f"model.fusion=false: model.size={size.name!r} is a video-only model (no fusion)")
+        return
+    where = (f"model.audio={audio!r}" if audio else f"model.size={size.name!r} (audio-video)" if size.has_audio
+             else f"model.checkpoint={cfg.model.checkpoint!r} (audio-video)")
+    if audio_source(cfg) is None:
+        raise ConfigError(f"{where}: no audio autoencoder: set model.audio=<a folder with MMAudio's v1-16.pth and "
+                          "best_netG.pt, or the Ovi folder>")
+    if audio and size.has_audio and size.audio_vae == "mel" and audio != "mel":
+        raise ConfigError(f"{where}: {size.name} speaks the 'mel' audio latents; leave model.audio unset")
+    if not size.has_audio and (size.is_moe or size.dit.model_type not in ("t2v", "ti2v")):
+        raise ConfigError(f"{where}: an audio tower joins a Wan T2V / TI2V model, not {size.name}")
+    if cfg.model.references or cfg.model.shots:
+        raise ConfigError(f"{where} with model.references / model.shots: the twin-tower model has neither")
+    if cfg.data.kind == "video" and not cfg.data.audio:
+        raise ConfigError(f"{where} with data.audio=false: an audio-video model trains on the clips' sound; set "
+                          "data.audio=true (data=av_demo does)")
+    if cfg.strategy.sequence_parallel > 1 or cfg.memory.offload_blocks or cfg.memory.base_dtype == "float8_e4m3fn":
+        raise ConfigError(f"{where}: strategy.sequence_parallel, memory.offload_blocks and a float8 base are not "
+                          "supported for audio-video models yet")
+    if not cfg.model.fusion and cfg.lora.enabled and cfg.lora.fusion:
+        raise ConfigError("model.fusion=false with lora.fusion=true: an adapter on the fusion projections would "
+                          "join the towers again; set lora.fusion=false")
+    if cfg.lora.enabled and cfg.lora.client:
+        raise ConfigError(f"{where} with lora.client: the registry's LoRA formats are for Wan video models; drop "
+                          "lora.client/name and load the run folder (generate.py ckpt=RUN_DIR task=t2av ...)")
 
 
 def vae_stride(name: str) -> int:

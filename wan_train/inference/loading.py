@@ -17,10 +17,14 @@ from omegaconf import OmegaConf
 
 from wan_train.inference.pipeline import WanModels
 from wan_train.inference.presets import size_name, twin_size_name
+from wan_train.inference.twin import audio_source, cut_fusion, give_voice, model_audio, twin_checkpoint, twin_config
 from wan_train.lora import add_adapter, merge_adapter
 from wan_train.models import (
-    EXPERTS, CheckpointError, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit, load_wan,
+    EXPERTS, CheckpointError, OviDiT, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit,
+    load_ovi_dit, load_wan,
 )
+from wan_train.models.audio import load_audio_space
+from wan_train.models.checkpoint.ovi_folder import WAN_DIR as OVI_WAN_DIR
 from wan_train.models.checkpoint.ovi_folder import is_ovi_dit, is_ovi_folder, load_ovi
 from wan_train.models.checkpoint.pickles import load_pickled
 from wan_train.models.checkpoint.wan_files import OFFICIAL_EXPERT_DIRS
@@ -106,10 +110,16 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool, step: int | None) -> L
         source[other] = str(cfg.model.checkpoint)
     else:
         dits[None], source["dit"] = dit_from_run(run_dir, cfg, None, dtype=dtype, ema=ema, step=step)
-    vae, text_encoder, clip = _encoders(cfg.model.encoders or cfg.model.checkpoint, size.dit.text_dim,
-                                        seed=cfg.trainer.seed, image_branch=size.dit.has_image_branch, where=run_dir)
+    source_of_encoders = cfg.model.encoders or cfg.model.checkpoint
+    if source_of_encoders and source_of_encoders != "builtin" and is_ovi_folder(Path(source_of_encoders)):
+        source_of_encoders = str(Path(source_of_encoders) / OVI_WAN_DIR)  # Ovi's download: the Wan2.2 VAE, umT5
+    vae, text_encoder, clip = _encoders(source_of_encoders, size.dit.text_dim, seed=cfg.trainer.seed,
+                                        image_branch=size.dit.has_image_branch, where=run_dir)
+    audio = audio_source(cfg)
     models = WanModels(dits, vae.to(device), text_encoder.to(device), clip.to(device) if clip is not None else None,
-                       boundary=size.boundary if size.is_moe else None, size=size.name)
+                       boundary=size.boundary if size.is_moe else None,
+                       size=size.name if audio is None else _twin_size(dits[None]),
+                       audio_vae=None if audio is None else load_audio_space(audio, device=device))
     for dit in dits.values():
         dit.eval().to(device)
     return Loaded(models, source)
@@ -140,8 +150,12 @@ def dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool, st
     if cfg.lora.enabled:
         dit = _lora_dit(cfg, expert, weights, path=path)
         return (merge_adapter(dit) if merge else dit).to_dtype(dtype), f"{what}, LoRA on {cfg.model.checkpoint}"
-    config = get_size(cfg.model.size).dit.replace(**_extensions(cfg))
-    dit = WanDiT(config)
+    twin = twin_config(cfg)
+    if twin is not None:
+        config, dit = twin, OviDiT(twin)
+    else:
+        config = get_size(cfg.model.size).dit.replace(**_extensions(cfg))
+        dit = WanDiT(config)
     missing, unexpected = dit.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise CheckpointError(f"{path}: the DiT weights do not match size {config}: missing {missing[:5]}, "
@@ -149,19 +163,28 @@ def dit_from_run(run_dir: Path, cfg, expert: str | None, *, dtype, ema: bool, st
     return dit.to_dtype(dtype), what
 
 
-def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
+def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT | OviDiT:
     """The run's base with its adapter injected as in training and loaded (folded in by merge_adapter)."""
     lora = cfg.lora
     if not cfg.model.checkpoint or not Path(cfg.model.checkpoint).exists():
         raise CheckpointError(f"{path}: a LoRA run needs its base model.checkpoint={cfg.model.checkpoint!r}, "
                               "which is not there")
-    dit = load_dit(cfg.model.checkpoint, expert=expert, dtype=torch.float32)
-    add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, rslora=lora.rslora, dora=lora.dora)
+    if (twin := twin_checkpoint(cfg)) is not None:  # adapters on the chosen towers (and the fusion projections)
+        dit = load_ovi_dit(twin, dtype=torch.float32)
+        add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, rslora=lora.rslora, dora=lora.dora,
+                    towers=list(lora.towers), fusion=lora.fusion)
+    else:
+        dit = load_dit(cfg.model.checkpoint, expert=expert, dtype=torch.float32)
+        add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, rslora=lora.rslora, dora=lora.dora)
     extensions = _extensions(cfg)  # trained beside the adapter (wan_train.training.run.prepare)
     if extensions["references"]:
         dit.extend_references(extensions["references"])
     if extensions["shots"]:
         dit.extend_shots(extensions["shots"])
+    if model_audio(cfg) and not isinstance(dit, OviDiT):  # a voice trained beside the adapter
+        dit = give_voice(dit, seed=cfg.trainer.seed + 1)
+    if isinstance(dit, OviDiT) and not OmegaConf.select(cfg, "model.fusion", default=True):
+        cut_fusion(dit)
     trained = {n for n, p in dit.named_parameters() if p.requires_grad}
     if set(weights) != trained:
         raise CheckpointError(f"{path}: the adapter in the checkpoint does not match the run's lora settings: "
@@ -169,6 +192,10 @@ def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT:
                               f"unexpected {sorted(set(weights) - trained)[:5]}")
     dit.load_state_dict(weights, strict=False)
     return dit
+
+
+def _twin_size(dit: OviDiT) -> str | None:
+    return twin_size_name(dit.ovi_config.video, dit.ovi_config.audio)
 
 
 def _extensions(cfg) -> dict[str, int]:

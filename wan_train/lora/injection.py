@@ -9,6 +9,7 @@ call it unchanged. Parameter names gain peft's parts: `blocks.0.self_attn.q.base
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import torch
 from peft import inject_adapter_in_model
@@ -24,10 +25,12 @@ _PEFT_PARTS = re.compile(r"\.base_layer(?=\.|$)")
 
 
 def add_adapter(dit: nn.Module, *, target: str, rank: int, alpha: float, dropout: float = 0.0,
-                rslora: bool = False, dora: bool = False) -> int:
+                rslora: bool = False, dora: bool = False, towers: Sequence[str] | None = None,
+                fusion: bool = False) -> int:
     """Inject a fresh adapter (B = 0, so the output is the base model's until trained) and freeze everything
-    else; returns the number of trainable parameters."""
-    config = lora_config(target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, dora=dora)
+    else; returns the number of trainable parameters. towers / fusion: a twin-tower model's (lora.targets)."""
+    config = lora_config(target, rank=rank, alpha=alpha, dropout=dropout, rslora=rslora, dora=dora, towers=towers,
+                         fusion=fusion)
     inject_adapter_in_model(config, dit, adapter_name=ADAPTER)
     for name, parameter in dit.named_parameters():
         trained = (f".lora_A.{ADAPTER}." in name or f".lora_B.{ADAPTER}." in name

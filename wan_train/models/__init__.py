@@ -5,7 +5,7 @@ from wan_train.models.audio import AUDIO_CONFIGS, AudioAutoencoder, MelSpace, lo
 from wan_train.models.checkpoint import (
     CheckpointError, WanComponents, WanFiles, find_wan_files, load_dit, load_vae, load_wan, save_dit,
 )
-from wan_train.models.checkpoint.ovi_io import load_ovi_dit, save_ovi_dit
+from wan_train.models.checkpoint.ovi_io import load_ovi_dit, save_model, save_ovi_dit
 from wan_train.models.dit import DiTConfig, ShotLayout, WanBlock, WanDiT
 from wan_train.models.dit.audio import AudioDiT
 from wan_train.models.dit.fusion import OviConfig, OviDiT
@@ -23,5 +23,5 @@ __all__ = [
     "ShotLayout", "Tiling", "VAEConfig", "WanBlock", "WanComponents", "WanDiT", "WanFiles", "WanTextEncoder", "WanVAE",
     "builtin_text_encoder", "builtin_vae", "dit_flops", "find_wan_files", "get_size", "load_audio_autoencoder",
     "load_clip_vision", "load_dit", "load_ovi_dit", "load_text_encoder", "load_vae", "load_wan", "save_dit",
-    "save_ovi_dit",
+    "save_model", "save_ovi_dit",
 ]

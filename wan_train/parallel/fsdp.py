@@ -33,6 +33,7 @@ except ImportError:
 
 from wan_train.models.checkpoint.distributed import SafeFileSystemReader, load_distributed
 from wan_train.models.checkpoint.pickles import load_pickled
+from wan_train.models.dit.fusion import OviDiT
 from wan_train.models.dit.model import WanBlock
 from wan_train.parallel.strategy import SHARDING
 
@@ -56,7 +57,7 @@ class FSDPStrategy(ModelParallelStrategy):
 
     def shard(self, dit: nn.Module) -> None:
         """fully_shard every WanBlock, then the DiT (its embeddings and head); a DiT sharded before (Lightning
-        calls configure_model again for a later fit) is left as it is."""
+        calls configure_model again for a later fit) is left as it is. An OviDiT is sharded whole (below)."""
         if isinstance(dit, FSDPModule):
             return
         mesh = self.device_mesh["data_parallel"]
@@ -68,9 +69,13 @@ class FSDPStrategy(ModelParallelStrategy):
         options: dict[str, Any] = {"mesh": mesh, "reshard_after_forward": self.sharding_strategy != "SHARD_GRAD_OP"}
         if self.cpu_offload:
             options["offload_policy"] = CPUOffloadPolicy()
-        for module in dit.modules():
-            if isinstance(module, WanBlock):
-                fully_shard(module, **options)
+        # a twin-tower (audio-video) model is one unit: its fusion blocks call the two towers' block submodules
+        # directly, so a per-block unit would never be gathered (its sharded parameters stay at rest, its optimizer
+        # state sharded; the whole model is gathered for each forward)
+        if not isinstance(dit, OviDiT):
+            for module in dit.modules():
+                if isinstance(module, WanBlock):
+                    fully_shard(module, **options)
         fully_shard(dit, **options)
 
     def _frozen_left_out(self) -> bool:

@@ -23,8 +23,11 @@ from wan_train.models import EXPERTS
 log = logging.getLogger(__name__)
 
 
+TOWERS_KEY = "wan_train.towers"  # a twin-tower model's adapter: the towers its target covers, and "+fusion"
+
+
 def export_adapter(dit: nn.Module, folder: Path, *, base: str, expert: str | None,
-                   weights: dict | None = None) -> Path | None:
+                   weights: dict | None = None, towers: str | None = None) -> Path | None:
     """Write the injected adapter (or `weights`, e.g. the EMA shadow) as a peft folder; None for DoRA, whose
     magnitude vectors only the run folder's checkpoints carry. The folder appears whole (weights and config of one
     export, never one of each), replacing an existing one in one step (write_lora's peft folder)."""
@@ -33,8 +36,17 @@ def export_adapter(dit: nn.Module, folder: Path, *, base: str, expert: str | Non
     except ValueError as error:
         log.warning("%s not written: %s", folder, error)
         return None
-    write_lora(folder, modules, format="peft", metadata={BASE_KEY: base, EXPERT_KEY: expert or DENSE})
+    metadata = {BASE_KEY: base, EXPERT_KEY: expert or DENSE} | ({TOWERS_KEY: towers} if towers else {})
+    write_lora(folder, modules, format="peft", metadata=metadata)
     return folder
+
+
+def adapter_towers(cfg: DictConfig, dit: nn.Module) -> str | None:
+    """What a twin-tower run's adapter covers, as recorded in its files: e.g. "video,audio+fusion"; None for a
+    Wan DiT."""
+    if not hasattr(dit, "audio_model"):
+        return None
+    return ",".join(cfg.lora.towers) + ("+fusion" if cfg.lora.fusion else "")
 
 
 def run_adapters(cfg: DictConfig, run_dir: Path) -> dict[str, Path]:

@@ -26,13 +26,15 @@ class HeldOutLoss(L.Callback):
         self.started = False  # this fit trained (False: resumed at max_steps, a finished run run again)
 
     def summary(self) -> dict[str, float]:
-        """Each set's first and last loss: val/loss_first, val/loss, val/<set>/loss_first, val/<set>/loss."""
+        """Each set's first and last loss: val/loss_first, val/loss, val/<set>/loss_first, val/<set>/loss (and an
+        audio-video model's val/loss_video and val/loss_audio, first and last)."""
         if not self.history:
             return {"val/loss_first": float("nan"), "val/loss": float("nan")}
         (_, first), (_, last) = self.history[0], self.history[-1]
         out = {}
         for key in last:
-            if key == "val/loss" or (key.endswith("/loss") and key.count("/") == 2):
+            if key in ("val/loss", "val/loss_video", "val/loss_audio") or (key.endswith("/loss")
+                                                                          and key.count("/") == 2):
                 out[f"{key}_first"], out[key] = first.get(key, float("nan")), last[key]
         return out
 

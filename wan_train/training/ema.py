@@ -45,11 +45,11 @@ class EMA(L.Callback):
     @torch.no_grad()
     def export(self, model: torch.nn.Module, folder, *, state_dict: dict | None = None,
                shadow: dict[str, torch.Tensor] | None = None) -> None:
-        """Save `model` in the official layout with the EMA weights in place of the trained ones. `state_dict` and
+        """Save `model` (models.save_model's layout) with the EMA weights in place of the trained ones. `state_dict` and
         `shadow`: the whole weights and averages when FSDP shards them (gathered by the caller on every rank)."""
-        from wan_train.models import save_dit
+        from wan_train.models import save_model
 
         state = dict(model.state_dict() if state_dict is None else state_dict)
         shadow = self.full_shadow() if shadow is None else shadow
         state.update({n: t.to(state[n].dtype) for n, t in shadow.items()})
-        save_dit(model, folder, layout="official", state_dict=state)
+        save_model(model, folder, state_dict=state)

@@ -34,12 +34,14 @@ from wan_train.data.stream import Tally
 from wan_train.fileio.durable import write_text
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
-from wan_train.models import EXPERTS, WanDiT, get_size, load_dit, save_dit
+from wan_train.inference.presets import twin_size_name
+from wan_train.inference.twin import cut_fusion, give_voice, twin_checkpoint
+from wan_train.models import EXPERTS, OviConfig, OviDiT, WanDiT, get_size, load_dit, load_ovi_dit, save_model
 from wan_train.parallel.fsdp import full_state_dict
 from wan_train.parallel.launch import check_launch, detect_launch
 from wan_train.parallel.strategy import build_strategy, own_checkpoint_io
 from wan_train.training.callbacks import AtomicCheckpointIO, HeldOutLoss, ProgressLines, StepBar, Throughput
-from wan_train.training.adapters import export_adapter, register_run
+from wan_train.training.adapters import adapter_towers, export_adapter, register_run
 from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
@@ -54,21 +56,27 @@ from wan_train.marking import Marker
 log = logging.getLogger(__name__)
 
 
-def build_dit(cfg) -> WanDiT:
+def build_dit(cfg) -> WanDiT | OviDiT:
+    """The DiT to train (with its fresh adapter in a LoRA run): from model.checkpoint (a Wan DiT, or a twin-tower
+    one: an Ovi folder or file, a wan_train OviDiT folder) or from random init of model.size."""
     size = get_size(cfg.model.size)
-    if cfg.model.checkpoint:
+    if (twin := twin_checkpoint(cfg)) is not None:
+        dit = load_ovi_dit(twin, dtype=load_dtype(cfg))
+    elif cfg.model.checkpoint:
         dit = load_dit(cfg.model.checkpoint, expert=cfg.expert.name, dtype=load_dtype(cfg))
     else:
         torch.manual_seed(cfg.trainer.seed)
-        dit = WanDiT(size.dit)
+        dit = OviDiT(OviConfig(video=size.dit, audio=size.audio)) if size.has_audio else WanDiT(size.dit)
     dit.activation_checkpointing = cfg.model.activation_checkpointing  # per block (an FSDP unit under fsdp)
     dit.train()
     if cfg.lora.enabled:  # a frozen base with a fresh peft adapter (B = 0: the base's output until trained)
         lora = cfg.lora
+        twin = isinstance(dit, OviDiT)
         with torch.random.fork_rng():  # peft draws A from the global generator: seed it, so runs repeat exactly
             torch.manual_seed(cfg.trainer.seed)
             add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
-                        rslora=lora.rslora, dora=lora.dora)
+                        rslora=lora.rslora, dora=lora.dora, towers=list(lora.towers) if twin else None,
+                        fusion=twin and lora.fusion)
     else:
         apply_trainable(dit, cfg.model.trainable)
     return dit
@@ -170,6 +178,11 @@ def prepare(cfg: DictConfig) -> Session:
         dit.extend_references(cfg.model.references)
     if cfg.model.shots:
         dit.extend_shots(cfg.model.shots)
+    if cfg.model.audio and not isinstance(dit, OviDiT):  # trained in full, beside the adapter in a LoRA run
+        dit = give_voice(dit, seed=cfg.trainer.seed + 1,
+                         activation_checkpointing=cfg.model.activation_checkpointing).train()
+    if isinstance(dit, OviDiT) and not cfg.model.fusion:
+        cut_fusion(dit)
     place_base(dit, placement(cfg), compute_dtype=compute_dtype(cfg))
     count = cfg.flow.held_out_samples
     # every rank reads the held-out clips; rank 0 names the bad ones
@@ -312,7 +325,11 @@ def fit(session: Session, *, max_steps: int) -> dict:
         callbacks.append(ema)
     if cfg.validation.every_n_steps:
         size = get_size(cfg.model.size)
-        callbacks.append(ValidationVideos(cfg.validation, run_dir=run_dir, size=size.name, boundary=size.boundary,
+        name = size.name
+        if isinstance(session.module.dit, OviDiT):  # a twin's presets: its named twin size, if it is one
+            twin = session.module.dit.ovi_config
+            name = twin_size_name(twin.video, twin.audio) or name
+        callbacks.append(ValidationVideos(cfg.validation, run_dir=run_dir, size=name, boundary=size.boundary,
                                           partner=session.partner, expert=cfg.expert.name,
                                           marker=Marker.from_config(cfg.marking)))
     stop = None
@@ -382,11 +399,13 @@ def export(session: Session, ema: EMA | None, *, step: int, is_global_zero: bool
     if not is_global_zero:
         return
     if session.base is not None:
-        export_adapter(dit, run_dir / "adapter", base=session.base, expert=expert, weights=weights)
+        towers = adapter_towers(session.cfg, dit)
+        export_adapter(dit, run_dir / "adapter", base=session.base, expert=expert, weights=weights, towers=towers)
         if ema is not None:
-            export_adapter(dit, run_dir / "adapter_ema", base=session.base, expert=expert, weights=shadow)
+            export_adapter(dit, run_dir / "adapter_ema", base=session.base, expert=expert, weights=shadow,
+                           towers=towers)
     else:
-        save_dit(dit, run_dir / "dit", layout="official", state_dict=weights)
+        save_model(dit, run_dir / "dit", state_dict=weights)
         if ema is not None:
             ema.export(dit, run_dir / "dit_ema", state_dict=weights, shadow=shadow)
     write_text(run_dir / EXPORTED_FILE, f"{step}\n")  # last: a run stopped before this exports again on resume

@@ -5,13 +5,15 @@ import re
 
 import torch
 
-# preset -> pattern over WanDiT parameter names (blocks.{i}.self_attn.q.weight, patch_embedding.weight, ...)
+# preset -> pattern over WanDiT parameter names (blocks.{i}.self_attn.q.weight, patch_embedding.weight, ...); in a
+# twin-tower (audio-video) model, the same in both towers (video_model.blocks..., audio_model.blocks...)
+_BLOCKS = r"^((video|audio)_model\.)?blocks\."
 TRAINABLE = {
     "all": r".*",
-    "blocks": r"^blocks\.",  # every transformer block; embeddings and head frozen
-    "attention": r"^blocks\.\d+\.(self_attn|cross_attn)\.",
-    "self_attention": r"^blocks\.\d+\.self_attn\.",
-    "ffn": r"^blocks\.\d+\.ffn\.",
+    "blocks": _BLOCKS,  # every transformer block; embeddings and head frozen
+    "attention": _BLOCKS + r"\d+\.(self_attn|cross_attn)\.",
+    "self_attention": _BLOCKS + r"\d+\.self_attn\.",
+    "ffn": _BLOCKS + r"\d+\.ffn\.",
 }
 
 

@@ -2,7 +2,8 @@
 fixed seeds go through the shared denoising loop (wan_train.inference.generate) with the fast preset; the videos
 land in run_dir/samples/step_NNNNNNN/ (mp4 + preview + settings) and in W&B. `validation.metrics` scores them
 (scorers named by Hydra's _target_, e.g. eval.scorers.ClipScore; wan_train never imports eval/): the means are
-logged as val/<name>, each video's values go into its settings JSON."""
+logged as val/<name>, each video's values go into its settings JSON. An audio-video model samples its videos with
+their sound (task t2av): the mp4 carries it as an AAC track, a .wav lies beside it, and W&B shows the mp4."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.loggers import WandbLogger
 
 from wan_train.inference import WanModels, fast, generate, official, save_video, with_overrides
+from wan_train.inference.av import generate_av
 from wan_train.marking import Marker
 from wan_train.parallel.fsdp import is_sharded, reshard
 
@@ -54,10 +56,15 @@ class ValidationVideos(L.Callback):
         was_training = module.dit.training
         module.dit.eval()
         split, module.dit.sequence_parallel = module.dit.sequence_parallel, None
-        videos = []
+        videos, sounds = [], []
         try:
             for prompts, seed, kwargs in jobs:
-                videos += list(generate(models, prompts, seed=seed, device=module.device, **kwargs))
+                if models.has_audio:
+                    out = generate_av(models, prompts, seed=seed, device=module.device, **kwargs)
+                    videos += list(out.video)
+                    sounds += [(audio, out.sample_rate) for audio in out.audio]
+                else:
+                    videos += list(generate(models, prompts, seed=seed, device=module.device, **kwargs))
         finally:
             module.dit.train(was_training)
             module.dit.sequence_parallel = split
@@ -75,7 +82,8 @@ class ValidationVideos(L.Callback):
             meta = {"prompt": prompt, "seed": self.cfg.seed + i, "step": step, "settings": dataclasses.asdict(settings),
                     "scores": {name: float(values[i]) for name, values in scores.items()}}
             paths.append(save_video(folder / f"prompt_{i:02d}.mp4", video, fps=settings.fps, metadata=meta,
-                                    preview=self.cfg.preview, marker=self.marker).video)
+                                    preview=self.cfg.preview, marker=self.marker,
+                                    sound=sounds[i] if sounds else None).video)
         means = {f"val/{name}": float(values.float().mean()) for name, values in scores.items()}
         for logger in trainer.loggers:
             if means:
@@ -100,6 +108,8 @@ class ValidationVideos(L.Callback):
         image-only models, one call per prompt conditioned on the first (and last) frame of held-out clip i,
         at that clip's size."""
         prompts = list(self.cfg.prompts)
+        if models.has_audio:
+            return [(prompts, self.cfg.seed, {"settings": self.settings, "task": "t2av"})]
         if "t2v" in models.tasks:
             return [(prompts, self.cfg.seed, {"settings": self.settings, "task": "t2v"})]
         clips = [batch["video"] for batch in module.held_out if "video" in batch]
@@ -131,4 +141,4 @@ class ValidationVideos(L.Callback):
             dits = {self.expert: module.dit, other: self.partner}
         encoders.to(module.device)
         return WanModels(dits, encoders.vae, encoders.text_encoder, encoders.clip, boundary=self.boundary,
-                         size=self.size)
+                         size=self.size, audio_vae=encoders.audio)

@@ -23,8 +23,10 @@ import re
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from wan_train.fileio.durable import atomic_directory, atomic_path, recover_directory
+from wan_train.models.checkpoint.dit_io import save_dit
 from wan_train.models.checkpoint.errors import CheckpointError
 from wan_train.models.checkpoint.safetensors_io import (
     TensorInfo, assign_streamed, index_files, shard_files_from_index, write_json, write_sharded,
@@ -60,23 +62,33 @@ def load_ovi_dit(path: str | Path, *, dtype: torch.dtype | None = None,
     """Read an Ovi twin-tower DiT: an official ``.safetensors`` file or a wan_train folder (module docstring).
     dtype: cast floating weights (float32 islands kept, OviDiT.fp32_parameter_names); device: where they land."""
     path = Path(path)
-    recover_directory(path)
-    if not path.exists():
-        raise CheckpointError(f"{path}: no such file or folder")
-    if path.is_file():
-        if path.suffix != ".safetensors":
-            raise CheckpointError(f"{path}: expected Ovi's .safetensors file or a wan_train OviDiT folder")
-        layout, found = OFFICIAL, {from_official(k): i for k, i in index_files([path]).items()}
-        config = config_from_shapes({k: i.shape for k, i in found.items()}, source=str(path))
-    else:
-        layout, config, files = WAN_TRAIN, *_read_folder(path)
-        found = index_files(files)
+    layout, config, found = _index(path)
     with torch.device("meta"):
         model = OviDiT(config)
     _check_match(model, found, layout, path)
     keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
     assign_streamed(model, found, dtype=dtype, keep_fp32=keep_fp32, device=device or "cpu")
     return model
+
+
+def read_ovi_config(path: str | Path) -> OviConfig:
+    """The twin-tower architecture of an Ovi file or a wan_train OviDiT folder, from its header / config.json
+    (no weights read)."""
+    return _index(Path(path))[1]
+
+
+def _index(path: Path) -> tuple[str, OviConfig, dict]:
+    """(layout, config, our name -> TensorInfo) of an Ovi DiT file or folder."""
+    recover_directory(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or folder")
+    if path.is_file():
+        if path.suffix != ".safetensors":
+            raise CheckpointError(f"{path}: expected Ovi's .safetensors file or a wan_train OviDiT folder")
+        found = {from_official(k): i for k, i in index_files([path]).items()}
+        return OFFICIAL, config_from_shapes({k: i.shape for k, i in found.items()}, source=str(path)), found
+    config, files = _read_folder(path)
+    return WAN_TRAIN, config, index_files(files)
 
 
 def _read_folder(folder: Path) -> tuple[OviConfig, list[Path]]:
@@ -184,3 +196,11 @@ def save_ovi_dit(model: OviDiT, path: str | Path, *, layout: str = WAN_TRAIN, ma
 
 def _config_json(cfg: DiTConfig) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()}
+
+
+def save_model(model: nn.Module, path: str | Path, *, state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """A trained DiT as a run exports it: a Wan DiT in the official layout (save_dit), a twin-tower model as a
+    wan_train OviDiT folder (its config.json records both towers, the RoPE scale included)."""
+    if isinstance(model, OviDiT):
+        return save_ovi_dit(model, path, layout=WAN_TRAIN, state_dict=state_dict)
+    return save_dit(model, path, layout="official", state_dict=state_dict)
