@@ -9,13 +9,13 @@ from wan_train.config import compose_config
 from wan_train.lora.targets import targeted_modules
 from wan_train.training.encoders import Encoders
 from wan_train.training.module import FlowMatchingModule, Inputs, _generator
-from wan_train.training.run import build_dit
+from wan_train.training.run import build_dit, extend
 
 
 def module_for(model: str, **overrides) -> FlowMatchingModule:
     cfg = compose_config(["recipe=av", f"model={model}", "data=av_demo", "trainer=cpu",
                           *(f"{k}={v}" for k, v in overrides.items())])
-    return FlowMatchingModule(cfg, dit=build_dit(cfg), encoders=Encoders(), boundary=None, held_out=[])
+    return FlowMatchingModule(cfg, dit=extend(cfg, build_dit(cfg)), encoders=Encoders(), boundary=None, held_out=[])
 
 
 def inputs(b: int = 3, *, has_audio=(True, False, True)) -> Inputs:
@@ -86,3 +86,41 @@ def test_lora_on_a_twin_targets_the_chosen_towers_and_the_fusion_projections():
         targeted_modules(dit, "attn_qkvo", towers=[], fusion=False)
     with pytest.raises(ValueError, match=r"lora towers \['speech'\] are not known"):
         targeted_modules(dit, "attn_qkvo", towers=["speech"])
+
+
+def test_reference_voices_are_clean_tokens_with_timestep_0_and_no_prediction(tmp_path):
+    from wan_train.models import OviDiT, load_ovi_dit, save_ovi_dit
+
+    module = module_for("quickstart_av", **{"model.audio_references": 2})
+    dit = module.dit
+    assert isinstance(dit, OviDiT) and dit.ovi_config.audio.references == 2
+    torch.manual_seed(0)
+    for p in dit.parameters():
+        p.data.normal_(0, 0.02)
+    x = inputs()
+    g = torch.Generator().manual_seed(3)
+    x.audio_refs = [torch.randn(3, 20, 8, generator=g), torch.zeros(3, 20, 5)]
+    seen = []
+    original = dit.audio_model.time_embeddings
+    dit.audio_model.time_embeddings = lambda t: (seen.append(t), original(t))[1]
+    draws = module.draw(x, generators())
+    draws.pop("first_frame")
+    video, audio = module.losses(x, **draws)
+    t = seen[-1]
+    assert t.shape == (3, 16 + 8 + 5)  # the clip's 16 latents, then the references'
+    assert torch.equal(t[:, 16:], torch.zeros(3, 13)) and bool((t[:, :16] > 0).all())
+    with torch.no_grad():  # the prediction is the clip's only, and the references change it
+        _, pred = dit(x.latents, x.audio, torch.full((3,), 500.0), torch.full((3,), 500.0), x.context,
+                      audio_refs=x.audio_refs)
+        _, alone = dit(x.latents, x.audio, torch.full((3,), 500.0), torch.full((3,), 500.0), x.context)
+    assert pred.shape == alone.shape == (3, 20, 16) and not torch.allclose(pred, alone)
+    assert audio.shape == (3,)
+    with pytest.raises(ValueError, match="3 audio references given; this model has 2 reference-voice slots"):
+        dit(x.latents, x.audio, torch.full((3,), 500.0), torch.full((3,), 500.0), x.context,
+            audio_refs=[x.audio_refs[0]] * 3)
+    with pytest.raises(ValueError, match=r"audio_refs\[0\] \(@Video1\) has shape \(3, 12, 8\)"):
+        dit(x.latents, x.audio, torch.full((3,), 500.0), torch.full((3,), 500.0), x.context,
+            audio_refs=[torch.zeros(3, 12, 8)])
+    # the slots travel in the saved config
+    save_ovi_dit(dit, tmp_path / "twin")
+    assert load_ovi_dit(tmp_path / "twin").ovi_config.audio.references == 2

@@ -33,6 +33,9 @@ class ModelConfig:
     # false: the towers of an audio-video model never read each other (every fusion projection frozen, the values
     # at zero): the no-fusion ablation of the sync demo, where the sound can only guess when the picture flashes
     fusion: bool = True
+    # reference voices: audio reference slots (@Video1..) added to an audio-video model's audio tower, zero-initialised
+    # and trained with the rest; batches' `audio_refs` fill them (clean latents, timestep 0, no loss); 0: none
+    audio_references: int = 0
 
 
 @dataclass

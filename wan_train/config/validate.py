@@ -265,7 +265,13 @@ def _validate_audio(cfg: DictConfig) -> None:
     if audio is not None and audio != "mel" and not Path(audio).is_dir():
         raise ConfigError(f"model.audio={audio!r}: expected 'mel' or a folder with MMAudio's v1-16.pth and "
                           "best_netG.pt (or an Ovi checkpoint folder)")
+    if not 0 <= cfg.model.audio_references <= MAX_REFERENCES:
+        raise ConfigError(f"model.audio_references={cfg.model.audio_references}: must be in 0..{MAX_REFERENCES} "
+                          f"(@Video1..@Video{MAX_REFERENCES})")
     if not is_twin_run(cfg):
+        if cfg.model.audio_references:
+            raise ConfigError(f"model.audio_references={cfg.model.audio_references}: reference voices need an "
+                              f"audio-video model; model.size={size.name!r} has no audio tower (model.audio=...)")
         if not cfg.model.fusion:
             raise ConfigError(f"model.fusion=false: model.size={size.name!r} is a video-only model (no fusion)")
         return

@@ -183,6 +183,8 @@ def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT |
         dit.extend_shots(extensions["shots"])
     if model_audio(cfg) and not isinstance(dit, OviDiT):  # a voice trained beside the adapter
         dit = give_voice(dit, seed=cfg.trainer.seed + 1)
+    if slots := OmegaConf.select(cfg, "model.audio_references", default=0):
+        dit.extend_audio_references(slots)
     if isinstance(dit, OviDiT) and not OmegaConf.select(cfg, "model.fusion", default=True):
         cut_fusion(dit)
     trained = {n for n, p in dit.named_parameters() if p.requires_grad}

@@ -50,15 +50,19 @@ def audio_source(cfg: DictConfig) -> str | None:
 
 def twin_config(cfg: DictConfig) -> OviConfig | None:
     """The twin-tower architecture a run trains: its checkpoint's, its size's, or its size's video tower given an
-    audio tower (model.audio); None for a video-only run."""
-    if (path := twin_checkpoint(cfg)) is not None:
-        return read_ovi_config(path)
+    audio tower (model.audio), with its reference-voice slots (model.audio_references); None for a video-only
+    run."""
     size = SIZES[cfg.model.size]
-    if size.has_audio:
-        return OviConfig(video=size.dit, audio=size.audio)
-    if model_audio(cfg):
-        return OviConfig(video=size.dit, audio=audio_tower(size.dit))
-    return None
+    if (path := twin_checkpoint(cfg)) is not None:
+        config = read_ovi_config(path)
+    elif size.has_audio:
+        config = OviConfig(video=size.dit, audio=size.audio)
+    elif model_audio(cfg):
+        config = OviConfig(video=size.dit, audio=audio_tower(size.dit))
+    else:
+        return None
+    slots = OmegaConf.select(cfg, "model.audio_references", default=0)
+    return OviConfig(video=config.video, audio=config.audio.replace(references=slots)) if slots else config
 
 
 def give_voice(dit: WanDiT, *, seed: int, activation_checkpointing: bool = False) -> OviDiT:

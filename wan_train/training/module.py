@@ -46,6 +46,7 @@ class Inputs:
     shots: ShotLayout | None = None  # multi-shot: each latent frame's shot and each context token's caption
     audio: torch.Tensor | None = None  # audio-video: audio latents [B, Za, La] float32 (zero where there is none)
     has_audio: torch.Tensor | None = None  # audio-video: [B] bool, the clip has sound (else: video loss only)
+    audio_refs: list[torch.Tensor] | None = None  # reference voices: clean latents [B, Za, L_j], zero where absent
 
     def to(self, device: torch.device) -> "Inputs":
         shots = self.shots
@@ -55,7 +56,8 @@ class Inputs:
                       shots=None if shots is None else ShotLayout(shots.frame_shots.to(device),
                                                                   shots.text_shots.to(device)),
                       audio=None if self.audio is None else self.audio.to(device),
-                      has_audio=None if self.has_audio is None else self.has_audio.to(device))
+                      has_audio=None if self.has_audio is None else self.has_audio.to(device),
+                      audio_refs=None if self.audio_refs is None else [r.to(device) for r in self.audio_refs])
 
 
 class FlowMatchingModule(L.LightningModule):
@@ -112,6 +114,9 @@ class FlowMatchingModule(L.LightningModule):
             inputs.refs = self.encode_references(batch["refs"].to(device), batch["ref_mask"].to(device))
         if self.twin:
             inputs.audio, inputs.has_audio = self.encode_audio(batch, device=device)
+            if "audio_refs" in batch:
+                inputs.audio_refs = self.encode_audio_references(batch["audio_refs"].to(device),
+                                                                 batch["audio_ref_mask"].to(device))
         if placement == "swap":
             self.encoders.to("cpu")
         return inputs.to(self.device)
@@ -125,6 +130,14 @@ class FlowMatchingModule(L.LightningModule):
         has_audio = batch["has_audio"].to(device=device, dtype=torch.bool)
         latents = self.encoders.audio.encode(batch["audio"].to(device).float()).float()
         return torch.where(has_audio[:, None, None], latents, torch.zeros_like(latents)), has_audio
+
+    def encode_audio_references(self, refs: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+        """Reference voices: waves [B, R, T] -> R clean latents [B, Za, L], zero where absent (present [B, R])."""
+        latents = []
+        for slot in range(refs.shape[1]):
+            z = self.encoders.audio.encode(refs[:, slot].float()).float()
+            latents.append(torch.where(present[:, slot, None, None], z, torch.zeros_like(z)))
+        return latents
 
     @staticmethod
     def cached_audio(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -221,7 +234,9 @@ class FlowMatchingModule(L.LightningModule):
         # the audio through fusion, learns that case from it rather than from made-up silence
         audio_sigma = torch.where(inputs.has_audio, audio_sigma, torch.ones_like(audio_sigma))
         a_t = interpolate(audio, audio_noise, audio_sigma)
-        pred, pred_audio = self.dit(x_t, a_t, t, to_timestep(audio_sigma), inputs.context)
+        # reference voices ride along clean (timestep 0), and the model predicts nothing for them: no loss
+        pred, pred_audio = self.dit(x_t, a_t, t, to_timestep(audio_sigma), inputs.context,
+                                    audio_refs=inputs.audio_refs)
         video_loss = per_sample_loss(pred, velocity_target(latents, noise), sigma, weighting=weighting,
                                      frame_mask=self.frame_mask(inputs, first_frame))
         audio_loss = (mse_per_sample(pred_audio, velocity_target(audio, audio_noise))

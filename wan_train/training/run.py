@@ -82,6 +82,24 @@ def build_dit(cfg) -> WanDiT | OviDiT:
     return dit
 
 
+def extend(cfg, dit: WanDiT | OviDiT) -> WanDiT | OviDiT:
+    """The extensions a run adds to its DiT, new and trained (with the adapter too in a LoRA run), so the base's
+    identity stays its own: reference slots and shot embeddings (zero), an audio tower (model.audio: its video
+    fusion values zero), reference-voice slots (zero); and model.fusion=false's cut."""
+    if cfg.model.references:
+        dit.extend_references(cfg.model.references)
+    if cfg.model.shots:
+        dit.extend_shots(cfg.model.shots)
+    if cfg.model.audio and not isinstance(dit, OviDiT):
+        dit = give_voice(dit, seed=cfg.trainer.seed + 1,
+                         activation_checkpointing=cfg.model.activation_checkpointing).train()
+    if cfg.model.audio_references:
+        dit.extend_audio_references(cfg.model.audio_references)
+    if isinstance(dit, OviDiT) and not cfg.model.fusion:
+        cut_fusion(dit)
+    return dit
+
+
 def held_out_batches(data: DataConfig, count: int, shards: list[str], *, split: str = "held-out",
                      skip_log: SkipLog | None = None) -> list[dict]:
     """The first `count` usable clips of `shards` (data.val_shards, else the training shards; or a named set of
@@ -174,15 +192,7 @@ def prepare(cfg: DictConfig) -> Session:
     encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
     dit = build_dit(cfg)
     base = base_identity(dit) if cfg.lora.enabled else None  # of the checkpoint's weights, before any narrowing
-    if cfg.model.references:  # new, zero, trained (with the adapter too): the base's identity stays its own
-        dit.extend_references(cfg.model.references)
-    if cfg.model.shots:
-        dit.extend_shots(cfg.model.shots)
-    if cfg.model.audio and not isinstance(dit, OviDiT):  # trained in full, beside the adapter in a LoRA run
-        dit = give_voice(dit, seed=cfg.trainer.seed + 1,
-                         activation_checkpointing=cfg.model.activation_checkpointing).train()
-    if isinstance(dit, OviDiT) and not cfg.model.fusion:
-        cut_fusion(dit)
+    dit = extend(cfg, dit)
     place_base(dit, placement(cfg), compute_dtype=compute_dtype(cfg))
     count = cfg.flow.held_out_samples
     # every rank reads the held-out clips; rank 0 names the bad ones

@@ -65,8 +65,8 @@ class DiTConfig:
         if self.is_audio:
             if self.patch_size != (1,):
                 problems.append(f"patch_size={self.patch_size}: an audio tower (t2a) takes no patches: (1,)")
-            if self.references or self.shots or self.has_image_branch:
-                problems.append("an audio tower (t2a) has no reference, shot or image extension")
+            if self.shots or self.has_image_branch:  # references: reference voices (models/dit/fusion.py)
+                problems.append("an audio tower (t2a) has no shot or image extension")
         elif len(self.patch_size) != 3:
             problems.append(f"patch_size={self.patch_size} must have 3 entries (t, h, w)")
         if self.rope_scale != 1.0 and not self.is_audio:

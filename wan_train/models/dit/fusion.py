@@ -25,7 +25,15 @@ towers, with t = 0 on the first latent frame's tokens for image-to-video. Text: 
 negative prompt). ``skip_blocks`` drops those fusion blocks in both towers (Ovi's skip-layer guidance, ``slg_layer``,
 on the unconditional pass).
 
-Not supported here: sequence parallelism, block offload and the reference / shot extensions (Ovi has none).
+Reference voices (``config.audio.references`` > 0, extend_audio_references; not in Ovi): ``audio_refs`` is a list
+of up to that many clean audio latents [B, Za, L_j], reference j being the voice (or sound) of the subject the
+prompt tags @Video{j+1}. Each is embedded on its own (the audio patch embedding's convolutions never straddle two
+segments) and appended after the clip's audio tokens, RoPE positions continuing; its tokens get timestep 0 and
+``audio_model.reference_embedding[j]`` (zero at init); the video tower reads them through fusion like the rest of
+the sound. The output is the clip's audio only: references have no prediction, so no loss. An absent reference
+is a zero latent (the guidance branch without it).
+
+Not supported here: sequence parallelism, block offload, and the video tower's reference / shot extensions.
 """
 
 from __future__ import annotations
@@ -178,18 +186,31 @@ class OviDiT(nn.Module):
                     with torch.no_grad():
                         linear.weight.div_(divisor)
 
+    def extend_audio_references(self, count: int) -> OviDiT:
+        """Add ``count`` reference-voice slots to the audio tower in place (zero embeddings: the model is unchanged
+        until they train); see the module docstring."""
+        self.audio_model.extend_references(count)
+        self.ovi_config = OviConfig(video=self.ovi_config.video, audio=self.audio_model.config)
+        return self
+
     def forward(self, video: torch.Tensor, audio: torch.Tensor, t_video: torch.Tensor, t_audio: torch.Tensor,
                 context: torch.Tensor, *, audio_context: torch.Tensor | None = None,
-                skip_blocks: Sequence[int] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+                skip_blocks: Sequence[int] = (),
+                audio_refs: Sequence[torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """video [B, Zv, F, H, W], audio [B, Za, La]; t_* [B] or per token (0-1000); context [B, S, text_dim] for
-        the video tower and, unless audio_context is given, the audio tower too. Returns both velocities."""
+        the video tower and, unless audio_context is given, the audio tower too; audio_refs: clean reference
+        voices [B, Za, L_j] (module docstring). Returns both velocities (the audio's for the La clip latents)."""
         vm, am = self.video_model, self.audio_model
         vm._check_inputs(video, t_video, context, None)
         am._check_inputs(audio, t_audio, context if audio_context is None else audio_context, None)
         if video.shape[0] != audio.shape[0]:
             raise ValueError(f"OviDiT input: video batch {video.shape[0]} != audio batch {audio.shape[0]}")
-        grid_v, grid_a = vm.grid(video), am.grid(audio)
-        v_BLD, a_BMD = vm.embed_patches(video), am.embed_patches(audio)
+        grid_v, a_BMD = vm.grid(video), am.embed_patches(audio)
+        clip_latents = audio.shape[2]
+        if audio_refs:
+            a_BMD, t_audio = self._with_audio_references(a_BMD, t_audio, audio, audio_refs)
+        grid_a = (a_BMD.shape[1],)
+        v_BLD = vm.embed_patches(video)
         ctx_v = vm.embed_text(context)
         ctx_a = am.embed_text(context if audio_context is None else audio_context)
         rope_v, rope_a = vm.rope.for_grid(grid_v, video.device), am.rope.for_grid(grid_a, audio.device)
@@ -206,7 +227,30 @@ class OviDiT(nn.Module):
                 v_BLD, a_BMD = fusion_block(*args)
         out_v = vm.unpatchify(vm.head(v_BLD, e_v).float(), grid_v)
         out_a = am.unpatchify(am.head(a_BMD, e_a).float(), grid_a)
+        if out_a.shape[2] != clip_latents:  # the references' outputs are dropped (never a view: FSDP2 hooks it)
+            out_a = out_a[:, :, :clip_latents].contiguous()
         return out_v, out_a
+
+    def _with_audio_references(self, a_BMD: torch.Tensor, t_audio: torch.Tensor, audio: torch.Tensor,
+                               refs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The clip's audio tokens followed by each reference's (embedded on its own, plus its slot embedding),
+        and per-token timesteps that are 0 on the references."""
+        am = self.audio_model
+        slots = am.config.references
+        if len(refs) > slots:
+            raise ValueError(f"OviDiT input: {len(refs)} audio references given; this model has "
+                             + (f"{slots} reference-voice slots" if slots else
+                                "no reference-voice slots (extend_audio_references)"))
+        b, z = audio.shape[:2]
+        for j, ref in enumerate(refs):
+            if ref.ndim != 3 or tuple(ref.shape[:2]) != (b, z) or ref.shape[2] < 1:
+                raise ValueError(f"OviDiT input: audio_refs[{j}] (@Video{j + 1}) has shape {tuple(ref.shape)}; "
+                                 f"expected [{b}, {z}, L] like the audio")
+        marks = am.reference_embedding.float()
+        tokens = [a_BMD] + [am.embed_patches(ref) + marks[j] for j, ref in enumerate(refs)]
+        t_BL = t_audio[:, None].expand(b, audio.shape[2]) if t_audio.ndim == 1 else t_audio
+        t_BL = torch.cat([t_BL, t_BL.new_zeros(b, sum(r.shape[2] for r in refs))], dim=1)
+        return torch.cat(tokens, dim=1), t_BL
 
     def fp32_parameter_names(self) -> set[str]:
         """The towers' float32 parameters (WanDiT.fp32_parameter_names) and the fusion norms."""

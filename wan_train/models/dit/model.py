@@ -349,7 +349,7 @@ class WanDiT(nn.Module):
                 raise ValueError(f"this DiT has {getattr(self.config, field)} {name} rows; {count} were asked for")
             return self
         self.config = self.config.replace(**{field: count})
-        anchor = self.patch_embedding.weight
+        anchor = next(self.parameters())
         setattr(self, name, nn.Parameter(torch.zeros(count, self.config.dim, device=anchor.device)))
         return self
 
