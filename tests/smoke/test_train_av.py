@@ -16,6 +16,7 @@ from data_tools.make_demo import make_demo
 from wan_train.config import compose_config
 from wan_train.models import OviDiT, load_ovi_dit
 from wan_train.training.run import run
+from tests.ovi_helpers import write_ovi_folder
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +107,20 @@ def test_model_audio_gives_a_wan_dit_a_voice_and_leaves_its_video_output_as_it_w
     assert twin.config.in_dim == 12
     recorded = json.loads((tmp_path / "voiced" / "dit" / "config.json").read_text())
     assert recorded["_class_name"] == "OviDiT" and recorded["audio"]["model_type"] == "t2a"
+
+
+def test_an_ovi_checkpoint_folder_trains_full_and_with_lora(tmp_path):
+    """recipe=av and av_lora on Ovi's own folder layout (a tiny random one: the official DiT file, the Wan2.2 VAE and
+    umT5, MMAudio's VAE and vocoder files), on the demo's clips at 192x192 (the Wan2.2 VAE's 32-pixel stride)."""
+    make_av_demo(tmp_path / "clips", num_clips=2, seed=0, width=192, height=192, shard_size=2)
+    write_ovi_folder(tmp_path / "ovi")
+    common = {"model": "ovi_11b", "model.size": "tiny-ovi", "model.checkpoint": str(tmp_path / "ovi"),
+              "model.activation_checkpointing": "false", "data.shards": f"[{tmp_path / 'clips'}]",
+              "data.val_shards": "[]", "flow.held_out_samples": "1", "data.spatial_stride": "32"}
+    full = run(config(tmp_path, tmp_path / "full", **common))
+    assert full["step"] == 2 and full["val/loss_audio"] == full["val/loss_audio"]
+    assert load_ovi_dit(tmp_path / "full" / "dit").ovi_config.video.model_type == "ti2v"
+    lora = run(config(tmp_path, tmp_path / "lora", recipe="av_lora", **common, **{"lora.rank": "2", "lora.alpha": "2"}))
+    assert lora["step"] == 2
+    with safe_open(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"), "pt") as file:
+        assert file.metadata()["wan_train.towers"] == "video,audio+fusion"
