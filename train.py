@@ -50,7 +50,7 @@ def ensure_demo_data(cfg: DictConfig) -> None:
                     continue
                 if shards in AV_DEMO:
                     seed, count = AV_DEMO[shards]
-                    make_av_demo(shards, num_clips=count, seed=seed)
+                    make_av_demo(shards, num_clips=count, seed=seed, scene="screen")
                 else:
                     seed, count, options = DEMO[shards]
                     make_demo(shards, num_clips=count, seed=seed, width=256, height=144, frames=49, fps=16.0,

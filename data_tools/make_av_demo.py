@@ -15,6 +15,10 @@ The clip (defaults: 256x144, the quickstart's 144p 16:9 bucket, so the loader ne
   PixelSpace's groups of 4, 16 audio latents; a flash is over after 5), from frame FIRST_ONSET (frame 0 is a
   latent frame of its own) to the last frame where a whole flash still fits. 1-3 flashes per clip; a clip with
   two shapes (--two-shapes of them) has 2-3, each shape flashing at least once, never two at once.
+- Scene "screen" (--scene screen, what train.py makes for data=av_demo): the same draws, but the whole screen lights
+  up in the flashing colour (FLASH of it), black between flashes; the caption names the colours: "the screen
+  flashes red twice <AUDCAP>a short low beep each time it flashes<ENDAUDCAP>". The classic flash-and-beep sync
+  test pattern; it leaves the tiny quickstart-av model nothing to learn about where, only when and which colour.
 - Sound: mono 16 kHz, exactly the clip's span (frames / fps s), digital silence but for the beeps. A beep is a
   sine at PITCHES[colour] (A4 440 Hz red, A5 880 Hz green, A6 1760 Hz blue: an octave apart, so MelSpace's
   smoothed mel-cepstra keep them far apart) for BEEP s, a 5 ms attack from its onset, an exponential decay (40 ms)
@@ -90,6 +94,9 @@ class Event:
     shape: int  # which of the clip's shapes flashes
 
 
+SCENES = ("shapes", "screen")  # what flashes: the shapes, or the whole screen in their colours (black between)
+
+
 @dataclass(frozen=True)
 class AVClip:
     """Everything that decides one clip's pictures, sound and caption."""
@@ -97,6 +104,7 @@ class AVClip:
     events: tuple[Event, ...]  # in time order
     width: int
     height: int
+    scene: str = "shapes"
 
     def count(self, shape: int) -> int:
         return sum(e.shape == shape for e in self.events)
@@ -104,6 +112,14 @@ class AVClip:
     @property
     def caption(self) -> str:
         """Ovi's convention: the picture, then the sound between <AUDCAP> and <ENDAUDCAP>."""
+        if self.scene == "screen":
+            picture = " and ".join(f"{s.colour} {COUNTS[self.count(i)]}" for i, s in enumerate(self.shapes))
+            if len(self.shapes) == 1:
+                sound = f"a short {PITCH_WORDS[self.shapes[0].colour]} beep each time it flashes"
+            else:
+                sound = " and ".join(f"a short {PITCH_WORDS[s.colour]} beep each time it flashes {s.colour}"
+                                     for s in self.shapes)
+            return f"the screen flashes {picture} <AUDCAP>{sound}<ENDAUDCAP>"
         if len(self.shapes) == 1:
             (only,) = self.shapes
             return (f"a {only.name} flashes {COUNTS[self.count(0)]} on a {BACKGROUND} background "
@@ -118,9 +134,11 @@ def radius(width: int, height: int) -> float:
     return RADIUS * min(width, height)
 
 
-def av_clip(*, seed: int, index: int, width: int, height: int, frames: int, two_shapes: float) -> AVClip:
+def av_clip(*, seed: int, index: int, width: int, height: int, frames: int, two_shapes: float,
+            scene: str = "shapes") -> AVClip:
     """The parameters of clip `index` (independent of how many clips are made): with probability `two_shapes` two
-    shapes of different colours, one in each half of the frame along its longer side, else one anywhere."""
+    shapes of different colours, one in each half of the frame along its longer side, else one anywhere. scene
+    "screen" draws the same and flashes the whole screen in the shapes' colours instead."""
     rng = np.random.default_rng([seed, index])
     pair = bool(rng.random() < two_shapes)
     colours = rng.permutation(list(PITCHES))[:2 if pair else 1]
@@ -132,7 +150,7 @@ def av_clip(*, seed: int, index: int, width: int, height: int, frames: int, two_
     owners = [0, 1, *rng.integers(0, 2, count - 2).tolist()] if pair else [0] * count
     owners = rng.permutation(owners).tolist()
     events = tuple(Event(frame=f, shape=int(s)) for f, s in zip(onsets, owners, strict=True))
-    return AVClip(shapes=shapes, events=events, width=width, height=height)
+    return AVClip(shapes=shapes, events=events, width=width, height=height, scene=scene)
 
 
 def _placed(colour: str, shape: str, lane: tuple[float, float], rng: np.random.Generator, *, width: int,
@@ -187,8 +205,16 @@ def box(shape: Shape, *, width: int, height: int) -> list[float]:
 
 
 def render(clip: AVClip, *, frames: int) -> np.ndarray:
-    """uint8 [F, H, W, 3]: each shape at its brightness over the black background (the shapes never overlap)."""
+    """uint8 [F, H, W, 3]: each shape at its brightness over the black background (the shapes never overlap); scene
+    "screen": the whole frame in the flashing colour, black between flashes (flashes never overlap)."""
     background = np.array(BACKGROUNDS[BACKGROUND], np.float32)
+    if clip.scene == "screen":
+        level = np.zeros((frames, 3), np.float32)
+        for i, shape in enumerate(clip.shapes):
+            lift = (brightness(clip, i, frames=frames) - REST) / (1.0 - REST)
+            level += lift[:, None] * (np.array(COLOURS[shape.colour], np.float32) - background)
+        pixels = np.rint(np.clip(background + level, 0, 255)).astype(np.uint8)
+        return np.broadcast_to(pixels[:, None, None, :], (frames, clip.height, clip.width, 3)).copy()
     plain = np.empty((clip.height, clip.width, 3), np.uint8)
     plain[:] = background.astype(np.uint8)
     out = np.repeat(plain[None], frames, axis=0)  # a 3-vector broadcast over every frame is 20x slower
@@ -228,21 +254,23 @@ def events_json(clip: AVClip, *, fps: float) -> list[dict]:
     out = []
     for event in clip.events:
         shape = clip.shapes[event.shape]
+        screen = clip.scene == "screen"
         out.append({"t": round(event.frame / fps, 6), "frame": event.frame, "colour": shape.colour,
-                    "shape": shape.shape, "pitch": PITCHES[shape.colour],
-                    "box": box(shape, width=clip.width, height=clip.height)})
+                    "shape": "screen" if screen else shape.shape, "pitch": PITCHES[shape.colour],
+                    "box": [0.0, 0.0, 1.0, 1.0] if screen else box(shape, width=clip.width, height=clip.height)})
     return out
 
 
 # ----------------------------------------------------------------------------------------------- files
 
 def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float, two_shapes: float,
-                   wav: bool = False, layout: str = "shards") -> dict[str, bytes]:
+                   wav: bool = False, layout: str = "shards", scene: str = "shapes") -> dict[str, bytes]:
     """The files of sample `index`, by name: <key>.mp4 (H.264 + the AAC track), <key>.json and with `wav`
     <key>.wav. For shards the .json is the ClipMeta make_shards would write (its `audio` probed from the sound the
     loader will read) plus `events`; for a folder it is what make_shards reads beside a video (caption) plus
     `events`."""
-    clip = av_clip(seed=seed, index=index, width=width, height=height, frames=frames, two_shapes=two_shapes)
+    clip = av_clip(seed=seed, index=index, width=width, height=height, frames=frames, two_shapes=two_shapes,
+                   scene=scene)
     wave = sound(clip, frames=frames, fps=fps)[None]  # [1, T]
     key = f"{index:09d}"
     members = {f"{key}.mp4": encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True,
@@ -263,8 +291,10 @@ def sample_members(index: int, *, seed: int, width: int, height: int, frames: in
 
 
 def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: float, shard_size: int,
-               two_shapes: float, layout: str = "shards") -> None:
+               two_shapes: float, layout: str = "shards", scene: str = "shapes") -> None:
     problems = []
+    if scene not in SCENES:
+        problems.append(f"--scene must be one of {list(SCENES)}, got {scene!r}")
     if num_clips < 1:
         problems.append(f"--num-clips must be >= 1, got {num_clips}")
     for flag, value in (("--width", width), ("--height", height)):
@@ -288,11 +318,11 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
 
 def make_av_demo(output: str | Path, *, num_clips: int, seed: int, width: int = 256, height: int = 144,
                  frames: int = 33, fps: float = 16.0, shard_size: int = 32, two_shapes: float = 0.5,
-                 wav: bool = False, layout: str = "shards") -> dict:
+                 wav: bool = False, layout: str = "shards", scene: str = "shapes") -> dict:
     """Write ceil(num_clips / shard_size) shards (or, layout="folder", the clips' files) into `output`; returns
     the summary."""
     check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size,
-               two_shapes=two_shapes, layout=layout)
+               two_shapes=two_shapes, layout=layout, scene=scene)
     output, began, written = Path(output), time.perf_counter(), []
     colours = dict.fromkeys(PITCHES, 0)
     pairs = 0
@@ -302,7 +332,7 @@ def make_av_demo(output: str | Path, *, num_clips: int, seed: int, width: int = 
             members = {}
             for index in range(first, min(first + shard_size, num_clips)):
                 files = sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
-                                       two_shapes=two_shapes, wav=wav, layout=layout)
+                                       two_shapes=two_shapes, wav=wav, layout=layout, scene=scene)
                 events = json.loads(files[f"{index:09d}.json"])["events"]
                 pairs += len({e["colour"] for e in events}) == 2
                 for event in events:
@@ -337,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--two-shapes", type=float, default=0.5,
                         help="the fraction of clips with two shapes (different colours, so different pitches) "
                              "flashing at their own times: which beep comes when needs the picture too")
+    parser.add_argument("--scene", choices=SCENES, default="shapes",
+                        help="shapes: the shapes flash where they sit; screen: the whole screen flashes in their "
+                             "colours, black between flashes (the classic flash-and-beep sync test; the tiny "
+                             "quickstart-av model learns it within the CPU demo's budget)")
     parser.add_argument("--wav", action="store_true",
                         help="also store each clip's sound losslessly as <key>.wav (the loader then reads it "
                              "instead of the mp4's AAC track)")

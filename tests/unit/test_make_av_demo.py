@@ -18,7 +18,7 @@ from data_tools.make_av_demo import (
     AMPLITUDE, FIRST_ONSET, FLASH, MAX_EVENTS, MIN_GAP, PITCHES, av_clip, beep, events_json, last_onset, main,
     make_av_demo, render,
 )
-from data_tools.make_demo import COLOURS
+from data_tools.make_demo import BACKGROUNDS, COLOURS
 from data_tools.make_shards import make_shards
 from wan_train.config.compose import compose_config
 from wan_train.data.audio import SAMPLE_RATE
@@ -130,6 +130,28 @@ def test_events_are_random_frames_apart_and_the_caption_counts_them():
     assert single.caption.endswith("on a black background <AUDCAP>a short "
                                    f"{dict(red='low', green='middle', blue='high')[single.shapes[0].colour]} beep "
                                    "each time it flashes<ENDAUDCAP>")
+
+
+def test_the_screen_scene_flashes_the_whole_frame_in_each_colour_and_is_black_between():
+    from wan_train.models.encoders.builtin import word_tokenizer
+
+    for index in range(8):
+        shapes = av_clip(seed=0, index=index, width=256, height=144, frames=FRAMES, two_shapes=0.5)
+        clip = av_clip(seed=0, index=index, width=256, height=144, frames=FRAMES, two_shapes=0.5, scene="screen")
+        assert clip.events == shapes.events and [s.colour for s in clip.shapes] == [s.colour for s in shapes.shapes]
+        frames = render(clip, frames=FRAMES)
+        assert (frames == frames[:, :1, :1]).all()  # one colour over the whole frame
+        onsets = {e.frame: clip.shapes[e.shape].colour for e in clip.events}
+        for f in range(FRAMES):
+            lit = f in onsets or any(0 < f - o < len(FLASH) for o in onsets)
+            assert (tuple(frames[f, 0, 0]) != BACKGROUNDS["black"]) == lit
+        for frame, colour in onsets.items():
+            assert tuple(frames[frame, 0, 0]) == COLOURS[colour]
+        assert clip.caption.startswith("the screen flashes ") and prompt_problem(clip.caption) is None
+        assert "##" not in " ".join(word_tokenizer().tokenize(clip.caption))  # every word is one token
+        assert all(e["shape"] == "screen" and e["box"] == [0.0, 0.0, 1.0, 1.0] for e in events_json(clip, fps=16.0))
+    with pytest.raises(SystemExit):
+        main(["--output", "x", "--scene", "stage"])
 
 
 def test_each_beep_starts_with_its_flash_at_the_colours_pitch_in_the_mp4(samples):

@@ -4,7 +4,7 @@ with data_tools.make_demo, so a config may name them before they exist.
 folder -> (make_demo seed, clips, options): held-out clips use another seed; data=mascot is a character's,
 data=shapes names its subjects (reference-to-video), one or two shapes per clip; data=stories cuts each clip into
 two captioned shots (multi-shot). AV_DEMO: the audio-video demo's folders, made with data_tools.make_av_demo
-(folder -> (seed, clips)): flashes with their beeps, with sound."""
+(folder -> (seed, clips)): the whole screen flashing (scene "screen"), each flash with its beep."""
 
 DEMO = {"data/demo": (0, 64, {}), "data/demo_val": (1, 8, {}),
         "data/mascot": (0, 32, {"character": "zxq mascot"}), "data/mascot_val": (1, 8, {"character": "zxq mascot"}),

@@ -34,7 +34,8 @@ video1 video2 video3
 # the audio-video demo's words (make_av_demo's captions, Ovi's <AUDCAP> tags), added after every other token so
 # the ids, and the random embeddings, of the words above stay what they were
 AV_WORDS = """
-flash flashes flashing once twice times time each beep beeps low high sound sounds loud quiet audcap endaudcap
+flash flashes flashing once twice times time each beep beeps low high sound sounds loud quiet screen audcap
+endaudcap
 """.split()
 
 
