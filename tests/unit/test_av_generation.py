@@ -115,3 +115,45 @@ def test_a_bad_prompt_is_named_with_the_convention():
     with pytest.raises(ValueError, match=r"prompt 2 \('x <S>y'\): <S> at character 2 is not closed by <E> "
                                          r"\(speech goes as <S>words<E>"):
         check_av_prompts(["fine", "x <S>y"])
+
+
+def test_reference_voices_are_guided_like_r2v_references_and_read_from_any_sound_file(models, tmp_path):
+    import numpy as np
+
+    from wan_train.inference.outputs import encode_wav
+    from wan_train.inference.references import read_voice
+
+    size = get_size("tiny-ovi")
+    dit = randomize_(OviDiT(OviConfig(video=size.dit, audio=size.audio)).extend_audio_references(1), seed=5).eval()
+    layout = JointLayout((1, 48, 1, 2, 2), (1, 20, 6))
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 48 * 4 + 20 * 6, generator=g)
+    pos, neg, neg_audio = (torch.randn(1, n, 4096, generator=g) for n in (3, 2, 4))
+    voice = [torch.randn(1, 20, 5, generator=g)]
+    t = torch.tensor([600.0])
+    video, audio = layout.split(x)
+    with torch.no_grad():
+        c = dit(video, audio, t, t, pos, audio_refs=voice)
+        r = dit(video, audio, t, t, neg, audio_context=neg_audio, audio_refs=voice)
+        n = dit(video, audio, t, t, neg, audio_context=neg_audio, audio_refs=[torch.zeros_like(voice[0])])
+        out = joint_velocity(dit, layout, x, t, t, pos, neg, neg_audio, video_scale=4.0, audio_scale=3.0,
+                             slg_layer=-1, audio_refs=voice, reference_scale=2.0)
+    v, a = layout.split(out)
+    assert torch.allclose(v, n[0] + 2.0 * (r[0] - n[0]) + 4.0 * (c[0] - r[0]), atol=1e-5)
+    assert torch.allclose(a, n[1] + 2.0 * (r[1] - n[1]) + 3.0 * (c[1] - r[1]), atol=1e-5)
+    assert not torch.allclose(r[1], n[1])  # the voice is heard
+    # through generate_av: the voice changes the sound; a model without slots refuses one, naming why
+    voiced = WanModels({None: dit}, models.vae, models.text_encoder, audio_vae=MelSpace(), size="tiny-ovi")
+    wave = torch.sin(torch.arange(8000) / 16000 * 2 * torch.pi * 440.0)
+    with_voice = generate_av(voiced, ["hello @Video1"], settings=SETTINGS, seed=1, voices=[wave], decode=False)
+    without = generate_av(voiced, ["hello @Video1"], settings=SETTINGS, seed=1, decode=False)
+    assert not torch.equal(with_voice.audio, without.audio)
+    with pytest.raises(ValueError, match="1 reference voices given; this model has no reference-voice slots"):
+        generate_av(models, ["hello"], settings=SETTINGS, voices=[wave])
+    # read_voice: any sound file, mono at the model's rate
+    stereo = np.stack([np.sin(np.arange(48000) / 48000 * 2 * np.pi * 440.0)] * 2).astype(np.float32) * 0.5
+    (tmp_path / "voice.wav").write_bytes(encode_wav(stereo, 48000))
+    read = read_voice(tmp_path / "voice.wav", rate=16000)
+    assert read.ndim == 1 and abs(read.numel() - 16000) <= 64 and 0.4 < float(read.abs().max()) < 0.75
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        read_voice(tmp_path / "absent.wav", rate=16000)

@@ -14,7 +14,7 @@ from wan_train.training.module import FlowMatchingModule, Inputs
 from wan_train.training.run import build_dit
 
 EXPECTED = {"quickstart", "lora_character", "lora_style", "full_high_noise", "full_low_noise", "full_1_3b", "av",
-            "av_lora"}
+            "av_lora", "av_demo"}
 
 
 @pytest.fixture(scope="module")

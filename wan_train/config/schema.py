@@ -286,6 +286,9 @@ class GenerateConfig(SamplingOverrides):
     task: str = "t2v"  # t2v | i2v | flf2v | ti2v | r2v, as the model allows; t2av | ti2av: with sound (Ovi)
     # task=r2v: one image or clip per subject, the prompt's @Video1, @Video2, @Video3 (refs='[a.png,b.mp4]')
     refs: Any = None
+    # task=t2av / ti2av on a model with reference-voice slots: one sound file per subject (@Video1..), its voice
+    # (voices='[alice.wav,bob.mp4]'); guided with reference_guidance_scale
+    voices: Any = None
     reference_frames: int = 1  # frames taken from each clip reference (1 + 4k); images are one frame
     reference_start: float = 0.0  # seconds into each clip reference where its consecutive frames (at the fps) begin
     # models with the multi-shot extension: "Shot 1: ... Shot 2 (2s): close-up — ..." prompts, or plain ones planned

@@ -29,6 +29,26 @@ class AudioVideo:
     sample_rate: int
 
 
+def encode_voices(models: WanModels, voices: Sequence[torch.Tensor], *, batch: int,
+                  device: torch.device) -> list[torch.Tensor]:
+    """Reference voices (mono waves [T]) -> clean latents [batch, Za, L_j], checked against the model's slots."""
+    slots = models.dits[None].ovi_config.audio.references
+    if len(voices) > slots:
+        raise ValueError(f"{len(voices)} reference voices given; this model has "
+                         + (f"{slots} reference-voice slots (@Video1..@Video{slots})" if slots else
+                            "no reference-voice slots (train it with model.audio_references)"))
+    out = []
+    audio_vae = models.audio_vae
+    for j, wave in enumerate(voices):
+        if wave.ndim != 1 or wave.numel() < audio_vae.samples_per_latent:
+            raise ValueError(f"voice {j + 1} (@Video{j + 1}): a mono wave [T] of at least "
+                             f"{audio_vae.samples_per_latent} samples at {audio_vae.sample_rate} Hz; got "
+                             f"{tuple(wave.shape)}")
+        latents = audio_vae.encode(wave[None].float().to(_device_of(audio_vae))).float()
+        out.append(latents.to(device).expand(batch, -1, -1))
+    return out
+
+
 def audio_latent_length(models: WanModels, settings: Sampling) -> int:
     """settings.audio_latent_length, or the whole audio latents in the video's duration num_frames / fps."""
     if settings.audio_latent_length is not None:
@@ -53,9 +73,12 @@ def joint_noise(video_shape: Sequence[int], audio_shape: Sequence[int], seeds: S
 @torch.no_grad()
 def generate_av(models: WanModels, prompts: str | Sequence[str], *, settings: Sampling, seed: int = 0,
                 task: str = "t2av", images: torch.Tensor | None = None, device: torch.device | str | None = None,
-                decode: bool = True, on_step: Callable[[int, int, str | None], None] | None = None) -> AudioVideo:
+                decode: bool = True, on_step: Callable[[int, int, str | None], None] | None = None,
+                voices: Sequence[torch.Tensor] = ()) -> AudioVideo:
     """Videos and their sound for a batch of prompts (prompt i gets seed + i). images (task ti2av): the first
-    frames [B or 1, 3, H, W] in [-1, 1] at settings.height x settings.width."""
+    frames [B or 1, 3, H, W] in [-1, 1] at settings.height x settings.width. voices: reference voices, one mono
+    wave [T] at the audio autoencoder's rate per subject the prompts tag @Video1.. (models with reference-voice
+    slots), guided with settings.reference_guidance_scale (inference.joint)."""
     prompts = [prompts] if isinstance(prompts, str) else list(prompts)
     if not prompts:
         raise ValueError("generate_av() needs at least one prompt")
@@ -83,6 +106,7 @@ def generate_av(models: WanModels, prompts: str | Sequence[str], *, settings: Sa
     audio_shape = (dit.ovi_config.audio.out_dim, audio_latent_length(models, settings))
     layout = JointLayout((b, *video_shape), (b, *audio_shape))
     cond.joint, cond.audio_negative = layout, audio_negative
+    cond.audio_refs = encode_voices(models, voices, batch=b, device=device) or None
     noise = joint_noise(video_shape, audio_shape, [seed + i for i in range(b)], layout)
     dit.to(device)
     state = denoise(models, noise, context, negative, cond, settings, device=device, on_step=on_step)

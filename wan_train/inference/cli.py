@@ -19,7 +19,7 @@ from wan_train.inference.loading import load
 from wan_train.inference.outputs import SavedVideo, save_video
 from wan_train.inference.pipeline import AV_TASKS, Adapter, WanModels, check_request, generate
 from wan_train.inference.presets import Sampling, official, with_overrides
-from wan_train.inference.references import check_tags, read_reference
+from wan_train.inference.references import check_tags, read_reference, read_voice
 from wan_train.inference.solvers import SOLVERS
 from wan_train.lora.resolve import resolve_adapter
 from wan_train.marking import Marker
@@ -51,7 +51,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
     settings, first, last = fit_images(models, task, settings, cfg)
     check_request(models, task, settings.replace(num_frames=1) if cfg.multishot else settings)
     references = read_references(cfg, task, settings)
-    check_tags(prompts, len(references))
+    voices = read_voices(cfg, task, models)
+    check_tags(prompts, len(references) or len(voices))
     adapters = parse_adapters(cfg.lora, root=cfg.lora_root)
     if task in AV_TASKS and (adapters or cfg.multishot):
         raise ValueError(f"task={task}: LoRA adapters and multishot are not supported on audio-video models yet")
@@ -59,7 +60,8 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
 
     marker = Marker.from_config(cfg.marking)
     inputs = [cfg.image, cfg.last_image, *([] if cfg.refs is None else
-                                            [cfg.refs] if isinstance(cfg.refs, str) else list(cfg.refs))]
+                                            [cfg.refs] if isinstance(cfg.refs, str) else list(cfg.refs)),
+              *([] if cfg.voices is None else [cfg.voices] if isinstance(cfg.voices, str) else list(cfg.voices))]
     jobs = [(p, cfg.seed + i) for i, p in enumerate(p for p in prompts for _ in range(cfg.num_videos_per_prompt))]
     out, written = Path(cfg.out), 0
     with progress("steps") as bars:
@@ -74,7 +76,7 @@ def generate_videos(cfg: DictConfig) -> Iterator[tuple[SavedVideo, torch.Tensor]
             sounds, rate = [None] * len(batch), None
             if task in AV_TASKS:
                 made = generate_av(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
-                                   images=first, device=device, on_step=on_step)
+                                   images=first, device=device, on_step=on_step, voices=voices)
                 videos, sounds, rate = made.video, made.audio, made.sample_rate
             else:
                 videos = generate(models, [p for p, _ in batch], settings=settings, seed=batch[0][1], task=task,
@@ -187,9 +189,18 @@ def read_references(cfg: DictConfig, task: str, settings: Sampling) -> list[torc
                            fps=settings.fps, start=cfg.reference_start) for path in refs]
 
 
+def read_voices(cfg: DictConfig, task: str, models: WanModels) -> list[torch.Tensor]:
+    """voices=[FILE, ...] (task t2av / ti2av): one sound file per subject the prompt tags @Video1.., its voice."""
+    voices = [] if cfg.voices is None else [cfg.voices] if isinstance(cfg.voices, str) else list(cfg.voices)
+    if voices and task not in AV_TASKS:
+        raise ValueError(f"voices={voices} were given for task={task}; voices are for task=t2av / ti2av")
+    return [read_voice(path, rate=models.audio_vae.sample_rate) for path in voices]
+
+
 def metadata(cfg, source: dict, prompt: str, seed: int, task: str, settings: Sampling, adapters, seconds: float):
     return {"prompt": prompt, "seed": seed, "task": task, "image": cfg.image, "last_image": cfg.last_image,
             "refs": None if cfg.refs is None else OmegaConf.to_container(cfg, resolve=True)["refs"],
+            "voices": None if cfg.voices is None else OmegaConf.to_container(cfg, resolve=True)["voices"],
             "settings": dataclasses.asdict(settings), "checkpoint": source,
             "lora": [dataclasses.asdict(a) for a in adapters], "seconds_per_video": round(seconds, 3),
             "command": OmegaConf.to_container(cfg, resolve=True)}

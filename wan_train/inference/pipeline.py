@@ -106,6 +106,7 @@ class Conditioning:
     shots: ShotLayout | None = None  # multi-shot: the shots' frames and captions (context is shot_context's)
     joint: JointLayout | None = None  # audio-video: the state is video and audio latents (inference.joint)
     audio_negative: torch.Tensor | None = None  # audio-video: the audio tower's negative prompt [1, S, D]
+    audio_refs: list[torch.Tensor] | None = None  # audio-video: clean reference voices [B, Za, L_j], @Video{j+1}
 
 
 def check_request(models: WanModels, task: str, settings: Sampling) -> None:
@@ -334,7 +335,8 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
         if joint is not None:  # the audio tower's timestep is never per token (Ovi's engine)
             return joint_velocity(dit, joint, x, t_video, t, context, negative, cond.audio_negative,
                                   video_scale=settings.guidance_scale, audio_scale=settings.audio_guidance_scale,
-                                  slg_layer=settings.slg_layer)
+                                  slg_layer=settings.slg_layer, audio_refs=cond.audio_refs,
+                                  reference_scale=settings.reference_guidance_scale)
         t = t_video
         return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert),
                                settings.reference_guidance_scale)

@@ -81,3 +81,29 @@ def reference_indices(count: int, source_fps: float, *, frames: int, fps: float,
     is shown from i / source_fps on); None when the last is past the clip's end."""
     indices = [math.floor((start + k / fps) * source_fps + 1e-6) for k in range(frames)]
     return indices if indices[-1] < count else None
+
+
+def read_voice(path: str | Path, *, rate: int) -> torch.Tensor:
+    """A reference voice for an audio-video model: the first sound stream of an audio or video file (.wav, .flac,
+    .mp3, .mp4 ...) as a mono float32 wave [T] at `rate` Hz (downmixed and resampled by FFmpeg's resampler)."""
+    import av
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"voice {path}: no such file")
+    chunks = []
+    try:
+        with av.open(str(path)) as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise ValueError(f"voice {path}: the file has no sound stream")
+            resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+            for frame in container.decode(stream):
+                chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(frame)]
+            chunks += [out.to_ndarray().reshape(-1) for out in resampler.resample(None)]
+    except av.error.FFmpegError as error:
+        raise ValueError(f"voice {path}: cannot decode its sound ({error})") from None
+    if not chunks:
+        raise ValueError(f"voice {path}: the sound stream is empty")
+    return torch.from_numpy(np.concatenate(chunks).astype(np.float32))
