@@ -127,14 +127,12 @@ def summarise(clips: list[dict]) -> dict:
 
 
 def score_run(run_dir: str | Path, samples: list[dict], *, seed: int, steps: int | None, batch: int,
-              save: Path | None = None, label: str = "run") -> dict:
-    from wan_train.inference import load, official, save_video
+              save: Path | None = None, label: str = "run", overrides: dict | None = None) -> dict:
+    from wan_train.inference import load, official, save_video, with_overrides
     from wan_train.inference.av import generate_av
 
     models = load(run_dir).models
-    settings = official(models.size)
-    if steps is not None:
-        settings = settings.replace(steps=steps)
+    settings = with_overrides(official(models.size), {"steps": steps, **(overrides or {})})
     pitches = pitches_of(samples)
     clips = []
     for first in range(0, len(samples), batch):
@@ -148,7 +146,11 @@ def score_run(run_dir: str | Path, samples: list[dict], *, seed: int, steps: int
             if save is not None:
                 save_video(save / label / f"clip_{first + i:02d}.mp4", video, fps=settings.fps, metadata=clip,
                            sound=(audio, out.sample_rate))
-    return {"run": str(run_dir), "steps": settings.steps, **summarise(clips), "per_clip": clips}
+    return {"run": str(run_dir), "settings": {k: getattr(settings, k) for k in SETTINGS_SHOWN}, **summarise(clips),
+            "per_clip": clips}
+
+
+SETTINGS_SHOWN = ("steps", "shift", "guidance_scale", "audio_guidance_scale", "solver")
 
 
 def table(results: dict[str, dict]) -> str:
@@ -170,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=16, help="captions (clips per run)")
     parser.add_argument("--seed", type=int, default=0, help="caption i gets seed + i, the same in every run")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's preset)")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="the picture's (default: the preset's)")
+    parser.add_argument("--audio-guidance-scale", type=float, default=None, help="the sound's (default: the preset's)")
     parser.add_argument("--batch", type=int, default=4, help="clips generated at once")
     parser.add_argument("--output", type=Path, default=None, help="write the scores (per clip too) as JSON")
     parser.add_argument("--save", type=Path, default=None, help="also write the generated clips under DIR/<label>/")
@@ -181,8 +185,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--runs {item!r}: expected LABEL=RUN_DIR")
         runs[label] = path
     samples = held_out_captions(args.prompts, args.count)
+    overrides = {"guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
     results = {label: score_run(path, samples, seed=args.seed, steps=args.steps, batch=args.batch, save=args.save,
-                                label=label) for label, path in runs.items()}
+                                label=label, overrides=overrides) for label, path in runs.items()}
     print(table(results))
     if args.output is not None:
         from wan_train.fileio.durable import write_text
