@@ -9,7 +9,8 @@ from wan_train.config import compose_config
 from wan_train.lora.targets import targeted_modules
 from wan_train.training.encoders import Encoders
 from wan_train.training.module import FlowMatchingModule, Inputs, _generator
-from wan_train.training.run import build_dit, extend
+from wan_train.inference.twin import extend
+from wan_train.training.run import build_dit
 
 
 def module_for(model: str, **overrides) -> FlowMatchingModule:

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from wan_train.inference.pipeline import WanModels
 from wan_train.inference.presets import size_name, twin_size_name
-from wan_train.inference.twin import audio_source, cut_fusion, give_voice, model_audio, twin_checkpoint, twin_config
+from wan_train.inference.twin import audio_source, extend, twin_checkpoint, twin_config
 from wan_train.lora import add_adapter, merge_adapter
 from wan_train.models import (
     EXPERTS, CheckpointError, OviDiT, WanDiT, builtin_text_encoder, builtin_vae, find_wan_files, get_size, load_dit,
@@ -176,17 +176,7 @@ def _lora_dit(cfg, expert: str | None, weights: dict, *, path: Path) -> WanDiT |
     else:
         dit = load_dit(cfg.model.checkpoint, expert=expert, dtype=torch.float32)
         add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, rslora=lora.rslora, dora=lora.dora)
-    extensions = _extensions(cfg)  # trained beside the adapter (wan_train.training.run.prepare)
-    if extensions["references"]:
-        dit.extend_references(extensions["references"])
-    if extensions["shots"]:
-        dit.extend_shots(extensions["shots"])
-    if model_audio(cfg) and not isinstance(dit, OviDiT):  # a voice trained beside the adapter
-        dit = give_voice(dit, seed=cfg.trainer.seed + 1)
-    if slots := OmegaConf.select(cfg, "model.audio_references", default=0):
-        dit.extend_audio_references(slots)
-    if isinstance(dit, OviDiT) and not OmegaConf.select(cfg, "model.fusion", default=True):
-        cut_fusion(dit)
+    dit = extend(cfg, dit)  # trained beside the adapter, as wan_train.training.run.prepare adds them
     trained = {n for n, p in dit.named_parameters() if p.requires_grad}
     if set(weights) != trained:
         raise CheckpointError(f"{path}: the adapter in the checkpoint does not match the run's lora settings: "

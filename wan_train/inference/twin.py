@@ -1,5 +1,6 @@
 """Which training runs have a twin-tower (audio-video) model, its architecture and where its audio latents come
-from: shared by training (what to build) and inference (what a run folder holds)."""
+from, and the extensions a run adds to its DiT (`extend`): shared by training (what to build) and inference (what
+a run folder holds)."""
 
 from __future__ import annotations
 
@@ -86,3 +87,25 @@ def cut_fusion(dit: OviDiT) -> None:
                 attn.v_fusion.bias.zero_()
             for module in (attn.k_fusion, attn.v_fusion, attn.pre_attn_norm_fusion, attn.norm_k_fusion):
                 module.requires_grad_(False)
+
+
+def extend(cfg: DictConfig, dit: WanDiT | OviDiT) -> WanDiT | OviDiT:
+    """The extensions a run adds to its DiT, new and trained (with the adapter too in a LoRA run), so the base's
+    identity stays its own: reference slots and shot embeddings (zero), an audio tower (model.audio: its video
+    fusion values zero), reference-voice slots (zero); and model.fusion=false's cut. Keys a run folder from before
+    an extension lacks count as off."""
+    def get(key: str, default):
+        return OmegaConf.select(cfg, f"model.{key}", default=default)
+
+    if get("references", 0):
+        dit.extend_references(get("references", 0))
+    if get("shots", 0):
+        dit.extend_shots(get("shots", 0))
+    if model_audio(cfg) and not isinstance(dit, OviDiT):
+        dit = give_voice(dit, seed=cfg.trainer.seed + 1,
+                         activation_checkpointing=get("activation_checkpointing", False)).train(dit.training)
+    if get("audio_references", 0):
+        dit.extend_audio_references(get("audio_references", 0))
+    if isinstance(dit, OviDiT) and not get("fusion", True):
+        cut_fusion(dit)
+    return dit

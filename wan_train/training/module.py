@@ -133,11 +133,7 @@ class FlowMatchingModule(L.LightningModule):
 
     def encode_audio_references(self, refs: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
         """Reference voices: waves [B, R, T] -> R clean latents [B, Za, L], zero where absent (present [B, R])."""
-        latents = []
-        for slot in range(refs.shape[1]):
-            z = self.encoders.audio.encode(refs[:, slot].float()).float()
-            latents.append(torch.where(present[:, slot, None, None], z, torch.zeros_like(z)))
-        return latents
+        return _encode_slots(self.encoders.audio.encode, refs.float(), present)
 
     @staticmethod
     def cached_audio(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,11 +159,7 @@ class FlowMatchingModule(L.LightningModule):
         """refs [B, R, 3, f, H, W] in [-1, 1] -> R latents [B, C, f', h, w], each reference encoded on its own (a
         clip is causal in the VAE: 1 + (f - 1) / 4 latent frames); an absent (dropped or padding) reference is a
         zero latent, the references-free branch of the guidance."""
-        latents = []
-        for slot in range(refs.shape[1]):
-            z = self.encoders.vae.encode(refs[:, slot]).float()
-            latents.append(torch.where(present[:, slot, None, None, None, None], z, torch.zeros_like(z)))
-        return latents
+        return _encode_slots(self.encoders.vae.encode, refs, present)
 
     def frame_mask(self, inputs: Inputs, first_frame: torch.Tensor | None) -> torch.Tensor | None:
         """Latent frames in the loss ([T] or per sample [B, T]): the given frames are left out, i.e. frame 0 of
@@ -395,6 +387,16 @@ class FlowMatchingModule(L.LightningModule):
         strategy = self.cfg.strategy
         return build_optimizer(self.cfg.optim, self.dit, max_steps=self.cfg.trainer.max_steps,
                                cpu_offload=strategy.name == "deepspeed" and strategy.offload_optimizer)
+
+
+def _encode_slots(encode, refs: torch.Tensor, present: torch.Tensor) -> list[torch.Tensor]:
+    """Each slot of refs [B, R, ...] encoded on its own -> R float32 latents, zero where present [B, R] is False."""
+    latents = []
+    for slot in range(refs.shape[1]):
+        z = encode(refs[:, slot]).float()
+        keep = present[:, slot].view(-1, *([1] * (z.ndim - 1)))
+        latents.append(torch.where(keep, z, torch.zeros_like(z)))
+    return latents
 
 
 def _float(tensor: torch.Tensor | None) -> torch.Tensor | None:

@@ -35,7 +35,7 @@ from wan_train.fileio.durable import write_text
 from wan_train.lora import add_adapter, base_identity
 from wan_train.memory import Placement, place_base
 from wan_train.inference.presets import twin_size_name
-from wan_train.inference.twin import cut_fusion, give_voice, twin_checkpoint
+from wan_train.inference.twin import extend, twin_checkpoint
 from wan_train.models import EXPERTS, OviConfig, OviDiT, WanDiT, get_size, load_dit, load_ovi_dit, save_model
 from wan_train.parallel.fsdp import full_state_dict
 from wan_train.parallel.launch import check_launch, detect_launch
@@ -79,24 +79,6 @@ def build_dit(cfg) -> WanDiT | OviDiT:
                         fusion=twin and lora.fusion)
     else:
         apply_trainable(dit, cfg.model.trainable)
-    return dit
-
-
-def extend(cfg, dit: WanDiT | OviDiT) -> WanDiT | OviDiT:
-    """The extensions a run adds to its DiT, new and trained (with the adapter too in a LoRA run), so the base's
-    identity stays its own: reference slots and shot embeddings (zero), an audio tower (model.audio: its video
-    fusion values zero), reference-voice slots (zero); and model.fusion=false's cut."""
-    if cfg.model.references:
-        dit.extend_references(cfg.model.references)
-    if cfg.model.shots:
-        dit.extend_shots(cfg.model.shots)
-    if cfg.model.audio and not isinstance(dit, OviDiT):
-        dit = give_voice(dit, seed=cfg.trainer.seed + 1,
-                         activation_checkpointing=cfg.model.activation_checkpointing).train()
-    if cfg.model.audio_references:
-        dit.extend_audio_references(cfg.model.audio_references)
-    if isinstance(dit, OviDiT) and not cfg.model.fusion:
-        cut_fusion(dit)
     return dit
 
 
