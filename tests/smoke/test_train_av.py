@@ -14,6 +14,7 @@ from safetensors import safe_open
 from data_tools.make_av_demo import make_av_demo
 from data_tools.make_demo import make_demo
 from wan_train.config import compose_config
+from wan_train.config.validate import ConfigError, validate
 from wan_train.models import OviDiT, load_ovi_dit
 from wan_train.training.run import run
 from tests.ovi_helpers import write_ovi_folder
@@ -124,3 +125,20 @@ def test_an_ovi_checkpoint_folder_trains_full_and_with_lora(tmp_path):
     assert lora["step"] == 2
     with safe_open(str(tmp_path / "lora" / "adapter" / "adapter_model.safetensors"), "pt") as file:
         assert file.metadata()["wan_train.towers"] == "video,audio+fusion"
+
+
+def test_reference_voices_from_elsewhere_in_the_source_train_the_voice_slot(tmp_path):
+    """data.voices on 4-second sources cut into 1-second clips: each batch carries a 1-second voice from another
+    moment of the clip's own video, which reaches the audio tower's reference-voice slot: it trains (from zero)."""
+    make_av_demo(tmp_path / "long", num_clips=4, seed=0, frames=65, shard_size=4, scene="screen")
+    run_dir = tmp_path / "voices"
+    common = {"data.shards": f"[{tmp_path / 'long'}]", "data.val_shards": "[]", "data.durations": "[1.0]",
+              "data.voice_seconds": "1.0", "data.voice_dropout": "0.0", "flow.held_out_samples": "1",
+              "validation.every_n_steps": "null"}
+    metrics = run(config(tmp_path, run_dir, **common, **{"data.voices": "1", "model.audio_references": "1"}))
+    assert metrics["step"] == 2
+    dit = load_ovi_dit(run_dir / "dit")
+    assert dit.ovi_config.audio.references == 1
+    assert dit.audio_model.reference_embedding.abs().sum() > 0  # zero until a voice reached it
+    with pytest.raises(ConfigError, match="data.voices=2 with model.audio_references=1: each voice fills"):
+        validate(config(tmp_path, run_dir, **common, **{"data.voices": "2", "model.audio_references": "1"}))

@@ -268,6 +268,10 @@ def _validate_audio(cfg: DictConfig) -> None:
     if not 0 <= cfg.model.audio_references <= MAX_REFERENCES:
         raise ConfigError(f"model.audio_references={cfg.model.audio_references}: must be in 0..{MAX_REFERENCES} "
                           f"(@Video1..@Video{MAX_REFERENCES})")
+    voices = OmegaConf.select(cfg, "data.voices", default=0)
+    if voices > cfg.model.audio_references:
+        raise ConfigError(f"data.voices={voices} with model.audio_references={cfg.model.audio_references}: each "
+                          f"voice fills a reference-voice slot of the audio tower; set model.audio_references={voices}")
     if not is_twin_run(cfg):
         if cfg.model.audio_references:
             raise ConfigError(f"model.audio_references={cfg.model.audio_references}: reference voices need an "

@@ -25,11 +25,16 @@ def clip_samples(frames: int, *, fps: float, rate: int) -> int:
     return round(frames / fps * rate)
 
 
-def sound_request(start: float, *, frames: int, fps: float, rate: int, member: str | None) -> dict:
+def sound_request(start: float, *, frames: int, fps: float, rate: int, member: str | None,
+                  voices: tuple[float, ...] = (), voice_samples: int = 0) -> dict:
     """The decoding process's `audio` request for a clip (see decoder_child.read_sound): its span in samples and
-    the tolerance at its end, one video frame."""
-    return {"rate": rate, "start": round(start * rate), "samples": clip_samples(frames, fps=fps, rate=rate),
-            "tolerance": round(rate / fps), "member": member}
+    the tolerance at its end, one video frame; with `voices` (starts, seconds) also those spans of
+    `voice_samples` samples each (wan_train.data.voices), returned after the clip's."""
+    request = {"rate": rate, "start": round(start * rate), "samples": clip_samples(frames, fps=fps, rate=rate),
+               "tolerance": round(rate / fps), "member": member}
+    if voices:
+        request.update(voices=[round(v * rate) for v in voices], voice_samples=voice_samples)
+    return request
 
 
 def sound_member(sample: dict) -> tuple[str, bytes] | None:

@@ -29,6 +29,7 @@ from wan_train.data.shards import expand_urls, opener_url
 from wan_train.data.skiplog import SkipLog
 from wan_train.data.stream import BucketedStream
 from wan_train.data.video import VideoSource
+from wan_train.data.voices import check_voice_options
 
 log = logging.getLogger(__name__)
 KINDS = ("video", "latents")
@@ -86,6 +87,15 @@ class DataConfig:
     # give the `audio_latents` [B, C, L] cached by data_tools.cache_latents --audio and `has_audio` [B]. A sample
     # without sound trains with has_audio False (flagged no_audio); one whose sound is bad is skipped
     audio: bool = False
+    # raw video with audio only: reference voices (wan_train.data.voices) for the audio tower's slots
+    # (model.audio_references). Each sample also gets up to `voices` (0: off, at most 3) stretches of
+    # `voice_seconds` of its own source's sound at least `voice_gap` seconds from the clip: the k-th R2V subject's
+    # recorded `speech`, or the source's sound where it names at most one subject; with probability
+    # `voice_dropout` none (guidance over voices)
+    voices: int = 0
+    voice_seconds: float = 3.0
+    voice_gap: float = 0.5
+    voice_dropout: float = 0.1
 
     def __post_init__(self):
         if not self.max_sample_mb > 0:
@@ -98,6 +108,11 @@ class DataConfig:
                              "trains from raw video (kind: video), which references are cropped from; cached latents "
                              "hold the target clip only")
         check_shot_options(shots=self.shots)
+        check_voice_options(voices=self.voices, seconds=self.voice_seconds, gap=self.voice_gap,
+                            dropout=self.voice_dropout)
+        if self.voices and not (self.audio and self.kind == "video"):
+            raise ValueError(f"data.voices={self.voices} needs data.audio=true and data.kind='video': reference voices "
+                             "are cut from the raw samples' own sound (cached latents hold the clip's only)")
         if self.shots and self.audio:
             raise ValueError(f"data.shots={self.shots} with data.audio=true: multi-shot samples with their sound are "
                              "not supported yet; set one of them off")
@@ -147,6 +162,9 @@ def make_source(config: DataConfig, urls: list[str]):
     video = dict(caption_dropout=config.caption_dropout, clip_start=config.clip_start, crop=config.crop,
                  span=config.span, decode_timeout=config.decode_timeout, decode_memory=config.decode_memory,
                  audio_rate=SAMPLE_RATE if config.audio else None)
+    if config.voices:
+        video.update(voices=config.voices, voice_seconds=config.voice_seconds, voice_gap=config.voice_gap,
+                     voice_dropout=config.voice_dropout)
     if config.shots:
         return MultiShotSource(config.table(), shots=config.shots, **video)
     if config.references:

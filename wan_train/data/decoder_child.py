@@ -15,10 +15,11 @@ Request: {"key", "indices" (sorted, distinct source frames), "size" [w, h] or [-
 (declared {"width", "height", "fps", "num_frames"}, or null), "memory" (bytes, or null), "nbytes" (video),
 "audio" (null: no sound wanted; else the span to cut, see read_sound: {"rate", "start", "samples", "tolerance",
 "member" (null: the video's own track; "wav" / "flac": a member of the sample, sent after the video), "nbytes"
-(the member's)})}.
+(the member's), optional "voices" (starts of further spans of "voice_samples" samples each, reference voices)})}.
 Reply: {"ok": true, "shape": [N, H, W, 3], "resize": [w, h] or null (the parent still has to scale: the fallback
-decoders return native frames), "audio": null (none wanted) or {"samples": T} (0: the sample has no sound)}
-+ N*H*W*3 bytes + T float32, or {"ok": false, "reason", "message"}."""
+decoders return native frames), "audio": null (none wanted) or {"samples": T} (0: the sample has no sound; else
+the clip's span then each voice's, one after the other)} + N*H*W*3 bytes + T float32, or {"ok": false, "reason",
+"message"}."""
 
 import signal
 
@@ -237,6 +238,8 @@ def read_sound(data: bytes, audio: dict, *, memory: int | None, key: str) -> np.
     that ends at most audio["tolerance"] samples early is padded with zeros at the end; one that ends earlier, or
     starts after the span, is refused (`audio_too_short`). float32 [0]: no sound stream. A stream that does not
     decode, claims absurd rates or channels, jumps in time or holds non-finite values is refused (`bad_audio`).
+    With audio["voices"] (starts, in samples), each voice's audio["voice_samples"] samples follow the clip's, cut
+    by the same rules.
 
     Sample-exact whatever the seek: decoding after a seek starts at an input sample on the grid the two rates
     share (every rate / gcd(rate, out) input samples), so the resampled samples fall at the very times a decode
@@ -254,14 +257,23 @@ def read_sound(data: bytes, audio: dict, *, memory: int | None, key: str) -> np.
                         not 0 < context.channels <= MAX_CHANNELS:
                     raise Refused("bad_audio", f"{key}: the sound stream claims {getattr(context, 'channels', '?')} "
                                                f"channels at {getattr(context, 'sample_rate', '?')} Hz")
-                return _cut_sound(container, stream, audio, key=key)
+                voices = audio.get("voices", ())
+                spans = [("clip", audio["start"], audio["samples"])] + [
+                    (f"voice {k + 1}", start, audio["voice_samples"]) for k, start in enumerate(voices)]
+                out = []
+                for n, (what, start, count) in enumerate(spans):
+                    if n:
+                        container.seek(0)  # a span may lie before the last one's end: decode from the start again
+                    out.append(_cut_sound(container, stream, {**audio, "start": start, "samples": count}, what=what,
+                                          key=key))
+                return np.concatenate(out)
         except av.error.FFmpegError as error:
             raise Refused("bad_audio", f"{key}: the sound does not decode ({error})"[:2000]) from None
         except ValueError as error:  # PyAV's resampler and frame conversions
             raise Refused("bad_audio", f"{key}: the sound does not convert ({error})"[:2000]) from None
 
 
-def _cut_sound(container, stream, audio: dict, *, key: str) -> np.ndarray:
+def _cut_sound(container, stream, audio: dict, *, what: str, key: str) -> np.ndarray:
     out_rate, start, count, tolerance = audio["rate"], audio["start"], audio["samples"], audio["tolerance"]
     rate = stream.codec_context.sample_rate
     origin = video_origin(container)
@@ -285,10 +297,10 @@ def _cut_sound(container, stream, audio: dict, *, key: str) -> np.ndarray:
         raise Refused("audio_too_short", f"{key}: the sound stream holds no samples")
     if begin > target:
         raise Refused("audio_too_short", f"{key}: the sound starts at {(shift + begin) / out_rate:.3f} s, after the "
-                                         f"clip's start at {start / out_rate:.3f} s")
+                                         f"{what}'s start at {start / out_rate:.3f} s")
     if end < target + count - tolerance:
         raise Refused("audio_too_short", f"{key}: the sound ends at {(shift + end) / out_rate:.3f} s, before the "
-                                         f"clip's end at {(start + count) / out_rate:.3f} s")
+                                         f"{what}'s end at {(start + count) / out_rate:.3f} s")
     if not np.isfinite(out).all() or np.abs(out).max(initial=0.0) > MAX_AMPLITUDE:
         raise Refused("bad_audio", f"{key}: the sound holds non-finite or absurd values (a broken float track)")
     return out

@@ -18,8 +18,9 @@ REASONS = ("undecodable", "too_short", "bad_metadata", "timeout", "missing_field
            # cover the clip's time span
            "bad_audio", "audio_too_short")
 # counted and named, but trained: an empty caption is the unconditional branch's prompt; a sample without sound
-# (data.audio) trains with has_audio False
-FLAGS = ("empty_caption", "no_audio")
+# (data.audio) trains with has_audio False; one whose source has no room for a reference voice away from the clip
+# (data.voices, wan_train.data.voices) trains with that voice absent
+FLAGS = ("empty_caption", "no_audio", "no_voice_moment")
 
 
 class SampleError(Exception):

@@ -4,7 +4,9 @@ manifest row's segment), `shots` lists shot boundaries inside the window (from `
 Optional `subjects` name what the captions show, for reference-to-video training (wan_train.data.references):
 `[{"name": "a large red circle", "boxes": [[t, x0, y0, x1, y1], ...]}, ...]`, where `name` is the exact phrase
 the captions use for the subject and `boxes` (optional) its bounding box at times t (seconds in the stored video),
-corners as fractions of the width and height (0, 0 = top left).
+corners as fractions of the width and height (0, 0 = top left), and `speech` (optional) the stretches
+`[[t0, t1], ...]` (seconds in the stored video) where that subject is heard, e.g. from speaker diarization, from
+which an audio-video run cuts its reference voice (wan_train.data.voices).
 Optional `shot_captions` (multi-shot training, wan_train.data.multishot): one caption per entry of `shots`, in the
 same order, describing that shot alone; the `caption(s)` then describe the whole video.
 Optional `audio`: what `data_tools.make_shards` found of the sample's sound (AudioMeta); absent where it found
@@ -21,13 +23,14 @@ VIDEO_EXTENSIONS = ("mp4", "mov", "mkv", "webm", "avi", "m4v", "mpg", "mpeg", "t
 
 
 Box = tuple[float, float, float, float, float]  # (t seconds, x0, y0, x1, y1), x / y in [0, 1] of width / height
-SUBJECT_FIELDS = ("name", "boxes")
+SUBJECT_FIELDS = ("name", "boxes", "speech")
 
 
 @dataclass(frozen=True)
 class Subject:
     name: str  # the exact (case-sensitive) phrase naming the subject in the captions
     boxes: tuple[Box, ...] = ()
+    speech: tuple[tuple[float, float], ...] = ()  # (t0, t1) seconds where the subject is heard
 
     def box_at(self, t: float) -> tuple[float, float, float, float] | None:
         """(x0, y0, x1, y1) of the box recorded nearest to time t (seconds); None without boxes."""
@@ -36,7 +39,12 @@ class Subject:
         return min(self.boxes, key=lambda box: abs(box[0] - t))[1:]
 
     def to_json(self) -> dict:
-        return {"name": self.name, "boxes": [list(b) for b in self.boxes]} if self.boxes else {"name": self.name}
+        out = {"name": self.name}
+        if self.boxes:
+            out["boxes"] = [list(b) for b in self.boxes]
+        if self.speech:
+            out["speech"] = [list(s) for s in self.speech]
+        return out
 
 
 @dataclass(frozen=True)
@@ -233,19 +241,31 @@ def _parse_subjects(raw, *, key: str) -> tuple[Subject, ...]:
         where = f"{key}: subjects[{i}]"
         if not isinstance(item, dict) or set(item) - set(SUBJECT_FIELDS) or "name" not in item:
             raise SampleError("bad_metadata", f"{where} must be an object with 'name' and optional 'boxes', "
-                                              f"got {item!r:.200}")
-        name, boxes = item["name"], item.get("boxes", [])
+                                              f"'speech', got {item!r:.200}")
+        name, boxes, speech = item["name"], item.get("boxes", []), item.get("speech", [])
         if not isinstance(name, str) or not name.strip():
             raise SampleError("bad_metadata", f"{where}.name must be a non-empty string, got {name!r}")
         if not isinstance(boxes, list):
             raise SampleError("bad_metadata", f"{where}.boxes must be a list of [t, x0, y0, x1, y1]")
+        if not isinstance(speech, list):
+            raise SampleError("bad_metadata", f"{where}.speech must be a list of [t0, t1] (seconds)")
         subjects.append(Subject(name=name, boxes=tuple(_parse_box(b, where=f"{where}.boxes[{j}]")
-                                                         for j, b in enumerate(boxes))))
+                                                         for j, b in enumerate(boxes)),
+                                speech=tuple(_parse_stretch(t, where=f"{where}.speech[{j}]")
+                                             for j, t in enumerate(speech))))
     names = [s.name for s in subjects]
     repeated = sorted({n for n in names if names.count(n) > 1})
     if repeated:
         raise SampleError("bad_metadata", f"{key}: subject names must be distinct, {repeated} repeat")
     return tuple(subjects)
+
+
+def _parse_stretch(raw, *, where: str) -> tuple[float, float]:
+    numbers = isinstance(raw, list) and len(raw) == 2 and all(
+        isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) for v in raw)
+    if not numbers or not 0 <= raw[0] < raw[1]:
+        raise SampleError("bad_metadata", f"{where} must be [t0, t1] with 0 <= t0 < t1 (seconds), got {raw!r}")
+    return float(raw[0]), float(raw[1])
 
 
 def _parse_box(raw, *, where: str) -> Box:

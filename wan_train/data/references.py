@@ -39,6 +39,7 @@ import numpy as np
 import torch
 
 from wan_train.data.buckets import Bucket, BucketTable
+from wan_train.data.captions import tag_caption
 from wan_train.data.clips import choose_start, frame_indices, usable_spans
 from wan_train.data.decode import Limits, cover_size, crop_to_bucket, decode_frames, expected, resize_frames
 from wan_train.data.errors import SampleError
@@ -83,25 +84,6 @@ def choose_subjects(meta: ClipMeta, *, limit: int, rng: random.Random, key: str)
     """Up to `limit` subjects in slot order (a random subset in random order: slot k is tagged @Video{k+1})."""
     subjects = require_subjects(meta, key=key)
     return tuple(rng.sample(subjects, min(limit, len(subjects))))
-
-
-def tag_caption(caption: str, names: Sequence[str], *, key: str) -> str:
-    """`caption` with the first occurrence of names[k] replaced by @Video{k+1}. Longer names claim their text
-    first; a name's occurrence inside an already claimed one does not count."""
-    claimed: list[tuple[int, int, str]] = []  # (start, end, tag), character offsets into caption
-    for slot, name in sorted(enumerate(names), key=lambda item: -len(item[1])):
-        at = caption.find(name)
-        while at >= 0 and any(at < end and start < at + len(name) for start, end, _ in claimed):
-            at = caption.find(name, at + 1)
-        if at < 0:
-            raise SampleError("subject_not_in_caption",
-                                       f"{key}: subject {name!r} is not in the caption {caption!r}")
-        claimed.append((at, at + len(name), f"@Video{slot + 1}"))
-    out, done = [], 0
-    for start, end, tag in sorted(claimed):
-        out += [caption[done:start], tag]
-        done = end
-    return "".join(out) + caption[done:]
 
 
 def reference_length(frames: int, *, fps: float, src_fps: float) -> float:
@@ -240,7 +222,9 @@ class ReferenceSource(VideoSource):
         meta, name, subjects = choice["source_meta"], choice["name"], choice["subjects"]
         target = VideoSource(self.table, caption_dropout=self.caption_dropout, clip_start=self.clip_start,
                              crop=self.crop, span="shot", decode_timeout=self.decode_timeout,
-                             decode_memory=self.decode_memory, audio_rate=self.audio_rate)
+                             decode_memory=self.decode_memory, audio_rate=self.audio_rate, voices=self.voices,
+                             voice_seconds=self.voice_seconds, voice_gap=self.voice_gap,
+                             voice_dropout=self.voice_dropout)
         limits = self.limits(bucket)  # one deadline for the clip and its references
         item = target.load_clip(planned, rng=rng, limits=limits)
         indices = frame_indices(meta, start=item["start"], frames=bucket.frames, fps=fps)

@@ -1,5 +1,6 @@
 """The raw-video source: a shard sample (video bytes + metadata json) -> a clip at its bucket's size, and with
-`audio_rate` its sound (wan_train.data.audio)."""
+`audio_rate` its sound (wan_train.data.audio), with `voices` also reference voices from elsewhere in the source
+(wan_train.data.voices)."""
 
 import random
 from dataclasses import dataclass
@@ -8,12 +9,13 @@ import torch
 
 from wan_train.data.audio import clip_samples, collate_audio, sound_member, sound_request
 from wan_train.data.buckets import Bucket, BucketTable
-from wan_train.data.captions import caption_flags, choose_caption
+from wan_train.data.captions import caption_flags, choose_caption, tag_caption
 from wan_train.data.clips import CLIP_SPANS, CLIP_STARTS, choose_start, frame_indices, longest_span
 from wan_train.data.decode import CROPS, Limits, cover_size, crop_to_bucket, decode_clip, expected
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, parse_meta
 from wan_train.data.stream import Planned, stack
+from wan_train.data.voices import check_voice_options, collate_voices, plan_voices, split_voices
 
 
 @dataclass(frozen=True)
@@ -26,6 +28,10 @@ class VideoSource:
     decode_timeout: float = 60.0
     decode_memory: float = 8.0  # a sample's decode memory bound, in multiples of its bucket's uint8 clip
     audio_rate: int | None = None  # Hz: each clip also gets its sound at this rate (None: no sound)
+    voices: int = 0  # reference voices per sample (wan_train.data.voices); needs audio_rate
+    voice_seconds: float = 3.0
+    voice_gap: float = 0.5
+    voice_dropout: float = 0.0
 
     def __post_init__(self):
         for name, allowed in (("clip_start", CLIP_STARTS), ("crop", CROPS), ("span", CLIP_SPANS)):
@@ -37,6 +43,11 @@ class VideoSource:
             raise ValueError(f"data.decode_memory={self.decode_memory}: must be > 0 (a multiple of the bucket's clip)")
         if self.audio_rate is not None and not self.audio_rate > 0:
             raise ValueError(f"audio_rate={self.audio_rate}: a sample rate in Hz (> 0), or None for no sound")
+        check_voice_options(voices=self.voices, seconds=self.voice_seconds, gap=self.voice_gap,
+                            dropout=self.voice_dropout)
+        if self.voices and not self.audio_rate:
+            raise ValueError(f"data.voices={self.voices} with data.audio=false: reference voices are cut from the "
+                             "samples' sound; set data.audio=true")
 
     @staticmethod
     def read_meta(sample: dict) -> tuple[str, ClipMeta]:
@@ -73,26 +84,51 @@ class VideoSource:
         start = choose_start(meta, frames=bucket.frames, fps=fps, mode=self.clip_start, span=self.span, rng=rng,
                              key=name)
         indices = frame_indices(meta, start=start, frames=bucket.frames, fps=fps)
-        sound, member = None, b""
+        caption = planned.choice["caption"]
+        prompt = "" if caption is None else meta.captions[caption]
+        sound, member, voices, flags = None, b"", [], []
         if self.audio_rate:
             ext, member = sound_member(planned.sample) or (None, b"")
-            sound = sound_request(start, frames=bucket.frames, fps=fps, rate=self.audio_rate, member=ext)
+            if self.voices:
+                voices, prompt, flags = self.plan_voices(planned, indices, prompt=prompt, rng=rng)
+            sound = sound_request(start, frames=bucket.frames, fps=fps, rate=self.audio_rate, member=ext,
+                                  voices=tuple(v for v in voices if v is not None), voice_samples=self.voice_samples)
         frames, audio = decode_clip(video, indices, size=cover_size(meta.width, meta.height, bucket), key=name,
                                     expect=expected(meta), limits=limits, sound=sound, member=member)
-        caption = planned.choice["caption"]
         item = {
             "video": crop_to_bucket(frames, bucket, mode=self.crop, rng=rng),
-            "prompt": "" if caption is None else meta.captions[caption],
+            "prompt": prompt,
             "key": planned.key,
             "url": planned.url,
             "start": start,
         }
+        if audio is not None and self.voices:
+            audio, refs, present = split_voices(audio, clip=sound["samples"], starts=voices,
+                                                samples=self.voice_samples, key=name)
+            item.update(audio_refs=refs, audio_ref_mask=present,
+                        voice_starts=[v if p else None for v, p in zip(voices, present.tolist(), strict=True)])
+            if audio.size:
+                planned.flags.extend(flags)
         if audio is not None:
             item.update(audio=torch.from_numpy(audio), has_audio=audio.size > 0)
             if not audio.size:
                 why = f"{name}: no sound stream in the video and no .wav / .flac member: trained with has_audio False"
                 planned.flags.append(("no_audio", why))
         return item
+
+    def plan_voices(self, planned: Planned, indices: list[int], *, prompt: str,
+                    rng: random.Random) -> tuple[list[float | None], str, list[tuple[str, str]]]:
+        """The voices' starts (wan_train.data.voices.plan_voices), the prompt with their speakers tagged, and the
+        flags to raise if the sample has sound. From the whole source: an R2V sample's "meta" is narrowed to where
+        its clip may lie."""
+        meta, name = planned.choice.get("source_meta", planned.choice["meta"]), planned.choice["name"]
+        shown = (indices[0] / meta.fps, (indices[-1] + 1) / meta.fps)  # the clip's display interval, seconds
+        voices, tagged, flags = plan_voices(meta, planned.choice.get("subjects"), voices=self.voices, target=shown,
+                                            seconds=self.voice_seconds, gap=self.voice_gap,
+                                            dropout=self.voice_dropout, rate=self.audio_rate, rng=rng, key=name)
+        if tagged and prompt:  # the voices' speakers, as R2V tags its subjects
+            prompt = tag_caption(prompt, [s.name for s in tagged], key=name)
+        return voices, prompt, flags
 
     def collate(self, items: list[dict]) -> dict:
         batch = {
@@ -105,5 +141,11 @@ class VideoSource:
         if self.audio_rate:
             samples = clip_samples(items[0]["video"].shape[0], fps=self.table.fps, rate=self.audio_rate)
             batch.update(collate_audio(items, samples=samples))
+            if self.voices:
+                batch.update(collate_voices(items))
         return batch
+
+    @property
+    def voice_samples(self) -> int:
+        return round(self.voice_seconds * self.audio_rate) if self.audio_rate else 0
 
