@@ -85,10 +85,10 @@ def build_dit(cfg) -> WanDiT | OviDiT:
 def held_out_batches(data: DataConfig, count: int, shards: list[str], *, split: str = "held-out",
                      skip_log: SkipLog | None = None) -> list[dict]:
     """The first `count` usable clips of `shards` (data.val_shards, else the training shards; or a named set of
-    data.val_sets), centre-cropped, no caption dropout: one-sample batches (video as model input), fixed for the
-    whole run. Bad samples are skipped like training ones and named in `skip_log` under `split`."""
-    fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "reference_dropout": 0.0, "clip_start": "centre",
-                          "crop": "centre"})
+    data.val_sets), centre-cropped, no caption, reference or voice dropout: one-sample batches (video as model
+    input), fixed for the whole run. Bad samples are skipped like training ones and named in `skip_log` under `split`."""
+    fixed = DataConfig(**{**data.__dict__, "caption_dropout": 0.0, "reference_dropout": 0.0, "voice_dropout": 0.0,
+                          "clip_start": "centre", "crop": "centre"})
     source, out, tally = make_source(fixed, expand_urls(data.shards)), [], Tally(Counter(), Counter())
     samples = read_samples(expand_urls(shards), max_member_bytes=max_member_bytes(data),
                            on_error=lambda error: tally.error(error, url=None, key=None, epoch=None, worker=None))
