@@ -17,6 +17,13 @@ class ModelConfig:
     # stand-ins of the quickstart (pixel-space VAE, tiny random umT5); None = the checkpoint folder
     encoders: str | None = None
     activation_checkpointing: bool = False
+    # torch.compile per DiT block (regional: one block's compile serves every layer; wan_train.training.compile),
+    # in a torch.compile mode without CUDA graphs: default | max-autotune-no-cudagraphs
+    compile: bool = False
+    compile_mode: str = "default"
+    # the attention kernel: sdpa (torch picks) | flash | cudnn (SDPA pinned to that kernel, CUDA) | flex
+    # (FlexAttention; wan_train.models.dit.layers)
+    attention: str = "sdpa"
     trainable: str = "all"  # full fine-tune parameter preset (wan_train.training.trainable.TRAINABLE)
     # reference-to-video: reference slots (@Video1..) added to the base, zero-initialised and trained with the rest
     # (a LoRA run trains them beside the adapter); 0: none. The data's references fill them (data.references)

@@ -5,6 +5,7 @@ import signal
 from collections.abc import Collection
 from pathlib import Path
 
+import torch
 from omegaconf import DictConfig, OmegaConf
 
 from wan_train.inference.twin import audio_source, is_twin_run
@@ -21,7 +22,9 @@ from wan_train.memory import BASE_DTYPES, parse_memory
 from wan_train.memory.fp8 import GRANULARITIES
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
 from wan_train.models.dit.config import MAX_REFERENCES
+from wan_train.models.dit.layers import ATTENTION_BACKENDS
 from wan_train.parallel.strategy import ENGINES, SHARDING, check_deepspeed_config, deepspeed_config
+from wan_train.models.dit.compile import COMPILE_MODES
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")
@@ -76,12 +79,31 @@ def validate(cfg: DictConfig, *, pending: Collection[str] = PENDING) -> None:
     _validate_memory(cfg)
     _validate_references(cfg)
     _validate_audio(cfg)
+    _validate_kernels(cfg)
     for key in ("max_steps", "log_every_n_steps", "val_every_n_steps", "checkpoint_every_n_steps"):
         if cfg.trainer[key] < 1:
             raise ConfigError(f"trainer.{key}={cfg.trainer[key]}: must be >= 1")
     if cfg.resume not in ("auto", "never") and not Path(cfg.resume).is_file():
         raise ConfigError(f"resume={cfg.resume!r}: expected 'auto', 'never' or an existing .ckpt file")
     _validate_validation(cfg, stride=vae_stride(size.vae) * size.dit.patch_size[1])
+
+
+def _validate_kernels(cfg: DictConfig) -> None:
+    """model.compile / compile_mode and model.attention."""
+    _allowed("model.compile_mode", cfg.model.compile_mode, COMPILE_MODES)
+    _allowed("model.attention", cfg.model.attention, ATTENTION_BACKENDS)
+    on_cpu = cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available())
+    if cfg.model.attention in ("flash", "cudnn") and on_cpu:
+        raise ConfigError(f"model.attention={cfg.model.attention!r}: a CUDA kernel; on the CPU use sdpa or flex")
+    if cfg.model.attention != "sdpa" and is_twin_run(cfg):
+        raise ConfigError(f"model.attention={cfg.model.attention!r} with an audio-video model: its fusion blocks use "
+                          "sdpa only so far")
+    if cfg.model.compile and is_twin_run(cfg):
+        raise ConfigError("model.compile with an audio-video model: its fusion blocks run both towers' layers "
+                          "directly, not as blocks; compile is for Wan DiTs so far")
+    if cfg.model.compile and cfg.strategy.sequence_parallel > 1:
+        raise ConfigError("model.compile with strategy.sequence_parallel > 1: Ulysses attention's all-to-all inside "
+                          "a compiled block is not supported yet; set one of them off")
 
 
 def _validate_validation(cfg: DictConfig, *, stride: int) -> None:

@@ -31,6 +31,7 @@ from wan_train.inference.shot_inputs import encode_shots, latent_frames, shot_co
 from wan_train.inference.shots import Shot, ShotPlan
 from wan_train.lora import has_adapter
 from wan_train.models import CheckpointError, OviDiT, ShotLayout, WanDiT
+from wan_train.models.dit.compile import compile_blocks
 from wan_train.parallel.fsdp import reshard
 from wan_train.parallel.sequence import sequence_groups
 from wan_train.training.optim import build_optimizer
@@ -245,9 +246,12 @@ class FlowMatchingModule(L.LightningModule):
 
     def configure_model(self) -> None:
         """strategy=fsdp: the DiT is sharded here, once the device mesh exists (Lightning's ModelParallelStrategy
-        calls this before the optimizer is built)."""
+        calls this before the optimizer is built); model.compile: then its blocks are compiled, each in place
+        (wan_train.models.dit.compile)."""
         if self.cfg.strategy.name == "fsdp":
             self.trainer.strategy.shard(self.dit)
+        if self.cfg.model.compile:
+            compile_blocks(self.dit, mode=self.cfg.model.compile_mode)
 
     def sample_generators(self, batch: dict, batch_idx: int, b: int) -> list[torch.Generator]:
         """One CPU generator per sample of this micro-batch (see the module docstring)."""

@@ -68,6 +68,8 @@ def build_dit(cfg) -> WanDiT | OviDiT:
         torch.manual_seed(cfg.trainer.seed)
         dit = OviDiT(OviConfig(video=size.dit, audio=size.audio)) if size.has_audio else WanDiT(size.dit)
     dit.activation_checkpointing = cfg.model.activation_checkpointing  # per block (an FSDP unit under fsdp)
+    if isinstance(dit, WanDiT):  # the twin's fusion blocks call SDPA themselves (validate allows sdpa only)
+        dit.set_attention(cfg.model.attention)
     dit.train()
     if cfg.lora.enabled:  # a frozen base with a fresh peft adapter (B = 0: the base's output until trained)
         lora = cfg.lora

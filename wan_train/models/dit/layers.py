@@ -14,6 +14,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention.flex_attention import flex_attention
 
 from wan_train.models.dit.rope import apply_rope
 
@@ -44,12 +46,26 @@ class FP32LayerNorm(nn.LayerNorm):
         return F.layer_norm(x.float(), self.normalized_shape, weight, bias, self.eps)
 
 
+# model.attention: "sdpa" lets torch pick SDPA's kernel (flash / cuDNN / memory-efficient on a GPU when unmasked);
+# "flash" and "cudnn" pin SDPA to that CUDA kernel; "flex" is FlexAttention (torch.nn.attention.flex_attention: fused
+# under torch.compile, on GPUs and CPUs; unfused, and slow, in eager mode). A masked call (multi-shot
+# cross-attention) always takes SDPA's default choice: the pinned kernels and flex here are for unmasked attention.
+ATTENTION_BACKENDS = ("sdpa", "flash", "cudnn", "flex")
+_SDPA_KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+
+
 def attention(q_BLNK: torch.Tensor, k_BSNK: torch.Tensor, v_BSNK: torch.Tensor,
-              mask_B1LS: torch.Tensor | None = None) -> torch.Tensor:
-    """softmax(q k^T / sqrt(K)) v through SDPA (flash / cuDNN kernels on GPU when unmasked); mask: bool, True where
-    a query may attend; returns [B, L, N*K]."""
-    out_BNLK = F.scaled_dot_product_attention(q_BLNK.transpose(1, 2), k_BSNK.transpose(1, 2), v_BSNK.transpose(1, 2),
-                                              attn_mask=mask_B1LS)
+              mask_B1LS: torch.Tensor | None = None, *, backend: str = "sdpa") -> torch.Tensor:
+    """softmax(q k^T / sqrt(K)) v through the `backend` kernel (ATTENTION_BACKENDS); mask: bool, True where a query
+    may attend; returns [B, L, N*K]."""
+    q, k, v = q_BLNK.transpose(1, 2), k_BSNK.transpose(1, 2), v_BSNK.transpose(1, 2)
+    if mask_B1LS is not None or backend == "sdpa":
+        out_BNLK = F.scaled_dot_product_attention(q, k, v, attn_mask=mask_B1LS)
+    elif backend == "flex":
+        out_BNLK = flex_attention(q, k, v)
+    else:
+        with sdpa_kernel(_SDPA_KERNELS[backend]):
+            out_BNLK = F.scaled_dot_product_attention(q, k, v)
     return out_BNLK.transpose(1, 2).flatten(2)
 
 
@@ -57,18 +73,22 @@ class SelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.backend = "sdpa"  # ATTENTION_BACKENDS (WanDiT.set_attention)
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps)
         self.norm_k = RMSNorm(dim, eps)
 
     def forward(self, x_BLD: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], *,
-                attend: Callable[..., torch.Tensor] = attention) -> torch.Tensor:
-        # attend(q, k, v) -> [B, L, N*K]; sequence parallel passes Ulysses attention over the rank's L/P tokens
+                attend: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+        # attend(q, k, v) -> [B, L, N*K]; sequence parallel passes Ulysses attention over the rank's L/P tokens;
+        # None: attention() with this layer's backend
         x_BLD = to_dtype_of(x_BLD, self.q)
         dtype = x_BLD.dtype
         q_BLNK = apply_rope(self.norm_q(self.q(x_BLD)).unflatten(-1, (self.num_heads, -1)), *rope).to(dtype)
         k_BLNK = apply_rope(self.norm_k(self.k(x_BLD)).unflatten(-1, (self.num_heads, -1)), *rope).to(dtype)
         v_BLNK = self.v(x_BLD).unflatten(-1, (self.num_heads, -1))
+        if attend is None:
+            return self.o(attention(q_BLNK, k_BLNK, v_BLNK, backend=self.backend))
         return self.o(attend(q_BLNK, k_BLNK, v_BLNK))
 
 
@@ -79,6 +99,7 @@ class CrossAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, eps: float, *, text_len: int, image_branch: bool) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.backend = "sdpa"  # ATTENTION_BACKENDS (WanDiT.set_attention)
         self.text_len = text_len
         self.q, self.k, self.v, self.o = (nn.Linear(dim, dim) for _ in range(4))
         self.norm_q = RMSNorm(dim, eps)
@@ -100,10 +121,11 @@ class CrossAttention(nn.Module):
         image_BID, text_BTD = context_BSD[:, : -self.text_len], context_BSD[:, -self.text_len :]
         q_BLNK = self._heads(self.norm_q(self.q(x_BLD)), dtype)
         k_BTNK = self._heads(self.norm_k(self.k(text_BTD)), dtype)
-        out_BLD = attention(q_BLNK, k_BTNK, self._heads(self.v(text_BTD), dtype), mask_B1LT)
+        out_BLD = attention(q_BLNK, k_BTNK, self._heads(self.v(text_BTD), dtype), mask_B1LT, backend=self.backend)
         if hasattr(self, "k_img"):
             k_BINK = self._heads(self.norm_k_img(self.k_img(image_BID)), dtype)
-            out_BLD = out_BLD + attention(q_BLNK, k_BINK, self._heads(self.v_img(image_BID), dtype))
+            out_BLD = out_BLD + attention(q_BLNK, k_BINK, self._heads(self.v_img(image_BID), dtype),
+                                          backend=self.backend)
         return self.o(out_BLD)
 
 

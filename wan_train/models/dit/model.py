@@ -46,7 +46,7 @@ from torch.utils.checkpoint import checkpoint
 
 from wan_train.models.dit.config import DiTConfig
 from wan_train.models.dit.layers import (
-    CrossAttention, FP32LayerNorm, Head, MLPProj, RMSNorm, SelfAttention, attention, to_dtype_of,
+    ATTENTION_BACKENDS, CrossAttention, FP32LayerNorm, Head, MLPProj, RMSNorm, SelfAttention, to_dtype_of,
 )
 from wan_train.models.dit.rope import Rope3D
 
@@ -76,7 +76,7 @@ class WanBlock(nn.Module):
         self.modulation = nn.Parameter(torch.randn(1, 6, d) / d**0.5)
 
     def forward(self, x_BLD: torch.Tensor, e0_BL6D: torch.Tensor, context_BSD: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor], *, attend: Callable[..., torch.Tensor] = attention,
+                rope: tuple[torch.Tensor, torch.Tensor], *, attend: Callable[..., torch.Tensor] | None = None,
                 cross_mask: torch.Tensor | None = None) -> torch.Tensor:
         # e0_BL6D: [B, 1 or L, 6, D] float32 -> six [B, 1 or L, D] (shift, scale, gate) x (attention, FFN)
         sh1, sc1, g1, sh2, sc2, g2 = (self.modulation.float()[:, None] + e0_BL6D).unbind(2)
@@ -105,6 +105,10 @@ class WanDiT(nn.Module):
         self.sequence_parallel = None
         self.block_offload = None  # (module docstring)
         self.activation_offload = None
+        # True (model.compile sets it): in training, block 0's input requires grad like every other block's, so one
+        # compiled block graph serves all layers (with a frozen patch embedding, a LoRA run's would not, and dynamo
+        # would compile block 0 apart); costs block 0's input gradient, one activation-sized tensor
+        self.grad_into_blocks = False
         d = cfg.dim
         self.patch_embedding = self.make_patch_embedding()
         self.text_embedding = nn.Sequential(nn.Linear(cfg.text_dim, d), nn.GELU(approximate="tanh"), nn.Linear(d, d))
@@ -182,10 +186,12 @@ class WanDiT(nn.Module):
             x_BLD, t, rope = self._local_tokens(x_BLD, t=t, rope=rope, grid=grid)
             token_shots = None if token_shots is None else sp.split(token_shots, dim=1)
         e_BLD, e0_BL6D = self.time_embeddings(t)
-        attend = attention if sp is None else sp.attention
+        attend = None if sp is None else sp.attention  # None: each layer's own attention (set_attention)
         cross_mask = None if shots is None else self.shot_cross_mask(token_shots, shots.text_shots)
 
         training = torch.is_grad_enabled()
+        if self.grad_into_blocks and training and not x_BLD.requires_grad:
+            x_BLD = x_BLD.detach().requires_grad_()  # every block then sees an input that requires grad
         with self.activation_offload() if self.activation_offload is not None and training else nullcontext():
             for index, block in enumerate(self.blocks):
                 if self.block_offload is not None and self.block_offload.owns(index):
@@ -316,6 +322,15 @@ class WanDiT(nn.Module):
             problems.append("clip_fea was given but this model has no CLIP image branch")
         if problems:
             raise ValueError("WanDiT input: " + "; ".join(problems))
+
+    def set_attention(self, backend: str) -> WanDiT:
+        """The attention kernel of every layer (layers.ATTENTION_BACKENDS: sdpa | flash | cudnn | flex)."""
+        if backend not in ATTENTION_BACKENDS:
+            raise ValueError(f"attention backend {backend!r}: expected one of {list(ATTENTION_BACKENDS)}")
+        for module in self.modules():
+            if isinstance(module, (SelfAttention, CrossAttention)):
+                module.backend = backend
+        return self
 
     def fp32_parameter_names(self) -> set[str]:
         """Parameters that stay float32 when the model is cast to a narrower dtype, because the official model
