@@ -31,6 +31,8 @@ from wan_train.models import DiTConfig, WanDiT, get_size
 from wan_train.models.checkpoint.dit_layouts import DIFFUSERS, config_to_json, from_official
 
 PRESETS = {
+    "cpu-small": dict(config=DiTConfig(dim=256, ffn_dim=1024, num_heads=2, num_layers=2), frames=5, height=64,
+                      width=64, device="cpu", dtype=torch.float32),  # the device suite's dry run
     "cpu-100m": dict(config=DiTConfig(dim=768, ffn_dim=3072, num_heads=6, num_layers=12), frames=17, height=128,
                      width=128, device="cpu", dtype=torch.float32),
     "1.3b-480p": dict(config=get_size("wan2.1-t2v-1.3b").dit, frames=81, height=480, width=832, device="cuda",

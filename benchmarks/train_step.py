@@ -6,6 +6,7 @@ achieved TFLOP/s and MFU for both, the ratio, and peak memory, as a RESULTS.md t
     python benchmarks/train_step.py --preset 1.3b-480p                 # GPU: Wan2.1 1.3B, 480p x 81 frames, bf16
     python benchmarks/train_step.py --preset 14b-480p-4blocks          # GPU: 4 real-size Wan 14B blocks
     python benchmarks/train_step.py --preset 1.3b-480p --attention cudnn --compile --checkpointing block
+    python benchmarks/train_step.py --preset cpu-small --against eager  # model.compile's blocks vs eager, same weights
 
 Model FLOPs come from wan_train.models.dit_flops (3 x forward per training step); MFU divides the achieved rate
 by the peak of a large matmul timed on the same device in the same run (bf16 on CUDA, fp32 on CPU), so it says
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import platform
@@ -33,7 +35,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from dit_step import build_models, make_inputs, peak_bytes, time_steps  # noqa: E402
 
-from wan_train.models import DiTConfig, dit_flops, get_size  # noqa: E402
+from wan_train.models import DiTConfig, WanDiT, dit_flops, get_size  # noqa: E402
+from wan_train.models.dit.compile import compile_blocks as compile_dit  # noqa: E402
 
 _14B = get_size("wan2.1-t2v-14b").dit
 PRESETS = {
@@ -76,8 +79,10 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def train_steps(ours, ref, inputs, *, precision: str, attention: str, fused: bool) -> dict:
-    """name -> step(): zero_grad, forward under the precision, mean-square loss, backward, AdamW step."""
+def train_steps(ours, ref, inputs, *, precision: str, attention: str, fused: bool,
+                against: str = "diffusers") -> dict:
+    """name -> step(): zero_grad, forward under the precision, mean-square loss, backward, AdamW step. `ref` is
+    diffusers' model, or with against="eager" an eager copy of `ours` (then compiled)."""
     x, t, context = inputs
     autocast = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if precision == "bf16-mixed" \
         else contextlib.nullcontext
@@ -96,16 +101,19 @@ def train_steps(ours, ref, inputs, *, precision: str, attention: str, fused: boo
             _sync(x.device.type)
         return step
 
+    if against == "eager":
+        return {"compiled": run(ours, lambda: ours(x, t, context)), "eager": run(ref, lambda: ref(x, t, context))}
     padded = F.pad(context, (0, 0, 0, 512 - context.shape[1]))  # diffusers expects the pipeline's 512-token padding
     return {"wan_train": run(ours, lambda: ours(x, t, context)),
             "diffusers": run(ref, lambda: ref(x, t, padded, return_dict=False)[0])}
 
 
-def compile_blocks(ours, ref) -> None:
-    """torch.compile per transformer block (the unit activation checkpointing and FSDP use too)."""
-    for model in (ours, ref):
-        for block in model.blocks:
-            block.compile()
+def compile_blocks(ours, ref, *, backend: str = "inductor") -> None:
+    """torch.compile per transformer block (the unit activation checkpointing and FSDP use too): ours as
+    model.compile does it, diffusers' blocks the same way."""
+    compile_dit(ours, backend=backend)
+    for block in ref.blocks:
+        block.compile(backend=backend)
 
 
 def main(argv=None) -> dict:
@@ -115,8 +123,12 @@ def main(argv=None) -> dict:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--attention", choices=ATTENTION, default="default", help="SDPA backend (default: torch picks)")
     p.add_argument("--compile", action="store_true", help="torch.compile each block")
+    p.add_argument("--compile-backend", default="inductor", help=argparse.SUPPRESS)  # aot_eager: the dry run
     p.add_argument("--checkpointing", choices=("none", "block"), default="none", help="activation checkpointing")
     p.add_argument("--fused-adamw", action="store_true", help="the fused AdamW kernel (CUDA)")
+    p.add_argument("--against", choices=("diffusers", "eager"), default="diffusers",
+                   help="the reference: diffusers' model (identical weights), or eager wan_train against its "
+                        "--compile'd self (model.compile's path: wan_train.models.dit.compile)")
     p.add_argument("--json", help="also write the results to this file")
     args = p.parse_args(argv)
     preset = PRESETS[args.preset]
@@ -124,11 +136,20 @@ def main(argv=None) -> dict:
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit(f"preset {args.preset} needs a CUDA device")
 
-    ours, ref = build_models(cfg, device, activation_checkpointing=args.checkpointing == "block")
-    if args.compile:
-        compile_blocks(ours, ref)
+    checkpointing = args.checkpointing == "block"
+    if args.against == "eager":  # the same weights twice: one copy compiled, one eager
+        torch.manual_seed(0)
+        with torch.device(device):
+            ours = WanDiT(cfg, activation_checkpointing=checkpointing).train()
+        ref = copy.deepcopy(ours)
+        compile_dit(ours, backend=args.compile_backend)
+        args.compile = True
+    else:
+        ours, ref = build_models(cfg, device, activation_checkpointing=checkpointing)
+        if args.compile:
+            compile_blocks(ours, ref, backend=args.compile_backend)
     steps = train_steps(ours, ref, make_inputs(cfg, latent, device), precision=precision,
-                        attention=args.attention, fused=args.fused_adamw)
+                        attention=args.attention, fused=args.fused_adamw, against=args.against)
     times = time_steps(steps, warmup=args.warmup, repeats=args.repeats)
     peaks = {name: peak_bytes(step, device) for name, step in steps.items()}
     peak_flops = matmul_peak(device)
@@ -136,7 +157,8 @@ def main(argv=None) -> dict:
     flops = dit_flops(cfg, latent).train_step
     tokens = math.prod(n // p for n, p in zip(latent, cfg.patch_size, strict=True))
     median = {name: statistics.median(ts) for name, ts in times.items()}
-    ratios = [a / b for a, b in zip(times["wan_train"], times["diffusers"], strict=True)]
+    first, second = list(times)  # ours, then the reference
+    ratios = [a / b for a, b in zip(times[first], times[second], strict=True)]
     q1, q2, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratios[0],) * 3
     per_model = {name: {"s_per_step": s, "tokens_per_s": tokens / s, "tflops": flops / s / 1e12,
                         "mfu": flops / s / peak_flops, "peak_GiB": peaks[name] / 2**30}
@@ -149,7 +171,9 @@ def main(argv=None) -> dict:
               "device": device_name, "settings": settings, "params_M": round(ours.num_parameters() / 1e6, 1),
               "latent": list(latent), "tokens": tokens, "train_step_TFLOP": flops / 1e12,
               "matmul_peak_TFLOPs": peak_flops / 1e12, "repeats": args.repeats, "models": per_model,
-              "time_ratio_ours_over_diffusers": q2, "time_ratio_quartiles": [q1, q3]}
+              "against": args.against, f"time_ratio_{first}_over_{second}": q2, "time_ratio_quartiles": [q1, q3]}
+    if args.against == "diffusers":
+        result["time_ratio_ours_over_diffusers"] = result.pop("time_ratio_wan_train_over_diffusers")
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -157,7 +181,7 @@ def main(argv=None) -> dict:
 
 
 def print_table(r: dict) -> None:
-    ours, ref = r["models"]["wan_train"], r["models"]["diffusers"]
+    (first, ours), (second, ref) = r["models"].items()
     print(f"{r['preset']}: {r['params_M']}M params, latent {r['latent']} = {r['tokens']} tokens, "
           f"{r['train_step_TFLOP']:.4g} TFLOP per step; {r['device']}, matmul peak "
           f"{r['matmul_peak_TFLOPs']:.4g} TFLOP/s; {', '.join(r['settings'])}")
@@ -167,7 +191,8 @@ def print_table(r: dict) -> None:
         print(f"| {name} | {m['s_per_step']:.4g} | {m['tokens_per_s']:.4g} | {m['tflops']:.4g} | "
               f"{100 * m['mfu']:.1f}% | {m['peak_GiB']:.3g} |")
     q1, q3 = r["time_ratio_quartiles"]
-    print(f"time ratio wan_train / diffusers: {r['time_ratio_ours_over_diffusers']:.3f} (quartiles {q1:.3f}-{q3:.3f}, "
+    ratio = r["time_ratio_ours_over_diffusers"] if first == "wan_train" else r[f"time_ratio_{first}_over_{second}"]
+    print(f"time ratio {first} / {second}: {ratio:.3f} (quartiles {q1:.3f}-{q3:.3f}, "
           f"{r['repeats']} rounds); throughput ratio {ref['s_per_step'] / ours['s_per_step']:.3f}x")
 
 

@@ -19,6 +19,7 @@ import resource
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -97,6 +98,7 @@ def main() -> None:
     p.add_argument("--ops", nargs="+", choices=["encode", "decode"], default=["encode", "decode"])
     p.add_argument("--modes", nargs="+", choices=["untiled", "tiled"], default=["untiled", "tiled"])
     p.add_argument("--reference", action="store_true", help="also run diffusers' AutoencoderKLWan")
+    p.add_argument("--json", help="also write the rows to this file")
     p.add_argument("--one-op", help=argparse.SUPPRESS)
     p.add_argument("--one-tiled", help=argparse.SUPPRESS)
     p.add_argument("--one-impl", help=argparse.SUPPRESS)
@@ -104,7 +106,13 @@ def main() -> None:
     if args.one_op:
         print(json.dumps(run_one(args)))
         return
-    passthrough = [a for a in sys.argv[1:] if a != "--reference"]
+    passthrough, skip = [], False  # the options each measurement shares (not --reference, not --json PATH)
+    for a in sys.argv[1:]:
+        if skip or a == "--reference" or a.startswith("--json"):
+            skip = a == "--json"
+            continue
+        passthrough.append(a)
+    rows = []
     impls = ["ours", "diffusers"] if args.reference else ["ours"]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU {platform.machine()}"
     print(f"# {args.version} VAE, {args.frames} x {args.height} x {args.width}, {args.dtype}, {device}, "
@@ -116,8 +124,13 @@ def main() -> None:
                 cmd = [sys.executable, __file__, *passthrough, "--one-op", op, "--one-tiled", mode, "--one-impl", impl]
                 out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
                 r = json.loads(out)
+                rows.append({"op": op, "tiling": mode, "impl": impl, **r, "frames_per_s": args.frames / r["seconds"]})
                 print(f"| {op} | {mode} | {impl} | {r['seconds']:.1f} | {args.frames / r['seconds']:.3f} | "
                       f"{r['peak_bytes'] / 2**30:.2f} GiB |", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"version": args.version, "device": device, "dtype": args.dtype,
+                                               "shape": [args.frames, args.height, args.width], "rows": rows},
+                                              indent=2))
 
 
 if __name__ == "__main__":

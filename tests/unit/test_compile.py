@@ -117,7 +117,7 @@ def test_compile_options_are_checked():
     from wan_train.config.validate import ConfigError, validate
 
     for overrides, message in ((["model.compile_mode=max-autotune"], "model.compile_mode='max-autotune'"),
-                               (["model.attention=flash", "trainer.accelerator=cpu"], "a CUDA kernel"),
+                               (["model.attention=flash", "trainer.accelerator=cpu"], "a CUDA kernel; on the CPU use sdpa"),
                                (["model.attention=xformers"], "model.attention='xformers'"),
                                (["recipe=av_demo", "model.compile=true"], "model.compile with an audio-video model")):
         with pytest.raises(ConfigError, match=message):

@@ -94,7 +94,10 @@ def _validate_kernels(cfg: DictConfig) -> None:
     _allowed("model.attention", cfg.model.attention, ATTENTION_BACKENDS)
     on_cpu = cfg.trainer.accelerator == "cpu" or (cfg.trainer.accelerator == "auto" and not torch.cuda.is_available())
     if cfg.model.attention in ("flash", "cudnn") and on_cpu:
-        raise ConfigError(f"model.attention={cfg.model.attention!r}: a CUDA kernel; on the CPU use sdpa or flex")
+        raise ConfigError(f"model.attention={cfg.model.attention!r}: a CUDA kernel; on the CPU use sdpa")
+    if cfg.model.attention == "flex" and on_cpu:
+        raise ConfigError("model.attention='flex': torch's FlexAttention has no backward on the CPU; train with "
+                          "sdpa there (flex is for CUDA, best with model.compile=true)")
     if cfg.model.attention != "sdpa" and is_twin_run(cfg):
         raise ConfigError(f"model.attention={cfg.model.attention!r} with an audio-video model: its fusion blocks use "
                           "sdpa only so far")

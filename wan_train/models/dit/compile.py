@@ -5,7 +5,10 @@ offload and FSDP2 work on, so they wrap a compiled block as they wrap an eager o
 modulation, attention, FFN; LoRA factors and float8 weights where the base has them; R2V / multi-shot inputs) has
 no graph break, and nothing in it depends on the step or the layer, so a run compiles once per input shape (a
 bucket) and grad mode (training; held-out losses under no_grad), never again per step or layer
-(tests/unit/test_compile.py counts both). The training module compiles the blocks once the strategy has wrapped
+(tests/unit/test_compile.py counts both). Shapes are static (dynamic=False): each bucket gets kernels for its own
+sizes, and a batch of another size (the one-clip held-out batches beside training's) is one more static graph,
+never an automatic-dynamic recompile of the training graph; the recompile limit is raised to MAX_GRAPHS so that
+a run with many buckets keeps compiling them. The training module compiles the blocks once the strategy has wrapped
 the DiT (FlowMatchingModule.configure_model).
 
 `block.compile()` compiles the module's call in place: parameter names, state dicts, checkpoints and exports are
@@ -19,6 +22,7 @@ from torch import nn
 # torch.compile modes a block may use: CUDA-graph modes ("reduce-overhead", "max-autotune") replay fixed memory
 # addresses, which FSDP's gathered weights and block offload's moving ones do not keep
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+MAX_GRAPHS = 64  # graphs one block may compile: (bucket shapes) x (grad modes); dynamo's default limit is 8
 
 
 def compile_blocks(dit: nn.Module, *, mode: str = "default", backend: str = "inductor") -> int:
@@ -29,9 +33,12 @@ def compile_blocks(dit: nn.Module, *, mode: str = "default", backend: str = "ind
     if not isinstance(blocks, nn.ModuleList) or not len(blocks):
         raise ValueError(f"model.compile: {type(dit).__name__} has no transformer blocks to compile")
     dit.grad_into_blocks = True  # one graph for block 0 too (WanDiT.grad_into_blocks)
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"  # torch < 2.6
+    setattr(config, name, max(getattr(config, name), MAX_GRAPHS))
     for block in blocks:
         if getattr(block, "_compiled_call_impl", None) is None:
-            block.compile(backend=backend, mode=None if mode == "default" else mode)
+            block.compile(backend=backend, mode=None if mode == "default" else mode, dynamic=False)
     return len(blocks)
 
 

@@ -48,7 +48,7 @@ class FP32LayerNorm(nn.LayerNorm):
 
 # model.attention: "sdpa" lets torch pick SDPA's kernel (flash / cuDNN / memory-efficient on a GPU when unmasked);
 # "flash" and "cudnn" pin SDPA to that CUDA kernel; "flex" is FlexAttention (torch.nn.attention.flex_attention: fused
-# under torch.compile, on GPUs and CPUs; unfused, and slow, in eager mode). A masked call (multi-shot
+# under torch.compile; unfused, and slow, in eager mode; forward only on the CPU). A masked call (multi-shot
 # cross-attention) always takes SDPA's default choice: the pinned kernels and flex here are for unmasked attention.
 ATTENTION_BACKENDS = ("sdpa", "flash", "cudnn", "flex")
 _SDPA_KERNELS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
