@@ -5,6 +5,11 @@ extensions; the compiled model computes what the eager one does. Dynamo traces w
 inductor itself."""
 
 import copy
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -117,9 +122,62 @@ def test_compile_options_are_checked():
     from wan_train.config.validate import ConfigError, validate
 
     for overrides, message in ((["model.compile_mode=max-autotune"], "model.compile_mode='max-autotune'"),
-                               (["model.attention=flash", "trainer.accelerator=cpu"], "a CUDA kernel; on the CPU use sdpa"),
+                               (["model.attention=flash", "trainer.accelerator=cpu"], "a CUDA kernel; on the CPU"),
                                (["model.attention=xformers"], "model.attention='xformers'"),
                                (["recipe=av_demo", "model.compile=true"], "model.compile with an audio-video model")):
         with pytest.raises(ConfigError, match=message):
             validate(compose_config(["recipe=quickstart", *overrides]), pending={"data/quickstart",
                                                                                  "data/av_demo", "data/av_demo_val"})
+
+
+FSDP2 = """
+import copy, os, sys
+import torch, torch.distributed as dist
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import fully_shard
+from tests.helpers import dit_inputs, randomize_
+from wan_train.models import WanDiT, get_size
+from wan_train.models.dit.compile import compile_blocks, compile_counts, reset_compile_counts
+from wan_train.models.dit.model import WanBlock
+
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=sys.argv[1])
+dist.init_process_group("gloo", rank=0, world_size=1)
+torch.manual_seed(0)
+dit = randomize_(WanDiT(get_size("tiny").dit.replace(num_layers=3))).train()
+eager = copy.deepcopy(dit)
+mesh = init_device_mesh("cpu", (1,))
+for module in dit.modules():  # as strategy=fsdp shards (wan_train.parallel.fsdp), then model.compile
+    if isinstance(module, WanBlock):
+        fully_shard(module, mesh=mesh)
+fully_shard(dit, mesh=mesh)
+reset_compile_counts()
+compile_blocks(dit, backend="aot_eager")
+outputs = []
+for model in (eager, dit):
+    optimizer, out = torch.optim.SGD(model.parameters(), lr=0.1), []
+    for step in range(3):
+        inputs = dit_inputs(model.config, seed=step)
+        optimizer.zero_grad()
+        y = model(inputs["x"], inputs["t"], inputs["context"])
+        y.square().mean().backward()
+        optimizer.step()
+        out.append(y.detach())
+    outputs.append(out)
+counts = compile_counts()
+print(counts["graphs"], counts["graph_breaks"], max((a - b).abs().max().item() for a, b in zip(*outputs)))
+dist.destroy_process_group()
+"""
+
+
+def test_compiled_blocks_under_fsdp2_share_one_graph_with_no_break():
+    """FSDP2's per-block units (strategy=fsdp), then the blocks compiled: one graph for every layer and step, no
+    graph break through FSDP's gather hooks, the eager model's outputs (a process of its own: its process group)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", FSDP2, str(port)], cwd=root, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    graphs, breaks, diff = done.stdout.split()[-3:]
+    assert (int(graphs), int(breaks)) == (1, 0) and float(diff) < 1e-4
