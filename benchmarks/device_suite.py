@@ -5,7 +5,9 @@
 
 Parts, each a subprocess with its own time limit (a failure or timeout is recorded and the next part runs):
   train_step          the Wan2.1 1.3B step at 480p x 81 frames, bf16, eager: ours and diffusers' model side by side
-                      (benchmarks/train_step.py: tokens/s, TFLOP/s, MFU against the measured matmul peak, peak memory)
+                      (benchmarks/train_step.py: tokens/s, TFLOP/s, MFU against the measured matmul peak, peak memory),
+                      with per-block activation checkpointing as such a run trains (two models' 32,760-token
+                      activations would not fit 80 GB without it); MFU counts model FLOPs, not the recompute
   train_step_compile  the same with every block compiled, ours as model.compile does it, diffusers' alike
   strategies          DeepSpeed ZeRO-2, ZeRO-3 and FSDP2 2-step bf16 runs on one GPU, each against DDP's losses,
                       consolidated and resumed (tests/gpu/test_strategies_gpu.py)
@@ -52,10 +54,11 @@ class Part:
 
 
 PARTS = (
-    Part("train_step", [PY, "benchmarks/train_step.py", "--preset", "1.3b-480p", "--repeats", "6"],
+    Part("train_step", [PY, "benchmarks/train_step.py", "--preset", "1.3b-480p", "--repeats", "6", "--checkpointing",
+                        "block"],
          [PY, "benchmarks/train_step.py", "--preset", "cpu-small", "--repeats", "1", "--warmup", "1"], limit=70),
     Part("train_step_compile", [PY, "benchmarks/train_step.py", "--preset", "1.3b-480p", "--repeats", "6",
-                                "--compile"],
+                                "--checkpointing", "block", "--compile"],
          [PY, "benchmarks/train_step.py", "--preset", "cpu-small", "--repeats", "1", "--warmup", "1", "--compile",
           "--compile-backend", "aot_eager"], limit=115),
     Part("strategies", [PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/gpu/test_strategies_gpu.py"],
