@@ -15,6 +15,7 @@ the video tower only (its audio input is pure noise, sigma 1: the sound unknown)
 quantile), both modalities at the same sigma quantile."""
 
 import hashlib
+import logging
 import random
 from dataclasses import dataclass
 
@@ -35,6 +36,8 @@ from wan_train.models.dit.compile import compile_blocks
 from wan_train.parallel.fsdp import reshard
 from wan_train.parallel.sequence import sequence_groups
 from wan_train.training.optim import build_optimizer
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -251,7 +254,9 @@ class FlowMatchingModule(L.LightningModule):
         if self.cfg.strategy.name == "fsdp":
             self.trainer.strategy.shard(self.dit)
         if self.cfg.model.compile:
-            compile_blocks(self.dit, mode=self.cfg.model.compile_mode)
+            count = compile_blocks(self.dit, mode=self.cfg.model.compile_mode)
+            log.info("model.compile: %d blocks share one compiled block; the first step of each bucket shape "
+                     "compiles it (and the first held-out evaluation, without grad)", count)
 
     def sample_generators(self, batch: dict, batch_idx: int, b: int) -> list[torch.Generator]:
         """One CPU generator per sample of this micro-batch (see the module docstring)."""
