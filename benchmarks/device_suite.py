@@ -32,13 +32,14 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ElementTree
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 MFU_GOAL, RATIO_GOAL, PLANNER_GOAL = 0.42, 1.3, 0.10
+DRY_LIMIT = 300  # seconds per part in a dry run
 
 
 @dataclass(frozen=True)
@@ -46,11 +47,9 @@ class Part:
     name: str
     gpu: list[str]  # argv on the GPU (the output JSON path appended where `json` says so)
     dry: list[str]  # argv for --dry-run
-    limit: int  # seconds on the GPU
-    dry_limit: int = 300
+    limit: int  # seconds on the GPU (a dry run's parts get DRY_LIMIT)
     json: bool = True  # the command takes --json PATH
     junit: bool = False  # a pytest run: outcomes from its junit XML
-    env: dict = field(default_factory=dict)
 
 
 PARTS = (
@@ -88,7 +87,7 @@ def run_part(part: Part, out: Path, *, dry: bool, limit: int) -> dict:
         argv += ["--json", str(result_path)]
     if part.junit:
         argv += [f"--junitxml={junit_path}"]
-    env = {**os.environ, **part.env, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.monotonic()
     with open(out / f"{part.name}.log", "w") as log:
         log.write("+ " + " ".join(argv) + "\n")
@@ -189,7 +188,7 @@ def main(argv=None) -> list[dict]:
         if left <= 10:
             records.append({"part": part.name, "status": "not run (budget spent)", "seconds": 0.0})
             continue
-        limit = min(part.dry_limit if args.dry_run else part.limit, int(left))
+        limit = min(DRY_LIMIT if args.dry_run else part.limit, int(left))
         print(f"[{time.monotonic() - start:5.0f} s] {part.name} (limit {limit} s)", flush=True)
         record = run_part(part, args.out, dry=args.dry_run, limit=limit)
         print(f"[{time.monotonic() - start:5.0f} s] {part.name}: {record['status']} in {record['seconds']} s",

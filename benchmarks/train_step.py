@@ -108,6 +108,11 @@ def train_steps(ours, ref, inputs, *, precision: str, attention: str, fused: boo
             "diffusers": run(ref, lambda: ref(x, t, padded, return_dict=False)[0])}
 
 
+def ratio_key(first: str, second: str) -> str:
+    """The result's key of the time ratio of the first model over the second."""
+    return "time_ratio_ours_over_diffusers" if first == "wan_train" else f"time_ratio_{first}_over_{second}"
+
+
 def compile_blocks(ours, ref, *, backend: str = "inductor") -> None:
     """torch.compile per transformer block (the unit activation checkpointing and FSDP use too): ours as
     model.compile does it, diffusers' blocks the same way."""
@@ -171,9 +176,7 @@ def main(argv=None) -> dict:
               "device": device_name, "settings": settings, "params_M": round(ours.num_parameters() / 1e6, 1),
               "latent": list(latent), "tokens": tokens, "train_step_TFLOP": flops / 1e12,
               "matmul_peak_TFLOPs": peak_flops / 1e12, "repeats": args.repeats, "models": per_model,
-              "against": args.against, f"time_ratio_{first}_over_{second}": q2, "time_ratio_quartiles": [q1, q3]}
-    if args.against == "diffusers":
-        result["time_ratio_ours_over_diffusers"] = result.pop("time_ratio_wan_train_over_diffusers")
+              "against": args.against, ratio_key(first, second): q2, "time_ratio_quartiles": [q1, q3]}
     print_table(result)
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
@@ -191,8 +194,7 @@ def print_table(r: dict) -> None:
         print(f"| {name} | {m['s_per_step']:.4g} | {m['tokens_per_s']:.4g} | {m['tflops']:.4g} | "
               f"{100 * m['mfu']:.1f}% | {m['peak_GiB']:.3g} |")
     q1, q3 = r["time_ratio_quartiles"]
-    ratio = r["time_ratio_ours_over_diffusers"] if first == "wan_train" else r[f"time_ratio_{first}_over_{second}"]
-    print(f"time ratio {first} / {second}: {ratio:.3f} (quartiles {q1:.3f}-{q3:.3f}, "
+    print(f"time ratio {first} / {second}: {r[ratio_key(first, second)]:.3f} (quartiles {q1:.3f}-{q3:.3f}, "
           f"{r['repeats']} rounds); throughput ratio {ref['s_per_step'] / ours['s_per_step']:.3f}x")
 
 

@@ -106,12 +106,7 @@ def main() -> None:
     if args.one_op:
         print(json.dumps(run_one(args)))
         return
-    passthrough, skip = [], False  # the options each measurement shares (not --reference, not --json PATH)
-    for a in sys.argv[1:]:
-        if skip or a == "--reference" or a.startswith("--json"):
-            skip = a == "--json"
-            continue
-        passthrough.append(a)
+    passthrough = [a for a in sys.argv[1:] if a != "--reference"]  # a measurement's process ignores --json
     rows = []
     impls = ["ours", "diffusers"] if args.reference else ["ours"]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU {platform.machine()}"

@@ -17,7 +17,7 @@ class ModelConfig:
     # stand-ins of the quickstart (pixel-space VAE, tiny random umT5); None = the checkpoint folder
     encoders: str | None = None
     activation_checkpointing: bool = False
-    # torch.compile per DiT block (regional: one block's compile serves every layer; wan_train.training.compile),
+    # torch.compile per DiT block (regional: one block's compile serves every layer; wan_train.models.dit.compile),
     # in a torch.compile mode without CUDA graphs: default | max-autotune-no-cudagraphs
     compile: bool = False
     compile_mode: str = "default"

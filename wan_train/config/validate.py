@@ -21,10 +21,10 @@ from wan_train.lora.registry import NAME
 from wan_train.memory import BASE_DTYPES, parse_memory
 from wan_train.memory.fp8 import GRANULARITIES
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
+from wan_train.models.dit.compile import COMPILE_MODES
 from wan_train.models.dit.config import MAX_REFERENCES
 from wan_train.models.dit.layers import ATTENTION_BACKENDS
 from wan_train.parallel.strategy import ENGINES, SHARDING, check_deepspeed_config, deepspeed_config
-from wan_train.models.dit.compile import COMPILE_MODES
 
 SCHEDULES = ("constant", "cosine")
 PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "bf16-true")

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from wan_train.data.errors import SampleError
 
+MAX_REFERENCES = 3  # prompt tags @Video1..@Video3: R2V subjects and their voices (the DiT's slots: models.dit.config)
+
 
 def choose_caption(count: int, *, dropout: float, rng: random.Random) -> int | None:
     """Index of the caption to use, or None for the empty prompt. Both draws always happen, so the choice for

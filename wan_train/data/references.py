@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from wan_train.data.buckets import Bucket, BucketTable
-from wan_train.data.captions import tag_caption
+from wan_train.data.captions import MAX_REFERENCES, tag_caption
 from wan_train.data.clips import choose_start, frame_indices, usable_spans
 from wan_train.data.decode import Limits, cover_size, crop_to_bucket, decode_frames, expected, resize_frames
 from wan_train.data.errors import SampleError
@@ -47,7 +47,6 @@ from wan_train.data.metadata import VIDEO_EXTENSIONS, ClipMeta, Subject
 from wan_train.data.stream import Planned
 from wan_train.data.video import VideoSource
 
-MAX_REFERENCES = 3  # prompt tags @Video1..@Video3 (the DiT's slots: wan_train.models.dit.config.MAX_REFERENCES)
 REFERENCE_CROPS = ("subject", "frame")
 REFERENCE_MARGIN = 0.2  # a subject box grows by this fraction of its width and height (half on each side)
 PAD_VALUE = 0  # uint8 around a letterboxed subject crop: black, -1 in model space, as inference pads reference files
@@ -220,11 +219,9 @@ class ReferenceSource(VideoSource):
     def load(self, planned: Planned, *, rng: random.Random) -> dict:
         choice, bucket, fps = planned.choice, planned.bucket, self.table.fps
         meta, name, subjects = choice["source_meta"], choice["name"], choice["subjects"]
-        target = VideoSource(self.table, caption_dropout=self.caption_dropout, clip_start=self.clip_start,
-                             crop=self.crop, span="shot", decode_timeout=self.decode_timeout,
-                             decode_memory=self.decode_memory, audio_rate=self.audio_rate, voices=self.voices,
-                             voice_seconds=self.voice_seconds, voice_gap=self.voice_gap,
-                             voice_dropout=self.voice_dropout)
+        # this source's VideoSource settings, the clip inside one of the spans plan() left (span="shot")
+        target = VideoSource(**{f.name: getattr(self, f.name) for f in dataclasses.fields(VideoSource)
+                                if f.name != "span"}, span="shot")
         limits = self.limits(bucket)  # one deadline for the clip and its references
         item = target.load_clip(planned, rng=rng, limits=limits)
         indices = frame_indices(meta, start=item["start"], frames=bucket.frames, fps=fps)

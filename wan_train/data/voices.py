@@ -33,18 +33,18 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from wan_train.data.captions import MAX_REFERENCES
 from wan_train.data.errors import SampleError
 from wan_train.data.metadata import ClipMeta, Subject
 
-MAX_VOICES = 3  # the reference slots @Video1..@Video3 (wan_train.data.references.MAX_REFERENCES)
 _EPS = 1e-6
 
 
 def check_voice_options(*, voices: int, seconds: float, gap: float, dropout: float) -> None:
     """ValueError naming the data.* key of the first bad voice option."""
-    if not 0 <= voices <= MAX_VOICES:
-        raise ValueError(f"data.voices={voices}: must be 0 (off) to {MAX_VOICES}, one per reference slot "
-                         f"@Video1..@Video{MAX_VOICES}")
+    if not 0 <= voices <= MAX_REFERENCES:
+        raise ValueError(f"data.voices={voices}: must be 0 (off) to {MAX_REFERENCES}, one per reference slot "
+                         f"@Video1..@Video{MAX_REFERENCES}")
     if not seconds > 0:
         raise ValueError(f"data.voice_seconds={seconds}: must be > 0 seconds")
     if not gap >= 0:
