@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from data_tools.make_demo import make_demo
+from eval import prompt_match
 from tests.helpers import Payload
 from wan_train.config import compose_config
 from wan_train.models import CheckpointError, load_dit
@@ -70,6 +71,19 @@ def test_two_step_run_writes_the_run_folder(demo, tmp_path, monkeypatch):
     dit, ema = load_dit(run_dir / "dit"), load_dit(run_dir / "dit_ema")
     assert dit.config.in_dim == 12
     assert not torch.equal(dit.blocks[0].ffn[0].weight, ema.blocks[0].ffn[0].weight)  # EMA lags the weights
+
+
+def test_prompt_match_scores_a_runs_own_videos_against_held_out_captions(demo, tmp_path, capsys):
+    run(config(demo, tmp_path / "run", **{"trainer.max_steps": "1", "logger.wandb": "false"}))
+    out = tmp_path / "scores.json"
+    assert prompt_match.main(["--runs", f"one={tmp_path / 'run'}", "--shards", str(demo / "val"), "--count", "2",
+                              "--steps", "2", "--frames", "17", "--output", str(out),
+                              "--save", str(tmp_path / "videos")]) == 0
+    table = capsys.readouterr().out
+    assert "| held-out clips | 1.00 | 1.00 | 1.00 |" in table and "| one |" in table
+    scores = json.loads(out.read_text())
+    assert [row["seed"] for row in scores["one"]["per_clip"]] == [0, 1] and scores["one"]["clips"] == 2
+    assert sorted(p.name for p in (tmp_path / "videos" / "one").glob("*.mp4")) == ["clip_00.mp4", "clip_01.mp4"]
 
 
 def test_stopped_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tmp_path):

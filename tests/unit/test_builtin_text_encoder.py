@@ -24,3 +24,26 @@ def test_prompts_encode_to_distinct_contexts_zero_past_their_end():
     same = builtin_text_encoder(text_dim=64, seed=0).encode(["a red circle on a black background"])[0]
     assert torch.equal(same[0], context[0])  # deterministic from the seed
     assert not torch.allclose(context[0, :8], context[1, :8])
+
+
+def set_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """How far apart two token sets are as the DiT's cross-attention sees them (a set: its keys carry no position):
+    the mean distance from each vector of `a` to the nearest of `b`, relative to their mean norm."""
+    return float(torch.cdist(a, b).min(dim=1).values.mean() / a.norm(dim=-1).mean())
+
+
+def test_word_order_reaches_the_token_set_as_far_as_a_word_does():
+    """'from left to right' and 'from right to left' have the same words: only the encoder's mixing of each word
+    with the one before it tells them apart. Their token sets must lie as far apart as two colours' (a random umT5
+    layer alone left them 0.4% apart, against 25% for two colours)."""
+    encoder = builtin_text_encoder(text_dim=4096, seed=0)
+    captions = ["a large red circle moves from left to right on a black background",
+                "a large red circle moves from right to left on a black background",
+                "a large blue circle moves from left to right on a black background"]
+    context, lengths = encoder.encode(captions)
+    tokens = [context[i, :n] for i, n in enumerate(lengths.tolist())]
+    order, colour = set_distance(tokens[0], tokens[1]), set_distance(tokens[0], tokens[2])
+    assert order > 0.5 * colour > 0.05, (order, colour)
+    # a word still leads its own token: "red" stays nearer to itself in another caption than to "blue"
+    red, blue = tokens[0][2], tokens[2][2]
+    assert torch.dist(red, tokens[1][2]) < torch.dist(red, blue)
