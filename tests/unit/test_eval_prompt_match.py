@@ -21,12 +21,17 @@ def clips(tmp_path_factory):
     return held_out([str(root)], 6, frames=FRAMES, stride=16)
 
 
+@pytest.fixture(scope="module")
+def themselves(clips):
+    return score_held_out(clips)
+
+
 def pixels(clip) -> torch.Tensor:
     return torch.from_numpy(render(clip, frames=FRAMES)).permute(3, 0, 1, 2).float() / 127.5 - 1
 
 
-def test_the_held_out_clips_match_their_own_captions(clips):
-    result = score_held_out(clips)
+def test_the_held_out_clips_match_their_own_captions(clips, themselves):
+    result = themselves
     assert result["clips"] == 6 and [c["caption"] for c in result["per_clip"]] == [c["caption"] for c in clips]
     assert result["background"] == result["colour"] == result["both"] == 1.0
     assert result["form"] > 0.8 and result["along_positive"] == 1.0 and result["along"] > 0.4
@@ -68,7 +73,7 @@ def test_each_wrong_part_fails_its_own_count(clips):
     assert row["background"] and not row["colour"] and row["form"] == 0.0 and row["along"] == 0.0
 
 
-def test_the_summary_and_its_table(clips):
+def test_the_summary_and_its_table(themselves):
     rows = [{"background": True, "colour": True, "form": 0.9, "along": 0.5},
             {"background": True, "colour": False, "form": 0.1, "along": -0.2},
             {"background": False, "colour": True, "form": 0.0, "along": None}]
@@ -76,6 +81,6 @@ def test_the_summary_and_its_table(clips):
     assert summary == {"clips": 3, "background": pytest.approx(2 / 3), "colour": pytest.approx(2 / 3),
                        "both": pytest.approx(1 / 3), "form": pytest.approx(1 / 3), "along": pytest.approx(0.15),
                        "along_positive": 0.5}
-    text = table({"held-out clips": score_held_out(clips), "run": {**summary}})
+    text = table({"held-out clips": themselves, "run": {**summary}})
     assert text.splitlines()[0].startswith("| run | background | shape colour | both | form |")
     assert "| run | 0.67 | 0.67 | 0.33 | 0.33 | +0.15 | 0.50 | 3 |" in text
