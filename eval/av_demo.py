@@ -163,6 +163,17 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def labelled_runs(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, str]:
+    """--runs LABEL=RUN_DIR ... as {label: run_dir}; a malformed item exits through parser.error (status 2)."""
+    runs = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            parser.error(f"--runs {item!r}: expected LABEL=RUN_DIR")
+        runs[label] = path
+    return runs
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.av_demo", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -178,12 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="write the scores (per clip too) as JSON")
     parser.add_argument("--save", type=Path, default=None, help="also write the generated clips under DIR/<label>/")
     args = parser.parse_args(argv)
-    runs = {}
-    for item in args.runs:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            parser.error(f"--runs {item!r}: expected LABEL=RUN_DIR")
-        runs[label] = path
+    runs = labelled_runs(parser, args.runs)
     samples = held_out_captions(args.prompts, args.count)
     overrides = {"guidance_scale": args.guidance_scale, "audio_guidance_scale": args.audio_guidance_scale}
     results = {label: score_run(path, samples, seed=args.seed, steps=args.steps, batch=args.batch, save=args.save,

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from eval.av_demo import labelled_runs
 from eval.caption_swap import held_out_clips
 from eval.form import form_scores, to_rgb
 from eval.motion import motion_scores, prompted_direction
@@ -189,12 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=None, help="write the scores (per clip too) as JSON")
     parser.add_argument("--save", type=Path, default=None, help="also write the generated clips under DIR/<label>/")
     args = parser.parse_args(argv)
-    runs = {}
-    for item in args.runs:
-        label, sep, path = item.partition("=")
-        if not sep or not label or not path:
-            parser.error(f"--runs {item!r}: expected LABEL=RUN_DIR")
-        runs[label] = path
+    runs = labelled_runs(parser, args.runs)
     if args.count < 1:
         parser.error(f"--count must be >= 1, got {args.count}")
     from wan_train.inference import load, official
