@@ -23,7 +23,7 @@ ALLOWED_INTERNAL = {
                  "progress", "marking"},
     "config": {"models", "flow", "inference", "lora", "data", "parallel", "memory"},
 }
-TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "tokenizers", "ftfy"}
+TORCH_LEVEL = {"torch", "safetensors", "numpy", "transformers", "tokenizers", "ftfy", "gguf"}
 NEVER = {"diffusers", "eval", "data_tools"}
 
 

@@ -141,6 +141,21 @@ def test_an_official_file_loads_saves_in_both_layouts_and_loads_back_bit_for_bit
     assert half.video_model.blocks[0].modulation.dtype == torch.float32
 
 
+def test_ovis_float8_file_loads_in_bf16_with_its_float32_islands(tmp_path):
+    """model_fp8_e4m3fn.safetensors: every floating tensor float8_e4m3fn, no scales; Ovi computes it in bf16."""
+    model = tiny_ovi(seed=3)
+    official = {k: v.to(torch.float8_e4m3fn) for k, v in official_state(model).items()}
+    save_file(official, str(tmp_path / "model_fp8_e4m3fn.safetensors"))
+    loaded = load_ovi_dit(tmp_path / "model_fp8_e4m3fn.safetensors")
+    assert loaded.quantization == f"float8 ({len(official)} tensors, unscaled) in model_fp8_e4m3fn.safetensors"
+    weight = loaded.video_model.blocks[0].ffn[0].weight
+    assert weight.dtype == torch.bfloat16
+    assert torch.equal(weight, official["video_model.blocks.0.ffn.0.weight"].to(torch.bfloat16))
+    assert loaded.video_model.blocks[0].modulation.dtype == torch.float32
+    assert load_ovi_dit(tmp_path / "model_fp8_e4m3fn.safetensors", dtype=torch.float32).video_model.blocks[0] \
+        .ffn[0].weight.dtype == torch.float32
+
+
 def test_a_missing_or_misnamed_key_is_refused_naming_it(tmp_path):
     official = official_state(tiny_ovi())
     missing = dict(official)

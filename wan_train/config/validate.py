@@ -19,7 +19,7 @@ from wan_train.inference.solvers import SOLVERS
 from wan_train.lora import TARGET_PRESETS
 from wan_train.lora.registry import NAME
 from wan_train.memory import BASE_DTYPES, parse_memory
-from wan_train.memory.fp8 import GRANULARITIES
+from wan_train.models.dit.fp8 import GRANULARITIES
 from wan_train.models import EXPERTS, SIZES, VAE_CONFIGS, builtin_vae
 from wan_train.models.dit.compile import COMPILE_MODES
 from wan_train.models.dit.config import MAX_REFERENCES

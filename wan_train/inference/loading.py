@@ -235,7 +235,9 @@ def _load_model(path: Path, *, device, dtype, encoders: str | None, boundary: fl
     wan = load_wan(folder, dtype=dtype, device=device,
                    components=("vae", "text_encoder") + (("clip",) if config.has_image_branch else ()))
     models = WanModels(dits, wan.vae, wan.text_encoder, wan.clip, boundary=boundary if moe else None, size=name)
-    return Loaded(models, {"model": str(path), "encoders": folder, "size": name})
+    stored = next(iter(dits.values())).quantization  # a quantized file's storage, in every video's settings
+    return Loaded(models, {"model": str(path), "encoders": folder, "size": name,
+                           **({"quantization": stored} if stored else {})})
 
 
 def _experts_in(path: Path) -> tuple[str | None, ...]:

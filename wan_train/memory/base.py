@@ -4,12 +4,14 @@ choosing: python -m wan_train.plan."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from wan_train.memory.fp8 import FP8, GRANULARITIES, Fp8Linear
+from wan_train.models.dit.fp8 import FP8, GRANULARITIES, Fp8Linear
 from wan_train.memory.offload import ActivationOffload, BlockOffload
 from wan_train.models import WanDiT
 
@@ -47,6 +49,41 @@ def place_base(dit: WanDiT, placement: Placement, *, compute_dtype: torch.dtype 
     if placement.offload_activations:
         dit.activation_offload = ActivationOffload  # a fresh one per forward
     return dit
+
+
+@contextmanager
+def float8_shells(dit: nn.Module) -> Iterator[None]:
+    """peft wraps nn.Linear layers, not Fp8Linear: while the context lasts, each Fp8Linear (a float8 file's block
+    linear kept as stored, load_dit(keep_float8=True)) is an nn.Linear shell of its shape, dtype and bias whose
+    weight takes no memory (one element, expanded); after, the Fp8Linear is back, under the LoRA wrapper peft put
+    in its place if any (as place_base puts its own). Nothing may read the shells' weights: not DoRA, whose
+    magnitude starts from them (a run with lora.dora reads the base dequantized)."""
+    kept = {name: m for name, m in dit.named_modules() if isinstance(m, Fp8Linear)}
+    for name, module in kept.items():
+        _replace(dit, name, _shell(module))
+    try:
+        yield
+    finally:
+        for name, module in kept.items():
+            current = dit.get_submodule(name)
+            if hasattr(current, "base_layer"):
+                current.base_layer = module
+            else:
+                _replace(dit, name, module)
+
+
+def _shell(module: Fp8Linear) -> nn.Linear:
+    with torch.device("meta"):
+        shell = nn.Linear(module.in_features, module.out_features, bias=module.bias is not None)
+    empty = torch.zeros((), dtype=module.compute_dtype, device=module.weight.device)
+    shell.weight = nn.Parameter(empty.expand(module.out_features, module.in_features), requires_grad=False)
+    shell.bias = module.bias
+    return shell
+
+
+def _replace(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, child, module)
 
 
 def _frozen_base_dtype(base_dtype: str, compute_dtype: torch.dtype) -> torch.dtype:

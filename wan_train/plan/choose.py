@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from omegaconf import OmegaConf
 
 from wan_train.memory import GIB
+from wan_train.models import EXPERTS
+from wan_train.models.checkpoint.dit_io import float8_granularity
 from wan_train.plan.estimate import Estimate, Setting, Workload, estimate
 from wan_train.plan.gpus import Gpu, gpu_for
 
@@ -123,7 +125,21 @@ def workload_of(cfg, *, width: int | None = None, height: int | None = None, fra
                     frames=frames or largest.frames, batch_size=cfg.data.batch_size,
                     lora_rank=cfg.lora.rank if cfg.lora.enabled else None, lora_target=cfg.lora.target,
                     references=cfg.data.references if cfg.model.references else 0,
-                    reference_frames=cfg.data.reference_frames)
+                    reference_frames=cfg.data.reference_frames, fp8_granularity=fp8_granularity_of(cfg))
+
+
+def fp8_granularity_of(cfg) -> str:
+    """The scales a float8 base will have: a LoRA run keeps a float8_e4m3fn file's block weights as stored, with
+    the file's scales (wan_train.training.placement.keeps_float8); otherwise memory.fp8_granularity."""
+    if cfg.lora.enabled and not cfg.lora.dora and cfg.model.checkpoint:
+        expert = {"both": EXPERTS[0], "none": None}.get(cfg.expert.name, cfg.expert.name)
+        try:
+            stored = float8_granularity(cfg.model.checkpoint, expert=expert)
+        except ValueError:  # not a checkpoint this expert setting reads: the run's own load says why
+            stored = None
+        if stored is not None:
+            return stored
+    return cfg.memory.fp8_granularity
 
 
 def plan_run(cfg) -> Plan:

@@ -7,7 +7,8 @@ L blocks.
 
 Memory (bytes; ``Estimate.parts`` names each term, ``peak`` is their sum in the heavier phase of the step):
   weights              frozen base as ``wan_train.memory.place_base`` stores it, counted on a meta-device DiT
-                       (bf16 2 B, float8 block linears 1 B + a float32 scale per output row, fp32_parameter_names
+                       (bf16 2 B, float8 block linears 1 B + a float32 scale per output row, or per weight for a
+                       float8 file kept as stored (Workload.fp8_granularity), fp32_parameter_names
                        4 B); block offload keeps the last K blocks in host memory, but at most 1 + prefetch of them
                        are on the device at once, so the device holds (K - (1 + prefetch))+ blocks fewer.
   trainable+optimizer  16 B per trained parameter: float32 weight 4 + grad 4 + AdamW exp_avg and exp_avg_sq 8
@@ -89,6 +90,9 @@ class Workload:
     lora_target: str = "attn_qkvo_ffn"  # a preset of wan_train.lora.TARGET_PRESETS
     references: int = 0  # R2V: references per sample (each a clean latent appended along frames, timestep 0)
     reference_frames: int = 1  # pixel frames of each reference, 1 + 4k
+    # a float8 base's scales: the memory group's memory.fp8_granularity where wan_train quantizes, or a float8
+    # file's own where it is kept as stored ("tensor": ComfyUI's fp8 scaled files; wan_train.models float8_granularity)
+    fp8_granularity: str = "channel"
 
     def __post_init__(self) -> None:
         model = get_size(self.size)  # raises with the known sizes
@@ -225,7 +229,8 @@ class WeightCount:
 
 
 @functools.lru_cache(maxsize=64)
-def weight_count(dit: DiTConfig, *, lora_rank: int | None, lora_target: str, base_dtype: str) -> WeightCount:
+def weight_count(dit: DiTConfig, *, lora_rank: int | None, lora_target: str, base_dtype: str,
+                 fp8_granularity: str = "channel") -> WeightCount:
     """Built on the meta device (no memory, no time): peft's injection and place_base's storage rule run as is."""
     with torch.device("meta"):
         model = WanDiT(dit.replace(num_layers=1))
@@ -235,7 +240,7 @@ def weight_count(dit: DiTConfig, *, lora_rank: int | None, lora_target: str, bas
         model.requires_grad_(True)
     else:
         add_adapter(model, target=lora_target, rank=lora_rank, alpha=float(lora_rank))
-        place_base(model, Placement(base_dtype=base_dtype))
+        place_base(model, Placement(base_dtype=base_dtype, fp8_granularity=fp8_granularity))
     tensors = [(n, p, p.requires_grad) for n, p in model.named_parameters()]
     tensors += [(n, b, False) for n, b in model.named_buffers()]
     in_block = [n.startswith("blocks.0.") for n, _, _ in tensors]
@@ -367,7 +372,8 @@ def estimate(workload: Workload, setting: Setting, *, gpu) -> Estimate:
     b, t, d = workload.batch_size, workload.tokens, dit.dim
     full = not workload.lora
     weights = weight_count(dit, lora_rank=workload.lora_rank, lora_target=workload.lora_target,
-                           base_dtype="float32" if full else setting.base_dtype)
+                           base_dtype="float32" if full else setting.base_dtype,
+                           fp8_granularity=workload.fp8_granularity)
     acts = block_activations(dit, tokens=t, batch=b, lora_rank=workload.lora_rank, lora_target=workload.lora_target,
                              base_dtype=setting.base_dtype, full_finetune=full, per_token_time=workload.per_token_time)
     offloaded = setting.offload_blocks
@@ -468,7 +474,8 @@ def step_seconds(workload: Workload, setting: Setting, *, gpu, weights: WeightCo
     layers, b = dit.num_layers, workload.batch_size
     full = not workload.lora
     weights = weights or weight_count(dit, lora_rank=workload.lora_rank, lora_target=workload.lora_target,
-                                      base_dtype="float32" if full else setting.base_dtype)
+                                      base_dtype="float32" if full else setting.base_dtype,
+                                      fp8_granularity=workload.fp8_granularity)
     acts = acts or block_activations(dit, tokens=workload.tokens, batch=b, lora_rank=workload.lora_rank,
                                      lora_target=workload.lora_target, base_dtype=setting.base_dtype,
                                      full_finetune=full, per_token_time=workload.per_token_time)

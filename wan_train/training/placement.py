@@ -34,6 +34,13 @@ def load_dtype(cfg) -> torch.dtype:
     return compute_dtype(cfg) if narrow else torch.float32
 
 
+def keeps_float8(cfg) -> bool:
+    """A LoRA run on a float8 base (memory.base_dtype=float8_e4m3fn) keeps a float8 file's block linears as stored,
+    with the file's own scales (load_dit(keep_float8=True)): no full-precision copy in host memory and no
+    re-quantization error. Not with DoRA, whose magnitude vectors start from the dequantized weights."""
+    return bool(cfg.lora.enabled and placement(cfg).base_dtype == "float8_e4m3fn" and not cfg.lora.dora)
+
+
 def compute_dtype(cfg) -> torch.dtype:
     """What narrow-stored weights compute in: the precision's half type (bf16 unless 16-mixed)."""
     return torch.float16 if cfg.trainer.precision.startswith("16") else torch.bfloat16

@@ -33,7 +33,7 @@ from wan_train.data.skiplog import summary as skip_summary
 from wan_train.data.stream import Tally
 from wan_train.fileio.durable import write_text
 from wan_train.lora import add_adapter, base_identity
-from wan_train.memory import Placement, place_base
+from wan_train.memory import Placement, float8_shells, place_base
 from wan_train.inference.presets import twin_size_name
 from wan_train.inference.twin import extend, twin_checkpoint
 from wan_train.models import EXPERTS, OviConfig, OviDiT, WanDiT, get_size, load_dit, load_ovi_dit, save_model
@@ -46,7 +46,7 @@ from wan_train.training.ema import EMA
 from wan_train.training.encoders import build_encoders
 from wan_train.training.module import FlowMatchingModule
 from wan_train.training.quiet import quiet_third_party
-from wan_train.training.placement import compute_dtype, load_dtype, placement, planned
+from wan_train.training.placement import compute_dtype, keeps_float8, load_dtype, placement, planned
 from wan_train.training import requeue
 from wan_train.training.resume import newest_intact, resume_path
 from wan_train.training.trainable import apply_trainable
@@ -63,7 +63,8 @@ def build_dit(cfg) -> WanDiT | OviDiT:
     if (twin := twin_checkpoint(cfg)) is not None:
         dit = load_ovi_dit(twin, dtype=load_dtype(cfg))
     elif cfg.model.checkpoint:
-        dit = load_dit(cfg.model.checkpoint, expert=cfg.expert.name, dtype=load_dtype(cfg))
+        dit = load_dit(cfg.model.checkpoint, expert=cfg.expert.name, dtype=load_dtype(cfg),
+                       keep_float8=keeps_float8(cfg))
     else:
         torch.manual_seed(cfg.trainer.seed)
         dit = OviDiT(OviConfig(video=size.dit, audio=size.audio)) if size.has_audio else WanDiT(size.dit)
@@ -74,7 +75,8 @@ def build_dit(cfg) -> WanDiT | OviDiT:
     if cfg.lora.enabled:  # a frozen base with a fresh peft adapter (B = 0: the base's output until trained)
         lora = cfg.lora
         twin = isinstance(dit, OviDiT)
-        with torch.random.fork_rng():  # peft draws A from the global generator: seed it, so runs repeat exactly
+        # peft draws A from the global generator: seed it, so runs repeat exactly
+        with torch.random.fork_rng(), float8_shells(dit):
             torch.manual_seed(cfg.trainer.seed)
             add_adapter(dit, target=lora.target, rank=lora.rank, alpha=lora.alpha, dropout=lora.dropout,
                         rslora=lora.rslora, dora=lora.dora, towers=list(lora.towers) if twin else None,

@@ -7,7 +7,9 @@ Readable sources:
   - a diffusers ``WanTransformer3DModel`` folder, or a pipeline folder (``model_index.json``) whose
     ``transformer/`` is the high-noise expert and ``transformer_2/`` the low-noise one;
   - a single ``.safetensors`` file in either naming, with a ComfyUI ``model.diffusion_model.`` prefix or none;
-    the size is read from the tensor shapes.
+    the size is read from the tensor shapes;
+  - quantized single files: ComfyUI's fp8 "scaled" files and its per-layer float8 quantization, plain float8
+    files (models/checkpoint/quantized.py), and GGUF files of Wan DiTs (models/checkpoint/gguf_io.py).
 
 Loading reads every header first and checks all names and shapes before any data is read; the model is built
 on the meta device and each tensor is assigned in place as it is read, so a checkpoint is never held twice.
@@ -27,6 +29,11 @@ from wan_train.models.checkpoint.dit_layouts import (
     is_unused, to_official,
 )
 from wan_train.models.checkpoint.errors import CheckpointError
+from wan_train.models.checkpoint.gguf_io import GGUF_SUFFIX, assign_gguf, read_gguf, unquantized_dtype
+from wan_train.models.checkpoint.gguf_io import describe as describe_gguf
+from wan_train.models.checkpoint.quantized import (
+    assign_quantized, file_metadata, read_scales, split_quantization,
+)
 from wan_train.models.checkpoint.state_dict import MAX_LISTED, report
 from wan_train.models.checkpoint.safetensors_io import (
     TensorInfo, assign_streamed, index_files, shard_files_from_index, write_json, write_sharded,
@@ -46,18 +53,28 @@ class _Source:
     where: Path  # the folder or file, as named in messages
     files: list[Path]
     config_json: dict | None  # None for single files
+    gguf: bool = False  # a GGUF file (models/checkpoint/gguf_io.py)
 
 
 def load_dit(path: str | Path, *, expert: str | None = None, dtype: torch.dtype | None = None,
-             device: torch.device | str | None = None) -> WanDiT:
+             device: torch.device | str | None = None, keep_float8: bool = False) -> WanDiT:
     """Read a Wan DiT from any supported layout (see the module docstring).
 
-    dtype: cast floating weights to it (None: keep the stored dtypes); the parameters the model keeps in float32
+    dtype: cast floating weights to it (None: keep the stored dtypes; float8 weights then become s Q in float32,
+    exactly, and GGUF ones the dtype of the file's unquantized matrices); the parameters the model keeps in float32
     (time embedding, modulation, norms) stay float32 when ``dtype`` is narrower. device: where tensors land
     (default CPU); data is read straight to it.
+    keep_float8: the block linears a file stores in float8_e4m3fn stay float8 with the file's own scales
+    (``Fp8Linear`` computing in ``dtype``), not dequantized: a frozen base at 1 byte per weight, with no
+    re-quantization error. ``model.quantization`` says how the file was stored (None: full precision).
     """
     src = _resolve(Path(path), expert)
-    entries = _strip_prefix(index_files(src.files))
+    reader = quantization = None
+    if src.gguf:
+        entries, reader = read_gguf(src.where)
+    else:
+        entries = _strip_prefix(index_files(src.files))
+        entries, quantization = split_quantization(entries, file_metadata(src.files), where=src.where)
     layout = _layout(src, entries)
     found = {to_official(k, layout): info for k, info in entries.items() if not is_unused(k, layout)}
     config = _config(src, layout, {k: info.shape for k, info in found.items()})
@@ -65,9 +82,36 @@ def load_dit(path: str | Path, *, expert: str | None = None, dtype: torch.dtype 
         model = WanDiT(config)
     _check_match(model, found, layout, src.where)
 
+    device = device or "cpu"
+    if reader is not None:
+        dtype = dtype or unquantized_dtype(found)
     keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
-    assign_streamed(model, found, dtype=dtype, keep_fp32=keep_fp32, device=device or "cpu")
+    if reader is not None:
+        assign_gguf(model, found, reader, dtype=dtype, keep_fp32=keep_fp32, device=device)
+        model.quantization = f"{describe_gguf(found)} in {src.where.name}"
+    elif quantization is not None:
+        stored = {to_official(k, layout): w for k, w in quantization.weights.items()}
+        assign_quantized(model, found, stored, read_scales(quantization, device=device), dtype=dtype,
+                         keep_fp32=keep_fp32, keep_float8=keep_float8, device=device)
+        model.quantization = f"{quantization.describe()} in {src.where.name}"
+    else:
+        assign_streamed(model, found, dtype=dtype, keep_fp32=keep_fp32, device=device)
     return model
+
+
+def float8_granularity(path: str | Path, *, expert: str | None = None) -> str | None:
+    """How a float8 file's weight scales are laid out, from its headers: "tensor" (one per weight: ComfyUI's scaled
+    files; unscaled plain float8 files too) or "channel" (one per output row); None for any other file (a GGUF, a
+    full-precision one, or a float8_e5m2 one, which load_dit dequantizes)."""
+    src = _resolve(Path(path), expert)
+    if src.gguf:
+        return None
+    _, quantization = split_quantization(_strip_prefix(index_files(src.files)), file_metadata(src.files),
+                                         where=src.where)
+    if quantization is None or quantization.dtype != torch.float8_e4m3fn:
+        return None
+    rows = [w for w in quantization.weights.values() if w.scale is not None and len(w.scale.shape) == 2]
+    return "channel" if rows and len(rows) == len(quantization.weights) else "tensor"
 
 
 def save_dit(model: WanDiT, path: str | Path, *, layout: str = "official", max_shard_size: int | str = "10GB",
@@ -97,10 +141,10 @@ def _resolve(path: Path, expert: str | None) -> _Source:
     if not path.exists():
         raise CheckpointError(f"{path}: no such file or folder")
     if path.is_file():
-        if path.suffix != ".safetensors":
-            raise CheckpointError(f"{path}: expected a .safetensors file or a checkpoint folder")
+        if path.suffix not in (".safetensors", GGUF_SUFFIX):
+            raise CheckpointError(f"{path}: expected a .safetensors or {GGUF_SUFFIX} file or a checkpoint folder")
         _refuse_expert(path, expert)
-        return _Source(path, [path], None)
+        return _Source(path, [path], None, gguf=path.suffix == GGUF_SUFFIX)
     folder = _expert_folder(path, expert)
     config_path = folder / "config.json"
     try:

@@ -59,16 +59,30 @@ def from_official(key: str) -> str:
 
 def load_ovi_dit(path: str | Path, *, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> OviDiT:
-    """Read an Ovi twin-tower DiT: an official ``.safetensors`` file or a wan_train folder (module docstring).
-    dtype: cast floating weights (float32 islands kept, OviDiT.fp32_parameter_names); device: where they land."""
+    """Read an Ovi twin-tower DiT: an official ``.safetensors`` file (also the float8 ``model_fp8_e4m3fn``) or a
+    wan_train folder (module docstring). dtype: cast floating weights (float32 islands kept,
+    OviDiT.fp32_parameter_names; a float8 file without a dtype: bf16, as Ovi computes it); device: where they land.
+    ``model.quantization`` names a float8 file."""
     path = Path(path)
     layout, config, found = _index(path)
     with torch.device("meta"):
         model = OviDiT(config)
     _check_match(model, found, layout, path)
+    dtype = dtype or _float8_compute(found)
     keep_fp32 = model.fp32_parameter_names() if dtype is not None and dtype.itemsize < 4 else set()
     assign_streamed(model, found, dtype=dtype, keep_fp32=keep_fp32, device=device or "cpu")
+    stored = sum(info.dtype in _FLOAT8 for info in found.values())
+    model.quantization = f"float8 ({stored} tensors, unscaled) in {path.name}" if stored else None
     return model
+
+
+_FLOAT8 = (torch.float8_e4m3fn, torch.float8_e5m2)
+
+
+def _float8_compute(found: dict[str, TensorInfo]) -> torch.dtype | None:
+    """Ovi's model_fp8_e4m3fn.safetensors holds plain float8 weights (no scales) that Ovi computes in bf16: read
+    without a dtype, they become bf16 (exactly: every float8 value is a bf16 value); other files keep theirs."""
+    return torch.bfloat16 if any(info.dtype in _FLOAT8 for info in found.values()) else None
 
 
 def read_ovi_config(path: str | Path) -> OviConfig:

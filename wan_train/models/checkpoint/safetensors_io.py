@@ -33,6 +33,7 @@ class TensorInfo:
     key: str  # the name inside the file (before any prefix stripping or layout renaming)
     dtype: torch.dtype
     shape: tuple[int, ...]
+    quant: str | None = None  # a GGUF tensor's ggml quantization (Q4_K, ...): dtype is what it dequantizes to
 
 
 def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
@@ -90,7 +91,11 @@ def shard_files_from_index(index_path: Path) -> list[Path]:
 
 def iter_tensors(entries: dict[str, TensorInfo], *, device: torch.device | str = "cpu"
                  ) -> Iterator[tuple[str, torch.Tensor]]:
-    """(name, tensor) for every entry, one file open at a time; data goes straight to ``device``."""
+    """(name, tensor) for every entry, one file open at a time; data goes straight to ``device``. On the meta
+    device nothing is read: each tensor is an empty one of its dtype and shape (what a load would hold)."""
+    if torch.device(device).type == "meta":
+        yield from ((name, torch.empty(info.shape, dtype=info.dtype, device="meta")) for name, info in entries.items())
+        return
     by_file: dict[Path, list[str]] = {}
     for name, info in entries.items():
         by_file.setdefault(info.file, []).append(name)

@@ -147,6 +147,7 @@ class OviDiT(nn.Module):
         self.ovi_config = config
         self.activation_checkpointing = activation_checkpointing
         self.sequence_parallel = None  # not supported (module docstring); the training loops ask for it
+        self.quantization: str | None = None  # a float8 file it was read from (load_ovi_dit), as WanDiT's
         if video_model is not None and video_model.config != config.video:
             raise ValueError(f"video_model's config {video_model.config} is not config.video {config.video}")
         self.video_model = WanDiT(config.video) if video_model is None else video_model

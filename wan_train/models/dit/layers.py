@@ -22,7 +22,8 @@ from wan_train.models.dit.rope import apply_rope
 
 def to_dtype_of(x: torch.Tensor, layer: nn.Module) -> torch.Tensor:
     """x in the dtype ``layer`` computes in: its weight's, or, for weights stored narrower than they compute (the
-    float8 base of wan_train.memory.fp8), the layer's ``compute_dtype``. peft's LoRA wrapper answers for its base."""
+    float8 base of wan_train.models.dit.fp8), the layer's ``compute_dtype``. peft's LoRA wrapper answers for its
+    base."""
     base = layer.get_base_layer() if hasattr(layer, "get_base_layer") else layer
     return x.to(base.compute_dtype if hasattr(base, "compute_dtype") else base.weight.dtype)
 

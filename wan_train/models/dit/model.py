@@ -105,6 +105,9 @@ class WanDiT(nn.Module):
         self.sequence_parallel = None
         self.block_offload = None  # (module docstring)
         self.activation_offload = None
+        # how the checkpoint it was read from stored its weights (load_dit: "ComfyUI fp8 scaled (...)", "GGUF
+        # (...)"); None: full precision or random init
+        self.quantization: str | None = None
         # True (model.compile sets it): in training, block 0's input requires grad like every other block's, so one
         # compiled block graph serves all layers (with a frozen patch embedding, a LoRA run's would not, and dynamo
         # would compile block 0 apart); costs block 0's input gradient, one activation-sized tensor
