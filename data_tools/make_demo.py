@@ -80,6 +80,7 @@ class DemoClip:
     # the band across the motion the path runs in, as fractions of the frame (--multi: one half per shape)
     lane: tuple[float, float] = (0.0, 1.0)
     partner: "DemoClip | None" = None  # --multi: the second shape (same background and frame size)
+    scale: float = 1.0  # --shape-scale: every SIZES radius times this
 
     @property
     def subject(self) -> str:
@@ -100,7 +101,7 @@ class DemoClip:
 
 
 def demo_clip(*, seed: int, index: int, width: int, height: int, character: str | None = None,
-              multi: bool = False) -> DemoClip:
+              multi: bool = False, shape_scale: float = 1.0) -> DemoClip:
     """The parameters of clip `index` (independent of how many clips are made). `width` x `height` is the
     landscape size; portrait clips swap them. With `character`, the subject is always the CHARACTER. With `multi`,
     the first shape keeps the plain clip's look, direction and size, in one half of the frame (_partner)."""
@@ -115,7 +116,8 @@ def demo_clip(*, seed: int, index: int, width: int, height: int, character: str 
     background, direction = str(rng.choice(backgrounds)), str(rng.choice(list(DIRECTIONS)))
     size = CHARACTER["size"] if character else str(rng.choice(list(SIZES)))
     clip = DemoClip(shape=shape, colour=colour, background=background, direction=direction, size=size,
-                    offset=float(rng.uniform(0.0, 1.0)), width=width, height=height, character=character or None)
+                    offset=float(rng.uniform(0.0, 1.0)), width=width, height=height, character=character or None,
+                    scale=shape_scale)
     return _partner(clip, rng) if multi else clip
 
 
@@ -134,18 +136,18 @@ def _partner(first: DemoClip, rng: np.random.Generator) -> DemoClip:
     mine = int(rng.integers(2))
     partner = DemoClip(shape=shape, colour=colour, background=first.background, direction=opposite, size=size,
                        offset=float(rng.uniform(0.0, 1.0)), width=first.width, height=first.height,
-                       lane=halves[1 - mine])
+                       lane=halves[1 - mine], scale=first.scale)
     return dataclasses.replace(first, lane=halves[mine], partner=partner)
 
 
-def shot_clips(*, seed: int, index: int, width: int, height: int,
-               character: str | None = None) -> tuple[DemoClip, DemoClip]:
+def shot_clips(*, seed: int, index: int, width: int, height: int, character: str | None = None,
+               shape_scale: float = 1.0) -> tuple[DemoClip, DemoClip]:
     """--shots: the two shots of clip `index`, one per SHOT_VIEWS entry: the plain clip's shape, colour, background,
     direction and path, small; then the same shape and colour, large, moving another way on another background
     that also contrasts with it (drawn from their own generator, so the plain clip's draws are untouched)."""
     (wide, small), (close, large) = SHOT_VIEWS.items()
-    first = dataclasses.replace(demo_clip(seed=seed, index=index, width=width, height=height, character=character),
-                                size=small)
+    first = dataclasses.replace(demo_clip(seed=seed, index=index, width=width, height=height, character=character,
+                                          shape_scale=shape_scale), size=small)
     rng = np.random.default_rng([seed, index, 1])
     backgrounds = [name for name, rgb in BACKGROUNDS.items()
                    if name != first.background and _distance(rgb, _rgb(first.colour)) >= MIN_CONTRAST]
@@ -245,7 +247,7 @@ def _across(clip: DemoClip, side: int, margin: float) -> float:
 
 
 def _radius(clip: DemoClip) -> float:
-    return SIZES[clip.size] * min(clip.width, clip.height)
+    return SIZES[clip.size] * clip.scale * min(clip.width, clip.height)
 
 
 def _extent(shape: str, radius: float) -> float:
@@ -280,12 +282,13 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
 
 def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
                    character: str | None = None, subjects: bool = False, multi: bool = False,
-                   shots: bool = False) -> dict[str, bytes]:
+                   shots: bool = False, shape_scale: float = 1.0) -> dict[str, bytes]:
     """The tar members of sample `index`, as make_shards writes them: {"<key>.mp4": ..., "<key>.json": ...}."""
     if shots:
         return _shot_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
-                             character=character)
-    clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character, multi=multi)
+                             character=character, shape_scale=shape_scale)
+    clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character, multi=multi,
+                     shape_scale=shape_scale)
     video = encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True)
     named = tuple(Subject(name=shape.subject, boxes=tuple(tuple(b) for b in boxes(shape, frames=frames, fps=fps)))
                   for shape in clip.shapes) if subjects else ()
@@ -296,10 +299,11 @@ def sample_members(index: int, *, seed: int, width: int, height: int, frames: in
 
 
 def _shot_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
-                  character: str | None) -> dict[str, bytes]:
+                  character: str | None, shape_scale: float) -> dict[str, bytes]:
     """--shots: the two shot_clips cut at frame frames // 2 (the first frame of the close-up), shown from
     cut / fps seconds."""
-    first, second = shot_clips(seed=seed, index=index, width=width, height=height, character=character)
+    first, second = shot_clips(seed=seed, index=index, width=width, height=height, character=character,
+                               shape_scale=shape_scale)
     cut = frames // 2
     video = encode_mp4(np.concatenate([render(first, frames=cut), render(second, frames=frames - cut)]), fps=fps,
                        reproducible=True)
@@ -325,8 +329,12 @@ def write_shard(path: Path, members: dict[str, bytes]) -> None:
 
 
 def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: float, shard_size: int,
-               subjects: bool = False, multi: bool = False, shots: bool = False) -> None:
+               subjects: bool = False, multi: bool = False, shots: bool = False, shape_scale: float = 1.0) -> None:
     problems = []
+    largest = max(_extent(shape, SIZES["large"] * shape_scale * min(width, height)) for shape in (*SHAPES, "diamond"))
+    if not shape_scale > 0 or 2 * (largest + 2.0) > min(width, height):
+        problems.append(f"--shape-scale must be > 0 and leave a large shape inside a {width}x{height} frame "
+                        f"(at most {_max_scale(width, height):.2f}), got {shape_scale}")
     if shots and (subjects or multi):
         problems.append("--shots cannot be combined with --subjects or --multi")
     if shots and frames < 2:
@@ -346,12 +354,17 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
         raise ValueError("; ".join(problems))
 
 
+def _max_scale(width: int, height: int) -> float:
+    side = min(width, height)
+    return (side / 2 - 2.0) / (SIZES["large"] * side * max(_extent(s, 1.0) for s in (*SHAPES, "diamond")))
+
+
 def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, height: int, frames: int, fps: float,
               shard_size: int, character: str | None = None, subjects: bool = False, multi: bool = False,
-              shots: bool = False) -> dict:
+              shots: bool = False, shape_scale: float = 1.0) -> dict:
     """Write ceil(num_clips / shard_size) shards into `output`; returns the summary."""
     check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size,
-               subjects=subjects, multi=multi, shots=shots)
+               subjects=subjects, multi=multi, shots=shots, shape_scale=shape_scale)
     output, began, written = Path(output), time.perf_counter(), []
     with progress() as bar:
         task = bar.add_task("clips", total=num_clips)
@@ -359,7 +372,8 @@ def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, heig
             members = {}
             for index in range(first, min(first + shard_size, num_clips)):
                 members |= sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
-                                          character=character, subjects=subjects, multi=multi, shots=shots)
+                                          character=character, subjects=subjects, multi=multi, shots=shots,
+                                          shape_scale=shape_scale)
                 bar.advance(task)
             written.append(output / shard_name(len(written)))
             write_shard(written[-1], members)
@@ -382,6 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--frames", type=int, default=49, help="frames per clip")
     parser.add_argument("--fps", type=float, default=16.0)
     parser.add_argument("--shard-size", type=int, default=16, help="clips per shard")
+    parser.add_argument("--shape-scale", type=float, default=1.0,
+                        help="every shape's size times this (the quickstart's demo: 1.75, shapes 12-22%% of the frame)")
     parser.add_argument("--character", default=None, metavar="TRIGGER",
                         help="every clip shows one subject (a large pink diamond) captioned only by these trigger "
                              "words, e.g. 'zxq mascot': data for a character LoRA")

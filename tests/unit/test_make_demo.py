@@ -113,6 +113,21 @@ def test_bad_arguments_name_the_flag(tmp_path):
         main(["--output", str(tmp_path), "--height", "30"])
 
 
+def test_shape_scale_grows_every_shape_and_keeps_it_in_the_frame(tmp_path):
+    """--shape-scale 1.5 (data=demo_large): each clip's shape area grows 1.5^2 times, the captions stay true."""
+    plain = demo_clip(seed=3, index=0, width=256, height=144)
+    large = demo_clip(seed=3, index=0, width=256, height=144, shape_scale=1.5)
+    assert (plain.shape, plain.colour, plain.direction) == (large.shape, large.colour, large.direction)
+    from data_tools.make_demo import render
+
+    area = [(render(c, frames=1)[0] != render(c, frames=1)[0][0, 0]).any(axis=-1).sum() for c in (plain, large)]
+    assert 2.0 < area[1] / area[0] < 2.5
+    make_demo(tmp_path / "large", **(ARGS | {"shape_scale": 1.5}))
+    with pytest.raises(ValueError, match=r"--shape-scale must be > 0 and leave a large shape inside a 96x64 frame "
+                                         r"\(at most 1\.51\), got 2\.0"):
+        make_demo(tmp_path / "huge", **(ARGS | {"shape_scale": 2.0}))
+
+
 def test_help_runs():
     done = subprocess.run([sys.executable, "-m", "data_tools.make_demo", "--help"], capture_output=True, text=True,
                           check=True)

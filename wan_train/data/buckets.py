@@ -9,8 +9,9 @@ import math
 from dataclasses import dataclass, field
 
 # (width, height), multiples of 16, areas within 3% of the 16:9 size of each resolution
-# (144p and 240p are for CPU runs, tests and the quickstart's demo data.)
+# (96p, 144p and 240p are for CPU runs, tests and the quickstart's demo data.)
 SIZES: dict[str, dict[str, tuple[int, int]]] = {
+    "96p": {"16:9": (176, 96), "9:16": (96, 176), "1:1": (128, 128), "4:3": (144, 112), "3:4": (112, 144)},
     "144p": {"16:9": (256, 144), "9:16": (144, 256), "1:1": (192, 192), "4:3": (224, 160), "3:4": (160, 224)},
     "240p": {"16:9": (416, 240), "9:16": (240, 416), "1:1": (320, 320), "4:3": (368, 272), "3:4": (272, 368)},
     "480p": {"16:9": (832, 480), "9:16": (480, 832), "1:1": (624, 624), "4:3": (720, 544), "3:4": (544, 720)},
