@@ -102,14 +102,15 @@ def test_generated_videos_carry_all_three_marks_and_verify_finds_them(trained, t
     assert subprocess.run([*verify, str(off)], cwd=ROOT, capture_output=True).returncode == 1
 
 
-@pytest.mark.parametrize("name", ["wan2.1_t2v_tiny_fp8_scaled.safetensors", "wan2.1-t2v-tiny-Q8_0.gguf"])
-def test_generate_py_runs_a_quantized_dit_file(tmp_path, name):
-    """ckpt= a ComfyUI fp8 scaled file or a GGUF, with encoders= the Wan folder, as ComfyUI users hold them."""
+def test_generate_py_runs_a_quantized_dit_file(tmp_path):
+    """ckpt= a GGUF (a file type of its own; ComfyUI's fp8 files are .safetensors single files, the path every
+    single file takes), with encoders= the Wan folder, as ComfyUI users hold them."""
     from tests.helpers import write_official_folder
-    from tests.quantized_files import write_comfy_fp8_scaled, write_gguf
+    from tests.quantized_files import write_gguf
 
+    name = "wan2.1-t2v-tiny-Q8_0.gguf"
     dit = write_official_folder(tmp_path / "wan")
-    (write_gguf if name.endswith(".gguf") else write_comfy_fp8_scaled)(dit.state_dict(), tmp_path / name)
+    write_gguf(dit.state_dict(), tmp_path / name)
     out = tmp_path / "x.mp4"
     result = subprocess.run([sys.executable, "generate.py", f"ckpt={tmp_path / name}", f"encoders={tmp_path / 'wan'}",
                              "prompt=a red circle", f"out={out}", "steps=2", "num_frames=5", "width=64", "height=48"],
@@ -117,4 +118,4 @@ def test_generate_py_runs_a_quantized_dit_file(tmp_path, name):
     assert result.returncode == 0, result.stderr[-2000:]
     assert out.is_file() and out.stat().st_size > 0
     stored = json.loads(out.with_suffix(".json").read_text())["checkpoint"]["quantization"]
-    assert stored.startswith("GGUF (F32" if name.endswith(".gguf") else "ComfyUI fp8 scaled") and name in stored
+    assert stored.startswith("GGUF (F32") and name in stored

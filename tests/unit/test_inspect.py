@@ -210,9 +210,10 @@ def test_help_runs():
 
 def test_without_buckets_it_chooses_ones_that_fit_the_data(shards):
     # spans 1.5, 2.5, 0.67, 1.0, 1.25, 1.5, 2.5 s at 8 fps: 1 s (9 frames) fits 5 of 7, under 90%, so the
-    # shortest duration that makes frames (5 at 8 fps: 0.625 s) fits them all; every clip is below 144p: 144p
+    # shortest duration that makes frames (5 at 8 fps: 0.625 s) fits them all; every clip is below the smallest
+    # resolution (96p): that one
     stats = inspect_shards(shards, decode=False, workers=1, fps=8.0)
-    assert stats["buckets"] == {"resolutions": ["144p"], "durations": [0.625], "fps": 8.0, "chosen": True,
+    assert stats["buckets"] == {"resolutions": ["96p"], "durations": [0.625], "fps": 8.0, "chosen": True,
                                 "too_short": 0, "suggested": None}
     assert "too short" not in stats["histograms"]["bucket"]
     given = inspect_shards(shards, decode=False, workers=1, table=BucketTable(resolutions=("480p",),
@@ -222,7 +223,7 @@ def test_without_buckets_it_chooses_ones_that_fit_the_data(shards):
 
 def test_the_cli_says_which_buckets_it_used_and_which_would_fit(shards, capsys):
     main(["--shards", *shards, "--no-decode", "--fps", "8"])
-    assert "buckets: chosen to fit the data (none given): --resolutions 144p --durations 0.625 --fps 8" in \
+    assert "buckets: chosen to fit the data (none given): --resolutions 96p --durations 0.625 --fps 8" in \
         capsys.readouterr().err
     main(["--shards", *shards, "--no-decode", "--fps", "8", "--resolutions", "480p", "--durations", "5"])
     assert ("buckets: --resolutions 480p --durations 5 --fps 8; 7 samples (78%) are too short for them "
