@@ -42,6 +42,8 @@ def base_identity(dit: nn.Module) -> str:
     config = dataclasses.asdict(dit.config) if dataclasses.is_dataclass(dit.config) else dict(dit.config)
     digest.update(json.dumps(config, sort_keys=True, default=str).encode())
     state = {n: t for n, t in dit.state_dict().items() if not any(p in n for p in _ADAPTER_PARTS)}
+    # float8 scales beside their weights (an Fp8Linear's weight_scale, under any peft wrapping), by the weight's name
+    scales = {base_name(n).removesuffix(_SCALE) + ".weight": t.float() for n, t in state.items() if n.endswith(_SCALE)}
     for name, tensor in sorted((base_name(n), t) for n, t in state.items() if not n.endswith(_SCALE)):
         digest.update(f"{name}:{tuple(tensor.shape)};".encode())
         flat = tensor.detach().reshape(-1)
@@ -49,7 +51,7 @@ def base_identity(dit: nn.Module) -> str:
             continue
         index = torch.linspace(0, flat.numel() - 1, min(SAMPLES, flat.numel()), device=flat.device).long()
         values = flat[index].float()
-        if name.endswith(".weight") and (scale := _scale_of(state, name)) is not None:
+        if (scale := scales.get(name)) is not None:
             values = values * (scale.reshape(-1)[index // tensor.shape[1]] if scale.numel() > 1 else scale)
         digest.update(values.to(torch.bfloat16).float().cpu().numpy().tobytes())
     quantization = getattr(dit, "quantization", None)
@@ -69,14 +71,6 @@ def _architecture(dit: nn.Module) -> str:
     names = sorted((base_name(n), tuple(t.shape)) for n, t in dit.state_dict().items()
                    if not any(p in n for p in _ADAPTER_PARTS) and not n.endswith(_SCALE))
     return json.dumps(config, sort_keys=True, default=str) + "".join(f"{n}:{s};" for n, s in names)
-
-
-def _scale_of(state: dict[str, torch.Tensor], name: str) -> torch.Tensor | None:
-    """The float8 scale beside a weight (an Fp8Linear's weight_scale, under any peft wrapping), else None."""
-    for key, value in state.items():
-        if key.endswith(_SCALE) and base_name(key).removesuffix(_SCALE) == name.removesuffix(".weight"):
-            return value.float()
-    return None
 
 
 def check_base(expected: str | None, dit: nn.Module, *, what: str, allow_mismatch: bool = False) -> None:

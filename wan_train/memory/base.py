@@ -95,6 +95,5 @@ def _quantize_block_linears(dit: WanDiT, *, granularity: str, compute_dtype: tor
     for block in dit.blocks:
         for name, module in list(block.named_modules()):
             if isinstance(module, nn.Linear) and not any(p.requires_grad for p in module.parameters(recurse=False)):
-                parent, _, child = name.rpartition(".")
-                setattr(block.get_submodule(parent) if parent else block, child,
-                        Fp8Linear.from_linear(module, granularity=granularity, compute_dtype=compute_dtype))
+                _replace(block, name, Fp8Linear.from_linear(module, granularity=granularity,
+                                                            compute_dtype=compute_dtype))
