@@ -67,6 +67,7 @@ def main(cfg: DictConfig) -> None:
     metrics = run(cfg)
     if metrics.get("stopped"):  # checkpointed at a safe point, work left (rank 0 said where): never exit 0
         raise SystemExit(EXIT_STOPPED)
+    signals.finished()  # a warning from here on (the summary, the interpreter's shutdown) cannot fail the job
     if detect_launch().rank != 0:
         return  # one summary per run, not per rank
     summary(cfg, metrics)

@@ -66,3 +66,22 @@ def test_sigterm_is_taken_only_inside_a_slurm_job(slurm):
         assert done.returncode == 0 and done.stdout.split("\n")[:2] == ["['SIGTERM', 'SIGUSR2']", "SIGTERM"]
     else:  # a local run: Ctrl-C and kill keep their meaning
         assert done.returncode == -signal.SIGTERM and done.stdout.strip() == "['SIGUSR2']"
+
+
+@pytest.mark.parametrize("finished", [True, False])
+def test_a_warning_after_the_work_is_done_cannot_kill_the_task(finished):
+    """The export is written; SIGUSR1 comes while the process ends. Python's shutdown gives caught signals back
+    to their defaults, as exec does: the shell exec'd here stands for that moment, and SIGUSR1 kills it unless
+    `signals.finished()` ignored the warning (an ignored signal stays ignored across exec)."""
+    done = run(f"""
+        signals.install_early()
+        signals.install(SimpleNamespace(requeue=True, requeue_signal="SIGUSR1"))
+        if {finished}:
+            signals.finished()
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN  # scancel and preemption keep their meaning
+        os.execv("/bin/sh", ["sh", "-c", "kill -USR1 $$; echo alive"])
+    """, slurm=True)
+    if finished:
+        assert done.returncode == 0 and done.stdout.strip() == "alive", done.stderr
+    else:
+        assert done.returncode == -signal.SIGUSR1 and done.stdout == ""

@@ -61,6 +61,16 @@ def reinstall() -> None:
         signal.signal(signum, _record)
 
 
+def finished() -> None:
+    """The run's work is done (exported, loggers finished): a requeue warning from now on has nothing left to
+    save, so it is ignored until the process ends. Python gives caught signals back to their defaults while it
+    shuts down, and SIGUSR1's default would kill the task and fail a job that completed. SIGTERM keeps its
+    meaning (scancel, preemption)."""
+    for signum in _received.installed:
+        if signum != signal.SIGTERM:
+            signal.signal(signum, signal.SIG_IGN)
+
+
 def received() -> int | None:
     return _received.signum
 
