@@ -101,10 +101,13 @@ class DemoClip:
 
 
 def demo_clip(*, seed: int, index: int, width: int, height: int, character: str | None = None,
-              multi: bool = False, shape_scale: float = 1.0) -> DemoClip:
+              multi: bool = False, shape_scale: float = 1.0, path_offset: float | None = None) -> DemoClip:
     """The parameters of clip `index` (independent of how many clips are made). `width` x `height` is the
     landscape size; portrait clips swap them. With `character`, the subject is always the CHARACTER. With `multi`,
-    the first shape keeps the plain clip's look, direction and size, in one half of the frame (_partner)."""
+    the first shape keeps the plain clip's look, direction and size, in one half of the frame (_partner). With
+    `path_offset`, every clip's (first) shape runs at that place across its motion instead of a random one (0..1 of
+    the free room; 0.5: the frame's middle line), so the caption fixes the whole layout; the other draws are
+    unchanged."""
     rng = np.random.default_rng([seed, index])
     colour = str(rng.choice(list(COLOURS)))
     shape = str(rng.choice(SHAPES))
@@ -115,9 +118,10 @@ def demo_clip(*, seed: int, index: int, width: int, height: int, character: str 
         width, height = height, width
     background, direction = str(rng.choice(backgrounds)), str(rng.choice(list(DIRECTIONS)))
     size = CHARACTER["size"] if character else str(rng.choice(list(SIZES)))
+    offset = float(rng.uniform(0.0, 1.0))  # drawn also when fixed: every other draw stays the same
     clip = DemoClip(shape=shape, colour=colour, background=background, direction=direction, size=size,
-                    offset=float(rng.uniform(0.0, 1.0)), width=width, height=height, character=character or None,
-                    scale=shape_scale)
+                    offset=offset if path_offset is None else path_offset, width=width, height=height,
+                    character=character or None, scale=shape_scale)
     return _partner(clip, rng) if multi else clip
 
 
@@ -282,13 +286,13 @@ def _signed_distance(shape: str, dx: np.ndarray, dy: np.ndarray, *, radius: floa
 
 def sample_members(index: int, *, seed: int, width: int, height: int, frames: int, fps: float,
                    character: str | None = None, subjects: bool = False, multi: bool = False,
-                   shots: bool = False, shape_scale: float = 1.0) -> dict[str, bytes]:
+                   shots: bool = False, shape_scale: float = 1.0, path_offset: float | None = None) -> dict[str, bytes]:
     """The tar members of sample `index`, as make_shards writes them: {"<key>.mp4": ..., "<key>.json": ...}."""
     if shots:
         return _shot_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
                              character=character, shape_scale=shape_scale)
     clip = demo_clip(seed=seed, index=index, width=width, height=height, character=character, multi=multi,
-                     shape_scale=shape_scale)
+                     shape_scale=shape_scale, path_offset=path_offset)
     video = encode_mp4(render(clip, frames=frames), fps=fps, reproducible=True)
     named = tuple(Subject(name=shape.subject, boxes=tuple(tuple(b) for b in boxes(shape, frames=frames, fps=fps)))
                   for shape in clip.shapes) if subjects else ()
@@ -329,8 +333,13 @@ def write_shard(path: Path, members: dict[str, bytes]) -> None:
 
 
 def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: float, shard_size: int,
-               subjects: bool = False, multi: bool = False, shots: bool = False, shape_scale: float = 1.0) -> None:
+               subjects: bool = False, multi: bool = False, shots: bool = False, shape_scale: float = 1.0,
+               path_offset: float | None = None) -> None:
     problems = []
+    if path_offset is not None and not 0.0 <= path_offset <= 1.0:
+        problems.append(f"--path-offset must be within 0..1 (0.5: the middle line), got {path_offset}")
+    if path_offset is not None and (shots or multi):
+        problems.append("--path-offset applies to one-shape clips: not with --shots or --multi")
     largest = max(_extent(shape, SIZES["large"] * shape_scale * min(width, height)) for shape in (*SHAPES, "diamond"))
     if not shape_scale > 0 or 2 * (largest + 2.0) > min(width, height):
         problems.append(f"--shape-scale must be > 0 and leave a large shape inside a {width}x{height} frame "
@@ -361,10 +370,10 @@ def _max_scale(width: int, height: int) -> float:
 
 def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, height: int, frames: int, fps: float,
               shard_size: int, character: str | None = None, subjects: bool = False, multi: bool = False,
-              shots: bool = False, shape_scale: float = 1.0) -> dict:
+              shots: bool = False, shape_scale: float = 1.0, path_offset: float | None = None) -> dict:
     """Write ceil(num_clips / shard_size) shards into `output`; returns the summary."""
     check_args(num_clips=num_clips, width=width, height=height, frames=frames, fps=fps, shard_size=shard_size,
-               subjects=subjects, multi=multi, shots=shots, shape_scale=shape_scale)
+               subjects=subjects, multi=multi, shots=shots, shape_scale=shape_scale, path_offset=path_offset)
     output, began, written = Path(output), time.perf_counter(), []
     with progress() as bar:
         task = bar.add_task("clips", total=num_clips)
@@ -373,7 +382,7 @@ def make_demo(output: str | Path, *, num_clips: int, seed: int, width: int, heig
             for index in range(first, min(first + shard_size, num_clips)):
                 members |= sample_members(index, seed=seed, width=width, height=height, frames=frames, fps=fps,
                                           character=character, subjects=subjects, multi=multi, shots=shots,
-                                          shape_scale=shape_scale)
+                                          shape_scale=shape_scale, path_offset=path_offset)
                 bar.advance(task)
             written.append(output / shard_name(len(written)))
             write_shard(written[-1], members)
@@ -398,6 +407,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--shard-size", type=int, default=16, help="clips per shard")
     parser.add_argument("--shape-scale", type=float, default=1.0,
                         help="every shape's size times this (the quickstart's demo: 1.75, shapes 12-22%% of the frame)")
+    parser.add_argument("--path-offset", type=float, default=None, metavar="0..1",
+                        help="where across its motion every shape's path runs, as a share of the free room (0.5: the "
+                             "middle line; default: random per clip): with whole-path clips the caption then fixes "
+                             "the layout")
     parser.add_argument("--character", default=None, metavar="TRIGGER",
                         help="every clip shows one subject (a large pink diamond) captioned only by these trigger "
                              "words, e.g. 'zxq mascot': data for a character LoRA")

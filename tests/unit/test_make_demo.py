@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import webdataset as wds
 
-from data_tools.make_demo import BACKGROUNDS, COLOURS, demo_clip, main, make_demo, shot_clips
+from data_tools.make_demo import BACKGROUNDS, COLOURS, demo_clip, main, make_demo, shot_clips, trajectory
 from wan_train.data.metadata import parse_meta
 from wan_train.data.probe import probe_video
 
@@ -111,6 +111,22 @@ def test_bad_arguments_name_the_flag(tmp_path):
         make_demo(tmp_path, **(ARGS | {"width": 97}))
     with pytest.raises(SystemExit):
         main(["--output", str(tmp_path), "--height", "30"])
+
+
+def test_a_fixed_path_offset_leaves_the_caption_to_fix_the_layout(tmp_path):
+    """--path-offset 0.5: every shape runs along the frame's middle line (x for vertical paths, y for horizontal
+    ones); shape, colour, direction and size are those of the random-offset clip."""
+    for index in range(8):
+        free = demo_clip(seed=3, index=index, width=176, height=96)
+        fixed = demo_clip(seed=3, index=index, width=176, height=96, path_offset=0.5)
+        assert (free.shape, free.colour, free.background, free.direction, free.size) == (
+            fixed.shape, fixed.colour, fixed.background, fixed.direction, fixed.size)
+        cx, cy = trajectory(fixed, frames=17)
+        across = cy if fixed.direction in ("from left to right", "from right to left") else cx
+        assert np.allclose(across, (fixed.height if across is cy else fixed.width) / 2)
+    for bad, why in ((1.5, "within 0..1"), (0.5, "not with --shots")):
+        with pytest.raises(ValueError, match=f"--path-offset .*{why}"):
+            make_demo(tmp_path / "x", **(ARGS | {"path_offset": bad, "shots": bad == 0.5}))
 
 
 def test_shape_scale_grows_every_shape_and_keeps_it_in_the_frame(tmp_path):
