@@ -340,8 +340,7 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
         problems.append(f"--path-offset must be within 0..1 (0.5: the middle line), got {path_offset}")
     if path_offset is not None and (shots or multi):
         problems.append("--path-offset applies to one-shape clips: not with --shots or --multi")
-    largest = max(_extent(shape, SIZES["large"] * shape_scale * min(width, height)) for shape in (*SHAPES, "diamond"))
-    if not shape_scale > 0 or 2 * (largest + 2.0) > min(width, height):
+    if not 0 < shape_scale <= _max_scale(width, height):
         problems.append(f"--shape-scale must be > 0 and leave a large shape inside a {width}x{height} frame "
                         f"(at most {_max_scale(width, height):.2f}), got {shape_scale}")
     if shots and (subjects or multi):
@@ -364,6 +363,7 @@ def check_args(*, num_clips: int, width: int, height: int, frames: int, fps: flo
 
 
 def _max_scale(width: int, height: int) -> float:
+    """The largest --shape-scale that leaves every large shape (and the 2 px margin) inside the frame."""
     side = min(width, height)
     return (side / 2 - 2.0) / (SIZES["large"] * side * max(_extent(s, 1.0) for s in (*SHAPES, "diamond")))
 

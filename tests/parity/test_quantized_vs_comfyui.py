@@ -27,6 +27,15 @@ comfy_kitchen = pytest.importorskip("comfy_kitchen")
 pytestmark = pytest.mark.parity
 
 
+KW = {**COMMON, "in_channels": 16, "out_channels": 16}
+
+
+def tiny_source() -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
+    """A random tiny diffusers Wan model and its state under the official names."""
+    source = randomize_(diffusers.WanTransformer3DModel(**KW), seed=3).eval()
+    return source, {official_key(k): v for k, v in source.state_dict().items()}
+
+
 def comfyui_reading(path, names) -> dict[str, torch.Tensor]:
     """diffusers key -> the file's weight as ComfyUI computes with it in float32: Q x scale for the scaled ones."""
     tensors = load_file(path)
@@ -43,16 +52,14 @@ def comfyui_reading(path, names) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("per_layer", [False, True], ids=["scaled_fp8", "comfy_quant"])
 def test_fp8_scaled_forward_matches_comfyui_dequantization_in_diffusers(tmp_path, per_layer):
-    kw = {**COMMON, "in_channels": 16, "out_channels": 16}
-    source = randomize_(diffusers.WanTransformer3DModel(**kw), seed=3).eval()
-    official = {official_key(k): v for k, v in source.state_dict().items()}
+    source, official = tiny_source()
     path = tmp_path / "wan2.1_t2v_tiny_fp8_scaled.safetensors"
     stored = write_comfy_fp8_scaled(official, path, per_layer=per_layer)
     # per block: q k v o of both attentions and the two FFN linears; then text and time embeddings (2 each), time
     # projection, head
     assert len(stored) == 10 * COMMON["num_layers"] + 6
 
-    reference = diffusers.WanTransformer3DModel(**kw).eval()
+    reference = diffusers.WanTransformer3DModel(**KW).eval()
     reference.load_state_dict(comfyui_reading(path, source.state_dict().keys()))
     ours = load_dit(path, dtype=torch.float32).eval()
     kept = load_dit(path, dtype=torch.float32, keep_float8=True).eval()
@@ -103,9 +110,7 @@ def test_fp8_scaled_forward_matches_comfyuis_own_loader(tmp_path, per_layer):
         pytest.skip("no ComfyUI checkout: set COMFYUI_PATH to one to run this test")
     if per_layer and "comfy_quant" not in (root / "comfy" / "utils.py").read_text():
         pytest.skip(f"the ComfyUI at {root} predates the per-layer comfy_quant format")
-    kw = {**COMMON, "in_channels": 16, "out_channels": 16}
-    source = randomize_(diffusers.WanTransformer3DModel(**kw), seed=3).eval()
-    official = {official_key(k): v for k, v in source.state_dict().items()}
+    _, official = tiny_source()
     official = {k: v.to(torch.float8_e4m3fn).float() if k.endswith(".bias") and k.removesuffix(".bias") + ".weight"
                 in linear_weight_names(official) else v for k, v in official.items()}
     path = tmp_path / "wan2.1_t2v_tiny_fp8_scaled.safetensors"
