@@ -47,3 +47,21 @@ def test_word_order_reaches_the_token_set_as_far_as_a_word_does():
     # a word still leads its own token: "red" stays nearer to itself in another caption than to "blue"
     red, blue = tokens[0][2], tokens[2][2]
     assert torch.dist(red, tokens[1][2]) < torch.dist(red, blue)
+
+
+def test_the_quickstart_pads_prompts_to_its_own_text_len_with_the_same_tokens():
+    """The quickstart DiT reads 64 text positions, not Wan's 512 (sizes.py): its encoder pads to the same length,
+    which changes no token of a prompt that fits (the padding is masked in the encoder) and cuts a longer one,
+    keeping its EOS, as the real umT5 does at 512."""
+    from wan_train.models import get_size
+
+    text_len = get_size("quickstart").dit.text_len
+    assert text_len == 64
+    short, full = builtin_text_encoder(text_dim=64, text_len=text_len), builtin_text_encoder(text_dim=64)
+    prompt = "wide — a small red square moves from bottom to top on a beige background"
+    (a, n), (b, m) = short.encode([prompt]), full.encode([prompt])
+    assert a.shape == (1, text_len, 64) and n.tolist() == m.tolist() == [16]
+    torch.testing.assert_close(a[0, :16], b[0, :16], rtol=1e-5, atol=1e-6)
+    _, lengths = short.encode([" ".join(["red"] * 100)])
+    ids = short.tokenizer(" ".join(["red"] * 100), max_length=text_len, truncation=True)["input_ids"]
+    assert lengths.tolist() == [text_len] and ids[-1] == short.tokenizer.eos_token_id

@@ -30,7 +30,8 @@ def shards(tmp_path_factory):
 def models():
     size = get_size("quickstart")
     return WanModels({None: randomize_(WanDiT(size.dit), seed=1).eval()}, builtin_vae(),
-                     builtin_text_encoder(text_dim=size.dit.text_dim, seed=0), size="quickstart")
+                     builtin_text_encoder(text_dim=size.dit.text_dim, seed=0, text_len=size.dit.text_len),
+                     size="quickstart")
 
 
 def clips(shards, frames=9):

@@ -114,7 +114,8 @@ def _load_run(run_dir: Path, *, device, dtype, ema: bool, step: int | None) -> L
     if source_of_encoders and source_of_encoders != "builtin" and is_ovi_folder(Path(source_of_encoders)):
         source_of_encoders = str(Path(source_of_encoders) / OVI_WAN_DIR)  # Ovi's download: the Wan2.2 VAE, umT5
     vae, text_encoder, clip = _encoders(source_of_encoders, size.dit.text_dim, seed=cfg.trainer.seed,
-                                        image_branch=size.dit.has_image_branch, where=run_dir)
+                                        text_len=size.dit.text_len, image_branch=size.dit.has_image_branch,
+                                        where=run_dir)
     audio = audio_source(cfg)
     models = WanModels(dits, vae.to(device), text_encoder.to(device), clip.to(device) if clip is not None else None,
                        boundary=size.boundary if size.is_moe else None,
@@ -195,9 +196,9 @@ def _extensions(cfg) -> dict[str, int]:
     return {key: OmegaConf.select(cfg, f"model.{key}", default=0) for key in ("references", "shots")}
 
 
-def _encoders(source: str | None, text_dim: int, *, seed: int, image_branch: bool, where: Path):
+def _encoders(source: str | None, text_dim: int, *, seed: int, text_len: int, image_branch: bool, where: Path):
     if source == "builtin":
-        return builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=seed), None
+        return builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=seed, text_len=text_len), None
     if not source:
         raise CheckpointError(f"{where}: no encoders to generate with: the run trained on cached latents from a "
                               "random-init DiT; pass encoders=<a Wan folder with the VAE and umT5>")

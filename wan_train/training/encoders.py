@@ -32,13 +32,14 @@ class Encoders:
         return self
 
 
-def build_encoders(cfg, *, text_dim: int, image_branch: bool = False) -> Encoders:
+def build_encoders(cfg, *, text_dim: int, text_len: int = 512, image_branch: bool = False) -> Encoders:
     if cfg.data.kind == "latents" and not cfg.validation.every_n_steps:
         return Encoders()  # cached latents need no encoders; validation videos need the VAE and text encoder
     source = audio_source(cfg)
     audio = None if source is None else load_audio_space(source).eval().requires_grad_(False)
     if cfg.model.encoders == "builtin":
-        return Encoders(builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=cfg.trainer.seed), audio=audio)
+        return Encoders(builtin_vae(), builtin_text_encoder(text_dim=text_dim, seed=cfg.trainer.seed,
+                                                             text_len=text_len), audio=audio)
     folder = Path(cfg.model.encoders or cfg.model.checkpoint)
     if is_ovi_folder(folder):  # Ovi's download: the Wan2.2-TI2V-5B VAE and umT5 in their own folder
         folder = folder / WAN_DIR

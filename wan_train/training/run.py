@@ -175,7 +175,8 @@ class Session:
 def prepare(cfg: DictConfig) -> Session:
     data = OmegaConf.to_object(cfg.data)
     size = get_size(cfg.model.size)
-    encoders = build_encoders(cfg, text_dim=size.dit.text_dim, image_branch=size.dit.has_image_branch)
+    encoders = build_encoders(cfg, text_dim=size.dit.text_dim, text_len=size.dit.text_len,
+                              image_branch=size.dit.has_image_branch)
     dit = build_dit(cfg)
     base = base_identity(dit) if cfg.lora.enabled else None  # of the checkpoint's weights, before any narrowing
     dit = extend(cfg, dit)

@@ -61,7 +61,8 @@ def word_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
-def builtin_text_encoder(*, text_dim: int, seed: int = 0) -> WanTextEncoder:
+def builtin_text_encoder(*, text_dim: int, seed: int = 0, text_len: int = 512) -> WanTextEncoder:
+    """The tiny random umT5 of width `text_dim`, from `seed`; prompts are cut at `text_len` tokens (the DiT's)."""
     tokenizer = word_tokenizer()
     base = len(tokenizer) - len(AV_WORDS)
     config = UMT5Config(vocab_size=base, d_model=text_dim, num_heads=4, d_kv=16, d_ff=128, num_layers=1)
@@ -78,7 +79,7 @@ def builtin_text_encoder(*, text_dim: int, seed: int = 0) -> WanTextEncoder:
     table = torch.cat([model.get_input_embeddings().weight, extra * config.initializer_factor])
     model.set_input_embeddings(torch.nn.Embedding.from_pretrained(table, freeze=True))
     model.config.vocab_size = len(tokenizer)
-    return WanTextEncoder(model, tokenizer=tokenizer)
+    return WanTextEncoder(model, tokenizer=tokenizer, text_len=text_len)
 
 
 def builtin_vae() -> PixelSpace:
