@@ -47,8 +47,8 @@ def test_float8_base_trains_samples_and_records_the_full_precision_base(demo, tm
 
 def test_memory_settings_are_checked_at_start(demo, tmp_path):  # noqa: F811
     full_finetune = {"lora.enabled": "false"}
-    with pytest.raises(ConfigError, match="memory.offload_blocks=3"):
-        validate(config(demo, tmp_path, **{"memory.offload_blocks": "3"}))
+    with pytest.raises(ConfigError, match="memory.offload_blocks=5"):
+        validate(config(demo, tmp_path, **{"memory.offload_blocks": "5"}))
     with pytest.raises(ConfigError, match="memory.base_dtype=float8_e4m3fn needs a frozen base"):
         validate(config(demo, tmp_path, **full_finetune, **{"memory.base_dtype": "float8_e4m3fn"}))
     with pytest.raises(ConfigError, match="memory.encoders='gpu'"):

@@ -62,12 +62,14 @@ def base_identity(dit: nn.Module) -> str:
 
 def architecture_identity(dit: nn.Module) -> str:
     """sha256 over the config and every base parameter's name and shape: what a full-precision base and any
-    quantized copy of it share."""
+    quantized copy of it share. The config leaves out text_len, the prompt padding: no weight shows it, so a
+    single file (ComfyUI, GGUF) cannot carry it and reads as Wan's 512, while the quickstart DiT pads to 64."""
     return hashlib.sha256(_architecture(dit).encode()).hexdigest()
 
 
 def _architecture(dit: nn.Module) -> str:
     config = dataclasses.asdict(dit.config) if dataclasses.is_dataclass(dit.config) else dict(dit.config)
+    config.pop("text_len", None)
     names = sorted((base_name(n), tuple(t.shape)) for n, t in dit.state_dict().items()
                    if not any(p in n for p in _ADAPTER_PARTS) and not n.endswith(_SCALE))
     return json.dumps(config, sort_keys=True, default=str) + "".join(f"{n}:{s};" for n, s in names)
