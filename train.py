@@ -53,8 +53,8 @@ def ensure_demo_data(cfg: DictConfig) -> None:
                     make_av_demo(shards, num_clips=count, seed=seed, scene="screen")
                 else:
                     seed, count, options = DEMO[shards]
-                    make_demo(shards, num_clips=count, seed=seed, width=256, height=144, fps=16.0, shard_size=16,
-                              **{"frames": 49, **options})
+                    make_demo(shards, num_clips=count, seed=seed,
+                              **{"width": 256, "height": 144, "fps": 16.0, "shard_size": 16, "frames": 49, **options})
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)

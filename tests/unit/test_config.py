@@ -38,26 +38,29 @@ def test_recipes_set_what_they_say():
     quick = compose_config(["recipe=quickstart"])
     assert quick.model.size == "quickstart" and quick.model.encoders == "builtin" and quick.recipe == "quickstart"
     base = compose_config(["recipe=quickstart_base"])
-    assert base.data.shards == ["data/demo_large"] and base.data.resolutions == ["96p"]
+    assert base.data.shards == ["data/demo_large_96p"] and base.data.resolutions == ["96p"]
     assert (base.validation.width, base.validation.height, base.validation.num_frames) == (176, 96, 17)
     # the command line wins over the recipe
     assert compose_config(["recipe=quickstart", "trainer.max_steps=7"]).trainer.max_steps == 7
 
 
 def test_the_demo_folders_are_made_on_first_use_with_their_options(tmp_path, monkeypatch):
-    """data=demo_large: clips of the larger shapes (make_demo's shape_scale), made where the config says."""
+    """data=demo_large: clips of the larger shapes (make_demo's shape_scale) at their own size and length, made where
+    the config says."""
     from omegaconf import OmegaConf
 
     from train import ensure_demo_data
     from wan_train.data.probe import probe_video
 
     monkeypatch.chdir(tmp_path)
-    ensure_demo_data(OmegaConf.create({"data": {"shards": ["data/demo_large_val"], "val_shards": [], "val_sets": {}}}))
+    ensure_demo_data(OmegaConf.create({"data": {"shards": ["data/demo_large_96p_val"], "val_shards": [],
+                                                 "val_sets": {}}}))
     import webdataset as wds
 
-    samples = list(wds.WebDataset(str(tmp_path / "data/demo_large_val/shard-000000.tar"), shardshuffle=False))
+    samples = list(wds.WebDataset(str(tmp_path / "data/demo_large_96p_val/shard-000000.tar"), shardshuffle=False))
     assert len(samples) == 8
-    assert probe_video(samples[0]["mp4"]).num_frames == 49
+    probe = probe_video(samples[0]["mp4"])
+    assert (probe.num_frames, probe.width, probe.height) == (25, 176, 96)
     shape = json.loads(samples[0]["json"])["caption"].split()[1:4]  # "a large red circle ..."
     assert shape[0] in ("small", "large")
 
