@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from data_tools.make_demo import make_demo
-from eval import prompt_match
+from eval import layout_guess, prompt_match
 from tests.helpers import Payload
 from wan_train.config import compose_config
 from wan_train.models import CheckpointError, load_dit
@@ -84,6 +84,19 @@ def test_prompt_match_scores_a_runs_own_videos_against_held_out_captions(demo, t
     scores = json.loads(out.read_text())
     assert [row["seed"] for row in scores["one"]["per_clip"]] == [0, 1] and scores["one"]["clips"] == 2
     assert sorted(p.name for p in (tmp_path / "videos" / "one").glob("*.mp4")) == ["clip_00.mp4", "clip_01.mp4"]
+
+
+def test_layout_guess_scores_a_runs_estimate_from_pure_noise_against_held_out_captions(demo, tmp_path, capsys):
+    run(config(demo, tmp_path / "run", **{"trainer.max_steps": "1", "logger.wandb": "false"}))
+    out = tmp_path / "guess.json"
+    assert layout_guess.main(["--runs", f"one={tmp_path / 'run'}", "--shards", str(demo / "val"), "--count", "2",
+                              "--noises", "3", "--output", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "| held-out clips | +" in table and "| one |" in table
+    scores = json.loads(out.read_text())
+    assert [row["key"] for row in scores["one"]["per_clip"]] == [row["key"] for row in
+                                                                 scores["held-out clips"]["per_clip"]]
+    assert scores["one"]["clips"] == 2 and scores["held-out clips"]["along"] > 0.2
 
 
 def test_stopped_after_step_k_and_resumed_reproduces_the_losses_exactly(demo, tmp_path):
