@@ -31,7 +31,7 @@ import torch
 from eval.av_demo import labelled_runs
 from eval.form import to_rgb
 from eval.motion import prompted_direction
-from eval.prompt_match import held_out
+from eval.prompt_match import add_held_out_arguments, held_out
 
 NOISES = 32
 
@@ -110,10 +110,7 @@ def table(results: dict[str, dict]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m eval.layout_guess", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--runs", nargs="+", required=True, metavar="LABEL=RUN_DIR",
-                        help="training run folders or model folders, each with a label")
-    parser.add_argument("--shards", nargs="+", required=True, help="the held-out make_demo shards")
-    parser.add_argument("--count", type=int, default=16, help="held-out captions")
+    add_held_out_arguments(parser)
     parser.add_argument("--frames", type=int, default=17, help="frames per clip (4k + 1)")
     parser.add_argument("--noises", type=int, default=NOISES, help="pure noises averaged per caption")
     parser.add_argument("--seed", type=int, default=0, help="the noises' seed, the same for every run")

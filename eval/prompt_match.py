@@ -175,13 +175,18 @@ def table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m eval.prompt_match", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_held_out_arguments(parser: argparse.ArgumentParser) -> None:
+    """--runs LABEL=RUN_DIR ..., --shards and --count: the runs to score and the held-out clips to score them on."""
     parser.add_argument("--runs", nargs="+", required=True, metavar="LABEL=RUN_DIR",
                         help="training run folders or checkpoints, each with a label")
     parser.add_argument("--shards", nargs="+", required=True, help="the held-out make_demo shards (data/demo_val)")
-    parser.add_argument("--count", type=int, default=16, help="held-out captions (videos per run)")
+    parser.add_argument("--count", type=int, default=16, help="held-out captions (one video or estimate each per run)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m eval.prompt_match", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_held_out_arguments(parser)
     parser.add_argument("--seed", type=int, default=0, help="caption i gets seed + i, the same in every run")
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's preset)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's preset")
