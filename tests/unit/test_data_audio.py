@@ -160,7 +160,8 @@ def test_bad_sound_is_refused_with_its_reason(silent):
     cases = [
         (silent, ("wav", np.random.default_rng(0).bytes(5000)), "bad_audio", "the sound does not decode"),
         (silent, ("wav", b""), "bad_audio", "the sound does not decode"),
-        (silent, ("wav", wav_header(1000, 16000)), "bad_audio", "claims 0 channels at 16000 Hz"),  # FFmpeg: 0
+        # 1000 channels claimed: PyAV 18.1.0's FFmpeg reports 0, 18.1.1's 1000; refused either way
+        (silent, ("wav", wav_header(1000, 16000)), "bad_audio", r"claims (0|1000) channels at 16000 Hz"),
         (silent, ("wav", wav_header(1, 1_000_000_000)), "bad_audio", "channels at 1000000000 Hz"),
         (silent, ("wav", wav[:len(wav) // 2]), "audio_too_short", r"the sound ends at 1.4\d\d s"),  # cut off
         (remuxed(track, garble=True), None, "bad_audio", "the sound does not decode"),

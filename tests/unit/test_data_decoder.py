@@ -127,3 +127,23 @@ def test_garbage_is_undecodable_with_the_reason():
         decode_frames(truncated[: len(truncated) // 2], [39], size=(64, 64), key="cut",
                       expect=declared(64, 64, 16.0, 40))
     assert error.value.reason in ("undecodable", "too_short", "metadata_mismatch")
+
+
+def test_a_job_signal_the_moment_the_decoder_starts_does_not_kill_it(monkeypatch):
+    """SLURM's requeue warning (SIGUSR1) reaches every process of the job, a decoder still starting up included:
+    sent right after the process is created, before Python has run a line of it, it must not stop the start."""
+    from wan_train.data import decoder as module
+
+    popen = module.subprocess.Popen
+
+    def signalled(*args, **kwargs):
+        process = popen(*args, **kwargs)
+        os.kill(process.pid, signal.SIGUSR1)
+        return process
+
+    decoder().kill()
+    monkeypatch.setattr(module.subprocess, "Popen", signalled)
+    video = indexed_video(frames=12, width=96, height=64, fps=12.0)
+    assert [frame_index(f) for f in decode_frames(video, [5], size=(96, 64), key="signalled")] == [5]
+    monkeypatch.undo()
+    decoder().kill()

@@ -34,6 +34,9 @@ READY = {"ready": True}  # the decoding process's first reply, once it has impor
 START_TIMEOUT = 120.0  # seconds for that (a cold import from network storage can be slow)
 POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the frames' pages at once, not one fault at a time
 # one thread per decoder, and a small malloc arena count: the memory cap counts what threads reserve
+# the signals a job's processes all receive (Ctrl-C, SIGTERM on preemption, SLURM's requeue warning): the child
+# ignores them (decoder_child.JOB_SIGNALS, the same; it runs as a script, apart from the package)
+JOB_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 
 
@@ -113,11 +116,15 @@ class DecoderProcess:
         self.kill()
         self.stderr = tempfile.TemporaryFile()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        # the job's signals blocked across the start (the child inherits the mask), so that one sent to the whole
+        # job (SLURM's requeue warning) cannot kill the child before it has set them to be ignored
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, JOB_SIGNALS)
         try:
             self.process = subprocess.Popen([sys.executable, str(CHILD), str(theirs.fileno())],
                                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.stderr,
                                             env={**os.environ, **CHILD_ENV}, pass_fds=(theirs.fileno(),))
         finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             theirs.close()
         self.socket = ours
         try:

@@ -23,12 +23,17 @@ the clip's span then each voice's, one after the other)} + N*H*W*3 bytes + T flo
 
 import signal
 
+JOB_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+
 if __name__ == "__main__":
     # the parent alone decides this process's life (SIGKILL at a sample's deadline, EOF when it goes): a signal
     # meant for the job (Ctrl-C, SLURM's requeue warning, SIGTERM on preemption) reaches every process of it, and
     # would otherwise cost the sample being decoded. First of all, before the imports below.
-    for _signum in (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP):
+    # The parent starts it with these signals blocked (one arriving while Python starts up would kill it): ignored
+    # now, a pending one is dropped as they are unblocked.
+    for _signum in JOB_SIGNALS:
         signal.signal(_signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, JOB_SIGNALS)
 
 import contextlib  # noqa: E402
 import io  # noqa: E402
