@@ -33,10 +33,10 @@ HEADER_BYTES = 8
 READY = {"ready": True}  # the decoding process's first reply, once it has imported what it needs
 START_TIMEOUT = 120.0  # seconds for that (a cold import from network storage can be slow)
 POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # map the frames' pages at once, not one fault at a time
-# one thread per decoder, and a small malloc arena count: the memory cap counts what threads reserve
 # the signals a job's processes all receive (Ctrl-C, SIGTERM on preemption, SLURM's requeue warning): the child
 # ignores them (decoder_child.JOB_SIGNALS, the same; it runs as a script, apart from the package)
 JOB_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGHUP)
+# one thread per decoder, and a small malloc arena count: the memory cap counts what threads reserve
 CHILD_ENV = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MALLOC_ARENA_MAX": "2"}
 
 
