@@ -17,6 +17,11 @@ shape's outline: nothing of the clip goes into the generation).
 The held-out clips themselves, scored the same way, come first in the table: what drawing each prompt exactly
 scores (background and colour 1.00; form about 0.97).
 
+A TI2V model (`model=quickstart_ti2v`) can also be scored from a first frame (`--first-frame`): the held-out clip's
+own (`clip`: given where the shape starts, does it move it the prompted way?) or the first frame of the model's
+own text-to-video video with the same seed (`generated`: the first frame from the text, then the motion from the
+text and that frame, as Emu Video factorizes text-to-video).
+
     python -m data_tools.make_demo --output data/demo_heldout --seed 1 --num-clips 16
     python -m eval.prompt_match --runs quickstart=runs/quickstart --shards data/demo_heldout --count 16
 
@@ -146,16 +151,27 @@ def score_held_out(clips: list[dict]) -> dict:
 
 
 def score_run(run_dir: str | Path, clips: list[dict], *, seed: int, overrides: dict, save: Path | None = None,
-              label: str = "run") -> dict:
+              label: str = "run", first_frame: str = "none") -> dict:
+    """first_frame (TI2V models): "none" text-to-video; "clip" each video from its held-out clip's first frame
+    (does the model move a given shape the prompted way?); "generated" from the first frame of its own
+    text-to-video video with the same seed (the first frame from the text, then the motion from text and frame:
+    Emu Video's factorization)."""
     from wan_train.inference import generate, load, official, save_video, with_overrides
 
     models = load(run_dir).models
+    if first_frame != "none" and "ti2v" not in models.tasks:
+        raise ValueError(f"{run_dir}: --first-frame {first_frame} needs a TI2V model (first frame given), this one is "
+                         f"{models.config.model_type}")
     backgrounds, shapes = palette([c["background"] for c in clips]), palette([c["shape"] for c in clips])
     rows = []
     for i, clip in enumerate(clips):
         settings = with_overrides(official(models.size), {"width": clip["width"], "height": clip["height"],
                                                            **overrides})
         video = generate(models, clip["caption"], settings=settings, seed=seed + i)[0]
+        if first_frame != "none":  # the same seed again, from the clip's or that text-to-video's first frame
+            image = (clip["video"] if first_frame == "clip" else video)[:, 0].clamp(-1, 1)
+            video = generate(models, clip["caption"], settings=settings, seed=seed + i, task="ti2v",
+                             images=image[None])[0]
         row = {"key": clip["key"], "caption": clip["caption"], "seed": seed + i,
                **score_video(video, clip=clip, backgrounds=backgrounds, shapes=shapes)}
         rows.append(row)
@@ -192,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's preset")
     parser.add_argument("--shift", type=float, default=None, help="sampling shift (default: the model's preset)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's preset)")
+    parser.add_argument("--first-frame", choices=("none", "clip", "generated"), default="none",
+                        help="TI2V models: generate from the held-out clip's first frame, or from the first frame of "
+                             "the model's own text-to-video video (default: text-to-video only)")
     parser.add_argument("--output", type=Path, default=None, help="write the scores (per clip too) as JSON")
     parser.add_argument("--save", type=Path, default=None, help="also write the generated clips under DIR/<label>/")
     args = parser.parse_args(argv)
@@ -206,8 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {"steps": args.steps, "guidance_scale": args.guidance_scale, "shift": args.shift,
                  "num_frames": frames}
     results = {"held-out clips": score_held_out(clips)}
-    results |= {label: score_run(path, clips, seed=args.seed, overrides=overrides, save=args.save, label=label)
-               for label, path in runs.items()}
+    results |= {label: score_run(path, clips, seed=args.seed, overrides=overrides, save=args.save, label=label,
+                                 first_frame=args.first_frame) for label, path in runs.items()}
     print(table(results))
     if args.output is not None:
         from wan_train.fileio.durable import write_text

@@ -86,6 +86,24 @@ def test_prompt_match_scores_a_runs_own_videos_against_held_out_captions(demo, t
     assert sorted(p.name for p in (tmp_path / "videos" / "one").glob("*.mp4")) == ["clip_00.mp4", "clip_01.mp4"]
 
 
+def test_prompt_match_from_a_first_frame_on_a_ti2v_run(demo, tmp_path, capsys):
+    run(config(demo, tmp_path / "ti2v", model="quickstart_ti2v", **{"trainer.max_steps": "1",
+                                                                    "logger.wandb": "false"}))
+    clips = prompt_match.held_out([str(demo / "val")], 2, frames=17, stride=16)
+    overrides = {"steps": 2, "num_frames": 17}
+    scores = {mode: prompt_match.score_run(tmp_path / "ti2v", clips, seed=0, overrides=overrides, first_frame=mode)
+              for mode in ("none", "clip", "generated")}
+    # from the clip's own first frame, that frame is drawn exactly: its shape counts in the frame mean of form
+    assert scores["clip"]["form"] > 0.03 > scores["none"]["form"]
+    assert scores["generated"]["clips"] == 2
+    assert prompt_match.main(["--runs", f"one={tmp_path / 'ti2v'}", "--shards", str(demo / "val"), "--count", "1",
+                              "--steps", "2", "--frames", "17", "--first-frame", "clip"]) == 0
+    assert "| one |" in capsys.readouterr().out
+    run(config(demo, tmp_path / "t2v", **{"trainer.max_steps": "1", "logger.wandb": "false"}))
+    with pytest.raises(ValueError, match="--first-frame clip needs a TI2V model"):
+        prompt_match.score_run(tmp_path / "t2v", clips, seed=0, overrides=overrides, first_frame="clip")
+
+
 def test_layout_guess_scores_a_runs_estimate_from_pure_noise_against_held_out_captions(demo, tmp_path, capsys):
     run(config(demo, tmp_path / "run", **{"trainer.max_steps": "1", "logger.wandb": "false"}))
     out = tmp_path / "guess.json"

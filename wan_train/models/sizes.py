@@ -75,6 +75,9 @@ SIZES: dict[str, ModelSize] = {
         # caption among 497 identical padding tokens cost the text MLP and cross-attention over half of each CPU
         # step (README, quickstart); the longest demo prompt (multi-shot: a global caption and two shots') is ~55
         _size("quickstart", vae="pixel", in_dim=12, out_dim=12, **QUICKSTART),
+        # the same DiT as a TI2V model (the first latent frame given clean on a share of the samples,
+        # flow.image_condition_probability): does it read the direction words when the first frame is given?
+        _size("quickstart-ti2v", model_type="ti2v", vae="pixel", in_dim=12, out_dim=12, **QUICKSTART),
         _size("wan2.1-t2v-1.3b", dim=1536, ffn_dim=8960, num_heads=12, num_layers=30),
         _size("wan2.1-t2v-14b", **_W14B),
         _size("wan2.1-i2v-14b", model_type="i2v", in_dim=36, image_dim=1280, **_W14B),
