@@ -167,7 +167,8 @@ def score_run(run_dir: str | Path, clips: list[dict], *, seed: int, overrides: d
     for i, clip in enumerate(clips):
         settings = with_overrides(official(models.size), {"width": clip["width"], "height": clip["height"],
                                                            **overrides})
-        video = generate(models, clip["caption"], settings=settings, seed=seed + i)[0]
+        video = None if first_frame == "clip" else generate(models, clip["caption"], settings=settings,
+                                                            seed=seed + i)[0]
         if first_frame != "none":  # the same seed again, from the clip's or that text-to-video's first frame
             image = (clip["video"] if first_frame == "clip" else video)[:, 0].clamp(-1, 1)
             video = generate(models, clip["caption"], settings=settings, seed=seed + i, task="ti2v",

@@ -97,12 +97,11 @@ OFFICIAL: dict[str, Sampling] = {
     # branch is the empty prompt it saw through caption dropout (its small tokenizer has no Chinese)
     "quickstart": Sampling(steps=30, shift=3.0, guidance_scale=3.0, negative_prompt="", width=256, height=144,
                            num_frames=33),
-    "quickstart-ti2v": Sampling(steps=30, shift=3.0, guidance_scale=3.0, negative_prompt="", width=256, height=144,
-                                num_frames=33),
     # its audio-video twin (the sync demo): the same picture settings, the empty prompt for both towers' negatives
     "quickstart-av": Sampling(steps=30, shift=3.0, guidance_scale=3.0, audio_guidance_scale=3.0, negative_prompt="",
                               audio_negative_prompt="", width=256, height=144, num_frames=33),
 }
+OFFICIAL["quickstart-ti2v"] = OFFICIAL["quickstart"]  # the same DiT as a TI2V model
 GENERIC = Sampling()  # tiny test sizes and unrecognised checkpoints
 FAST_STEPS = 20  # the validation preset: the model's own settings with at most this many steps
 
