@@ -151,14 +151,14 @@ def score_held_out(clips: list[dict]) -> dict:
 
 
 def score_run(run_dir: str | Path, clips: list[dict], *, seed: int, overrides: dict, save: Path | None = None,
-              label: str = "run", first_frame: str = "none") -> dict:
+              label: str = "run", first_frame: str = "none", ema: bool = False) -> dict:
     """first_frame (TI2V models): "none" text-to-video; "clip" each video from its held-out clip's first frame
     (does the model move a given shape the prompted way?); "generated" from the first frame of its own
     text-to-video video with the same seed (the first frame from the text, then the motion from text and frame:
-    Emu Video's factorization)."""
+    Emu Video's factorization). ema: the run's EMA weights (trainer.ema_decay)."""
     from wan_train.inference import generate, load, official, save_video, with_overrides
 
-    models = load(run_dir).models
+    models = load(run_dir, ema=ema).models
     if first_frame != "none" and "ti2v" not in models.tasks:
         raise ValueError(f"{run_dir}: --first-frame {first_frame} needs a TI2V model (first frame given), this one is "
                          f"{models.config.model_type}")
@@ -208,10 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's preset)")
     parser.add_argument("--guidance-scale", type=float, default=None, help="default: the model's preset")
     parser.add_argument("--shift", type=float, default=None, help="sampling shift (default: the model's preset)")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="guide only the steps whose sigma lies in [LOW, HIGH] (default: the model's preset)")
     parser.add_argument("--frames", type=int, default=None, help="frames per video (default: the model's preset)")
     parser.add_argument("--first-frame", choices=("none", "clip", "generated"), default="none",
                         help="TI2V models: generate from the held-out clip's first frame, or from the first frame of "
                              "the model's own text-to-video video (default: text-to-video only)")
+    parser.add_argument("--ema", action="store_true", help="score the runs' EMA weights (trainer.ema_decay)")
     parser.add_argument("--output", type=Path, default=None, help="write the scores (per clip too) as JSON")
     parser.add_argument("--save", type=Path, default=None, help="also write the generated clips under DIR/<label>/")
     args = parser.parse_args(argv)
@@ -224,10 +227,10 @@ def main(argv: list[str] | None = None) -> int:
     frames = args.frames or official(first.size).num_frames
     clips = held_out(args.shards, args.count, frames=frames, stride=first.stride[1])
     overrides = {"steps": args.steps, "guidance_scale": args.guidance_scale, "shift": args.shift,
-                 "num_frames": frames}
+                 "guidance_interval": args.guidance_interval, "num_frames": frames}
     results = {"held-out clips": score_held_out(clips)}
     results |= {label: score_run(path, clips, seed=args.seed, overrides=overrides, save=args.save, label=label,
-                                 first_frame=args.first_frame) for label, path in runs.items()}
+                                 first_frame=args.first_frame, ema=args.ema) for label, path in runs.items()}
     print(table(results))
     if args.output is not None:
         from wan_train.fileio.durable import write_text

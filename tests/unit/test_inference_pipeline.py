@@ -57,6 +57,45 @@ def test_guidance_is_one_batch_of_both_branches_and_scale_one_skips_the_negative
     torch.testing.assert_close(plain, v_c, atol=0, rtol=0)
 
 
+def test_guidance_interval_guides_only_the_steps_whose_sigma_lies_in_it(t2v):
+    from wan_train.inference.schedules import sampling_sigmas
+    from wan_train.inference.solvers import get_solver
+
+    dit = t2v.dits[None]
+    batches = []
+    hook = dit.register_forward_hook(lambda module, args, out: batches.append(args[0].shape[0]))
+    try:
+        settings = SMALL.replace(steps=8, guidance_interval=(0.2, 0.7))
+        inside = generate(t2v, "x", settings=settings, seed=3, decode=False)
+        sigma_max = get_solver(settings.solver).sigma_max
+        sigmas = sampling_sigmas(8, shift=settings.shift, sigma_max=sigma_max)[:8].tolist()
+        assert batches == [2 if 0.2 <= s <= 0.7 else 1 for s in sigmas]  # CFG: one batch of both branches
+        assert 1 in batches and 2 in batches
+        batches.clear()
+        everywhere = generate(t2v, "x", settings=SMALL.replace(steps=8, guidance_interval=(0.0, 1.0)), seed=3,
+                              decode=False)
+        assert batches == [2] * 8
+    finally:
+        hook.remove()
+    torch.testing.assert_close(everywhere, generate(t2v, "x", settings=SMALL.replace(steps=8), seed=3, decode=False),
+                               atol=0, rtol=0)
+    assert (inside - everywhere).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("interval", [(0.7, 0.2), (0.0, 1.5), (-0.1, 0.5), (0.5,), (True, 1.0)])
+def test_a_guidance_interval_must_be_low_below_high_within_0_and_1(interval):
+    with pytest.raises(ValueError, match=r"guidance_interval=.* must be \[low, high\] with 0 <= low < high <= 1"):
+        Sampling(guidance_interval=interval)
+
+
+def test_overrides_take_a_guidance_interval_as_a_list():
+    from wan_train.inference import with_overrides
+
+    assert with_overrides(SMALL, {"guidance_interval": [0, 0.8]}).guidance_interval == (0, 0.8)
+    assert with_overrides(SMALL.replace(guidance_interval=(0.1, 0.9)), {"guidance_interval": None}
+                          ).guidance_interval == (0.1, 0.9)
+
+
 def write_moe_folder(root):
     """An official Wan2.2 A14B folder: high_noise_model/ + low_noise_model/ and the shared encoders."""
     write_official_folder(root, "tiny")

@@ -205,6 +205,7 @@ class SamplingOverrides:
     shift: float | None = None
     guidance_scale: float | None = None  # the high-noise expert's (or the only) CFG scale
     guidance_scale_2: float | None = None  # the low-noise expert's
+    guidance_interval: list[float] | None = None  # [low, high] sigma: guide only the steps in it
     reference_guidance_scale: float | None = None  # task=r2v: weight of the references (Phantom's g_img)
     negative_prompt: str | None = None  # None: the official Chinese negative prompt
     width: int | None = None

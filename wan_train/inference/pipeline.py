@@ -332,14 +332,16 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
         t = torch.full((b,), float(timesteps[i]), device=device)
         t_video = t if first is None else first_frame_timesteps(
             t, x.shape[1:] if joint is None else joint.video[1:], dit.config.patch_size)
+        guided = settings.guided_at(float(sigmas[i]))  # outside guidance_interval: the conditional pass alone
         if joint is not None:  # the audio tower's timestep is never per token (Ovi's engine)
             return joint_velocity(dit, joint, x, t_video, t, context, negative, cond.audio_negative,
-                                  video_scale=settings.guidance_scale, audio_scale=settings.audio_guidance_scale,
+                                  video_scale=settings.guidance_scale if guided else 1.0,
+                                  audio_scale=settings.audio_guidance_scale if guided else 1.0,
                                   slg_layer=settings.slg_layer, audio_refs=cond.audio_refs,
-                                  reference_scale=settings.reference_guidance_scale)
+                                  reference_scale=settings.reference_guidance_scale if guided else 1.0)
         t = t_video
-        return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert),
-                               settings.reference_guidance_scale)
+        return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert) if guided else 1.0,
+                               settings.reference_guidance_scale if guided else 1.0)
 
     def after_step(x: torch.Tensor, i: int) -> torch.Tensor:
         x = paste(x)

@@ -3,7 +3,9 @@ used for validation during training, and the official negative prompt.
 
 `Sampling` holds everything that decides a video except the prompts, images and seed. Guidance follows
 diffusers' names: `guidance_scale` is the high-noise expert's scale (or the only one, for dense models),
-`guidance_scale_2` the low-noise expert's (None: the same); 1.0 skips the unconditional pass."""
+`guidance_scale_2` the low-noise expert's (None: the same); 1.0 skips the unconditional pass. `guidance_interval`
+[low, high] limits guidance to the steps whose sigma lies in it (Kynkaanniemi et al. 2024, "Applying guidance in a
+limited interval"); the other steps run the conditional pass alone."""
 
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class Sampling:
     shift: float = 5.0
     guidance_scale: float = 5.0
     guidance_scale_2: float | None = None
+    guidance_interval: tuple[float, float] | None = None  # [low, high] sigma; None: every step is guided
     # reference-to-video: the weight of the references against no references (Phantom's g_img; guidance_scale is
     # then the text's weight given the references, its g_text)
     reference_guidance_scale: float = 5.0
@@ -54,6 +57,11 @@ class Sampling:
                 problems.append(f"{name}={value!r} must be a number > 0")
         if self.guidance_scale_2 is not None and not self.guidance_scale_2 > 0:
             problems.append(f"guidance_scale_2={self.guidance_scale_2!r} must be > 0 or None")
+        interval = self.guidance_interval
+        if interval is not None and not (len(interval) == 2 and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
+                and 0 <= interval[0] < interval[1] <= 1):
+            problems.append(f"guidance_interval={list(interval)!r} must be [low, high] with 0 <= low < high <= 1")
         for name in ("width", "height", "num_frames"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"{name}={getattr(self, name)!r} must be a positive integer")
@@ -70,6 +78,10 @@ class Sampling:
         if expert == "low_noise" and self.guidance_scale_2 is not None:
             return self.guidance_scale_2
         return self.guidance_scale
+
+    def guided_at(self, sigma: float) -> bool:
+        """Whether a step at noise level `sigma` is guided (guidance_interval)."""
+        return self.guidance_interval is None or self.guidance_interval[0] <= sigma <= self.guidance_interval[1]
 
     def replace(self, **changes) -> Sampling:
         return dataclasses.replace(self, **changes)
@@ -139,4 +151,7 @@ def twin_size_name(video: DiTConfig, audio: DiTConfig) -> str | None:
 def with_overrides(settings: Sampling, overrides) -> Sampling:
     """`settings` with every Sampling field that `overrides` (a mapping or config) sets to a value other than None."""
     names = [f.name for f in dataclasses.fields(Sampling)]
-    return settings.replace(**{n: overrides[n] for n in names if n in overrides and overrides[n] is not None})
+    changes = {n: overrides[n] for n in names if n in overrides and overrides[n] is not None}
+    if "guidance_interval" in changes:  # a list from a config or the command line
+        changes["guidance_interval"] = tuple(changes["guidance_interval"])
+    return settings.replace(**changes)
