@@ -91,7 +91,16 @@ def test_a_decode_over_the_memory_bound_is_refused_from_the_real_stream_size():
                       expect=declared(4000, 4, 16.0, 17), limits=limits)
     assert e.value.reason == "memory_limit"
     big = Limits.for_bucket(Bucket(832, 480, 81), timeout=30, memory_factor=8)
-    assert big.memory == 8 * 81 * 480 * 832 * 3
+    assert big.memory == big.frames == 8 * 81 * 480 * 832 * 3
+    # under the floor, the frames themselves are bounded by the clip's own multiple: covering a 96p bucket, the
+    # 4000x4 stream's 9 frames would be 96000x96 (~237 MiB), under the decoder's 256 MiB but 546 x the clip
+    small = Bucket(176, 96, 9)
+    limits = Limits.for_bucket(small, timeout=30, memory_factor=8)
+    assert limits.memory == MEMORY_FLOOR and limits.frames == 8 * 9 * 96 * 176 * 3
+    with pytest.raises(SampleError, match=r"9 frames at 96000x96 .* need 237 MiB, over .* bound of 3 MiB") as e:
+        decode_frames(video, list(range(9)), size=cover_size(4000, 4, small), key="wide",
+                      expect=declared(4000, 4, 16.0, 17), limits=limits)
+    assert e.value.reason == "memory_limit"
 
 
 def test_the_hard_cap_stops_allocations_past_the_bound():

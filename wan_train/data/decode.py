@@ -39,12 +39,15 @@ class Limits:
     seconds: float
     memory: int | None = None
     start: float = field(default_factory=time.monotonic)
+    frames: int | None = None  # bytes the decoded frames (uint8, at the size asked for) may take; None: no limit
 
     @classmethod
     def for_bucket(cls, bucket: Bucket, *, timeout: float, memory_factor: float) -> "Limits":
-        """memory: `memory_factor` times the bucket's uint8 clip (frames x H x W x 3), at least MEMORY_FLOOR."""
+        """memory: `memory_factor` times the bucket's uint8 clip (frames x H x W x 3), at least MEMORY_FLOOR;
+        frames: the same without the floor (the floor is the decoder's working room, not the clip's: a 4000x4
+        stream covering a 96p bucket would be decoded at 96000x96)."""
         clip = bucket.frames * bucket.height * bucket.width * 3
-        return cls(timeout, max(int(memory_factor * clip), MEMORY_FLOOR))
+        return cls(timeout, max(int(memory_factor * clip), MEMORY_FLOOR), frames=int(memory_factor * clip))
 
     def remaining(self, key: str) -> float | None:
         if self.seconds <= 0:
@@ -80,6 +83,7 @@ def decode_clip(video: bytes, indices: list[int], *, size: tuple[int, int], key:
     unique = sorted(set(indices))
     limits = limits or Limits(0.0)
     request = {"key": key, "indices": unique, "size": list(size), "expect": expect, "memory": limits.memory,
+               "frames_memory": limits.frames,
                "audio": None if sound is None else {**sound, "nbytes": len(member) if sound["member"] else 0}}
     try:
         reply, batch, audio = decoder().decode(video, request, timeout=limits.remaining(key), key=key,
