@@ -19,9 +19,10 @@ def test_training_writes_validation_samples(trained):
     assert names == ["prompt_00.gif", "prompt_00.json", "prompt_00.mp4", "prompt_01.gif", "prompt_01.json",
                      "prompt_01.mp4"]
     video = decord.VideoReader(str(trained / "samples" / "step_0000002" / "prompt_00.mp4"))
-    assert len(video) == 5 and video[0].shape == (144, 256, 3)
+    assert len(video) == 5 and video[0].shape == (96, 176, 3)  # the recipe's validation size, its data's
     meta = json.loads((trained / "samples" / "step_0000002" / "prompt_01.json").read_text())
     assert meta["seed"] == 1 and meta["step"] == 2 and meta["settings"]["steps"] == 2
+    assert meta["settings"]["guidance_interval"] == [0.0, 0.8]
 
 
 def test_generate_py_writes_a_video_from_a_run_folder(trained, tmp_path):

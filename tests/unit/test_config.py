@@ -15,7 +15,7 @@ from wan_train.training.module import FlowMatchingModule, Inputs
 from wan_train.training.run import build_dit
 
 EXPECTED = {"quickstart", "lora_character", "lora_style", "full_high_noise", "full_low_noise", "full_1_3b", "av",
-            "av_lora", "av_demo", "quickstart_base"}
+            "av_lora", "av_demo", "quickstart_base", "quickstart_1k"}
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +37,9 @@ def test_recipes_set_what_they_say():
     assert compose_config(["recipe=lora_character", "data.shards=[x]"]).lora.rank == 32
     quick = compose_config(["recipe=quickstart"])
     assert quick.model.size == "quickstart" and quick.model.encoders == "builtin" and quick.recipe == "quickstart"
+    assert quick.data.shards == ["data/demo_large_96p"] and quick.validation.guidance_interval == [0.0, 0.8]
+    demos_base = compose_config(["recipe=quickstart_1k"])  # the LoRA, R2V and multi-shot demos' base: 144p data
+    assert demos_base.data.shards == ["data/demo"] and demos_base.run_dir == "runs/quickstart_1k"
     base = compose_config(["recipe=quickstart_base"])
     assert base.data.shards == ["data/demo_large_96p"] and base.data.resolutions == ["96p"]
     assert (base.validation.width, base.validation.height, base.validation.num_frames) == (176, 96, 17)
