@@ -82,7 +82,7 @@ def test_guidance_interval_guides_only_the_steps_whose_sigma_lies_in_it(t2v):
     assert (inside - everywhere).abs().max() > 1e-4
 
 
-@pytest.mark.parametrize("interval", [(0.7, 0.2), (0.0, 1.5), (-0.1, 0.5), (0.5,), (True, 1.0)])
+@pytest.mark.parametrize("interval", [(0.7, 0.2), (0.0, 1.5), (-0.1, 0.5), (0.5,), (True, 1.0), 0.8])
 def test_a_guidance_interval_must_be_low_below_high_within_0_and_1(interval):
     with pytest.raises(ValueError, match=r"guidance_interval=.* must be \[low, high\] with 0 <= low < high <= 1"):
         Sampling(guidance_interval=interval)

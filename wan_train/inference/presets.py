@@ -58,10 +58,11 @@ class Sampling:
         if self.guidance_scale_2 is not None and not self.guidance_scale_2 > 0:
             problems.append(f"guidance_scale_2={self.guidance_scale_2!r} must be > 0 or None")
         interval = self.guidance_interval
-        if interval is not None and not (len(interval) == 2 and all(
+        if interval is not None and not (isinstance(interval, (tuple, list)) and len(interval) == 2 and all(
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in interval)
                 and 0 <= interval[0] < interval[1] <= 1):
-            problems.append(f"guidance_interval={list(interval)!r} must be [low, high] with 0 <= low < high <= 1")
+            shown = list(interval) if isinstance(interval, (tuple, list)) else interval
+            problems.append(f"guidance_interval={shown!r} must be [low, high] with 0 <= low < high <= 1")
         for name in ("width", "height", "num_frames"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 problems.append(f"{name}={getattr(self, name)!r} must be a positive integer")
