@@ -27,6 +27,7 @@ def train_args(shards, run_dir, **overrides) -> list[str]:
     # are cropped to 16:9): the global batch of step s is the same 4 clips on 2 tasks x 2 as on 1 task x 4
     values = {"recipe": "quickstart", "run_dir": str(run_dir), "data.shards": f"[{shards / 'train'}]",
               "data.val_shards": f"[{shards / 'val'}]", "data.durations": "[0.5]", "data.aspect_ratios": "[16:9]",
+              "data.resolutions": "[144p]",  # the clips' own size: steps long enough for a stop mid-run
               "data.num_workers": "0", "data.shuffle_buffer": "1", "trainer.max_steps": "4",
               "trainer.val_every_n_steps": "2", "trainer.checkpoint_every_n_steps": "2",
               "trainer.log_every_n_steps": "1",

@@ -14,7 +14,7 @@ from eval.report import collect, write_results
 def test_sweep_config_takes_generate_keys_and_metric_presets():
     cfg = compose_sweep_config(["ckpt=runs/x", "guidance_scale=4.5", "name=demo", "metrics=random"])
     assert cfg.out == "sweeps/demo" and cfg.guidance_scale == 4.5 and cfg.preview == "gif"
-    assert cfg.metrics.clip == "models/random/clip" and cfg.metrics.fvd.real_shards == ["data/demo_val"]
+    assert cfg.metrics.clip == "models/random/clip" and cfg.metrics.fvd.real_shards == ["data/demo_large_96p_val"]
     assert compose_sweep_config([]).metrics.clip is None  # default: the pixel metric only
     with pytest.raises(Exception, match="guidance"):
         compose_sweep_config(["guidance_scal=3"])
