@@ -110,10 +110,10 @@ def decode(video: bytes, request: dict) -> tuple[np.ndarray, list[int] | None]:
             raise Refused("memory_limit", f"{key}: decoding {len(indices)} frames at {out[0]}x{out[1]} from a "
                                           f"{native[0]}x{native[1]} stream needs ~{need >> 20} MiB, over the "
                                           f"sample's bound of {memory >> 20} MiB")
-    frames_memory = request.get("frames_memory")
-    if frames_memory is not None and len(indices) * out[0] * out[1] * 3 > frames_memory:
+    frames_memory, frames_need = request.get("frames_memory"), len(indices) * out[0] * out[1] * 3
+    if frames_memory is not None and frames_need > frames_memory:
         raise Refused("memory_limit", f"{key}: {len(indices)} frames at {out[0]}x{out[1]} (covering the bucket) "
-                                      f"need {len(indices) * out[0] * out[1] * 3 >> 20} MiB, over the sample's bound "
+                                      f"need {frames_need >> 20} MiB, over the sample's bound "
                                       f"of {frames_memory >> 20} MiB for its frames (data.decode_memory x its "
                                       "bucket's clip)")
     with capped(memory):

@@ -319,6 +319,9 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
     switch = ExpertSwitch(models, device, offload=offload)
     b = noise.shape[0]
     first, joint = cond.first, cond.joint
+    # outside guidance_interval a step runs the conditional pass alone: every scale 1
+    unguided = settings.replace(guidance_scale=1.0, guidance_scale_2=None, audio_guidance_scale=1.0,
+                                reference_guidance_scale=1.0)
 
     def paste(x: torch.Tensor) -> torch.Tensor:  # TI2V: latent = (1 - m) z + m latent, m = 0 on frame 0
         if first is not None:
@@ -332,16 +335,15 @@ def denoise(models: WanModels, noise: torch.Tensor, context: torch.Tensor, negat
         t = torch.full((b,), float(timesteps[i]), device=device)
         t_video = t if first is None else first_frame_timesteps(
             t, x.shape[1:] if joint is None else joint.video[1:], dit.config.patch_size)
-        guided = settings.guided_at(float(sigmas[i]))  # outside guidance_interval: the conditional pass alone
+        step = settings if settings.guided_at(float(sigmas[i])) else unguided
         if joint is not None:  # the audio tower's timestep is never per token (Ovi's engine)
             return joint_velocity(dit, joint, x, t_video, t, context, negative, cond.audio_negative,
-                                  video_scale=settings.guidance_scale if guided else 1.0,
-                                  audio_scale=settings.audio_guidance_scale if guided else 1.0,
-                                  slg_layer=settings.slg_layer, audio_refs=cond.audio_refs,
-                                  reference_scale=settings.reference_guidance_scale if guided else 1.0)
+                                  video_scale=step.guidance_scale, audio_scale=step.audio_guidance_scale,
+                                  slg_layer=step.slg_layer, audio_refs=cond.audio_refs,
+                                  reference_scale=step.reference_guidance_scale)
         t = t_video
-        return guided_velocity(dit, x, t, context, negative, cond, settings.guidance_for(expert) if guided else 1.0,
-                               settings.reference_guidance_scale if guided else 1.0)
+        return guided_velocity(dit, x, t, context, negative, cond, step.guidance_for(expert),
+                               step.reference_guidance_scale)
 
     def after_step(x: torch.Tensor, i: int) -> torch.Tensor:
         x = paste(x)
